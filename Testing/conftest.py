@@ -1,0 +1,36 @@
+"""Shared fixtures. Tests needing ../shared/data skip with a clear reason where it is absent."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("INFANITE_SHARED_DATA", REPO.parent / "shared" / "data"))
+CRL_ATLAS = SHARED_DATA / "crl2017-fetal-atlas"
+NORMATIVE_CSV = SHARED_DATA / "normative-volumes" / "ren2022_weekly_mean_sd.csv"
+MIAL_STACKS = SHARED_DATA / "mialsrtk-sample-stacks"
+
+
+def require(path: Path, what: str) -> Path:
+    """Skip the calling test unless ``path`` exists."""
+    if not path.exists():
+        pytest.skip(f"{what} not found at {path} (the licensed/shared data lives in ../shared/data; "
+                    f"set INFANITE_SHARED_DATA to point elsewhere)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def crl_atlas_dir() -> Path:
+    return require(CRL_ATLAS / "HarvardSTA30_Study1" / "srr.nii.gz", "CRL 2017 fetal atlas").parents[1]
+
+
+@pytest.fixture(scope="session")
+def normative_csv() -> Path:
+    return require(NORMATIVE_CSV, "normative volume table (Ren 2022)")
+
+
+@pytest.fixture(scope="session")
+def mial_dir() -> Path:
+    return require(MIAL_STACKS / "sub-01_run-1_T2w.nii.gz", "MIAL CC0 sample stacks").parent
