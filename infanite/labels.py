@@ -96,8 +96,16 @@ def default_label_table() -> LabelTable:
 
 
 def _parse_color(text, where: str) -> tuple[int, int, int]:
-    if isinstance(text, (list, tuple)) and len(text) == 3:
-        return tuple(int(c) for c in text)
+    if isinstance(text, str) and text.strip().startswith("["):  # "[r, g, b]" written in a TSV cell
+        text = [c.strip() for c in text.strip().strip("[]").split(",")]
+    if isinstance(text, (list, tuple)):
+        try:
+            rgb = tuple(int(c) for c in text)
+        except (TypeError, ValueError):
+            rgb = ()
+        if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
+            raise ValueError(f"{where}: colour must be '#rrggbb' or [r, g, b] with 0-255 integers, got {text!r}")
+        return rgb
     s = str(text).strip().lstrip("#")
     if len(s) != 6:
         raise ValueError(f"{where}: colour must be '#rrggbb' or [r, g, b], got {text!r}")
@@ -114,7 +122,10 @@ def _label_from_row(row: dict, where: str) -> Label:
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{where}: needs an integer 'value' and a 'name' ({exc})") from exc
     feta = row.get("feta")
-    feta = None if feta in (None, "", "None") else int(feta)
+    try:
+        feta = None if feta in (None, "", "None") else int(feta)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: 'feta' must be an integer FeTA class, got {feta!r}") from exc
     color = _parse_color(row.get("color") or "#808080", where)
     return Label(value, name, str(row.get("abbrev") or name), color, feta)
 
@@ -129,11 +140,21 @@ def load_label_table(path) -> LabelTable:
         rows = doc.get("labels") if isinstance(doc, dict) else None
         if not isinstance(rows, list):
             raise ValueError(f"{path}: expected a mapping with a 'labels' list")
-        labels = [_label_from_row(r if isinstance(r, dict) else {}, f"{path}: labels[{i}]")
-                  for i, r in enumerate(rows)]
+        entries = [(f"labels[{i}]", r if isinstance(r, dict) else {}) for i, r in enumerate(rows)]
     else:
         with path.open(newline="") as fh:
             reader = csv.DictReader(fh, delimiter="\t")
-            labels = [_label_from_row(r, f"{path}: row {i + 2}") for i, r in enumerate(reader)]
-    labels = [lab for lab in labels if lab.value != 0]
+            entries = [(f"row {i + 2}", r) for i, r in enumerate(reader)]
+    labels, seen = [], {}
+    for entry, row in entries:
+        where = f"{path}: {entry}"
+        lab = _label_from_row(row, where)
+        if lab.value == 0:  # an explicit background row is allowed and ignored
+            continue
+        if lab.value < 0:
+            raise ValueError(f"{where}: label value must be a positive integer (0 is background), got {lab.value}")
+        if lab.value in seen:
+            raise ValueError(f"{where}: duplicate label value {lab.value} (already used by {seen[lab.value]})")
+        seen[lab.value] = entry
+        labels.append(lab)
     return LabelTable(labels, source=str(path))

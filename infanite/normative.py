@@ -6,7 +6,8 @@ Cite: J.-Y. Ren et al., Front. Neurosci. 16:886083 (2022), doi:10.3389/fnins.202
 
 Measures: TBV total brain, ICV intracranial, GMV cortical grey matter, SBV supratentorial brain (white matter +
 deep grey), e-CSFV extra-cerebral CSF, VV ventricles, CBV cerebellum, BM brainstem.  Values between weeks are
-interpolated linearly; outside 19–37 weeks they are extrapolated log-linearly from the last four weeks.
+interpolated linearly; outside 19–37 weeks they are extrapolated from the end week with the log-linear
+growth rate of the four end weeks.
 """
 from __future__ import annotations
 
@@ -86,9 +87,9 @@ class NormativeTable:
 def _interp_loglinear(weeks: np.ndarray, values: np.ndarray, ga: float) -> float:
     if weeks[0] <= ga <= weeks[-1]:
         return float(np.interp(ga, weeks, values))
-    side = slice(-4, None) if ga > weeks[-1] else slice(0, 4)
-    slope, intercept = np.polyfit(weeks[side], np.log(values[side]), 1)
-    return float(np.exp(intercept + slope * ga))
+    side, anchor = (slice(-4, None), -1) if ga > weeks[-1] else (slice(0, 4), 0)
+    slope = np.polyfit(weeks[side], np.log(values[side]), 1)[0]
+    return float(values[anchor] * np.exp(slope * (ga - weeks[anchor])))   # continuous at the end week
 
 
 def ren2022() -> NormativeTable:
@@ -106,11 +107,12 @@ def load_normative_csv(path) -> NormativeTable:
         missing = {"measure", "gestational_age_weeks", "mean_ml", "sd_ml"} - set(reader.fieldnames or [])
         if missing:
             raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
-        for line, row in enumerate(reader, start=2):
+        for row in reader:
+            line = reader.line_num  # the file's line (DictReader skips blank lines)
             try:
                 rows.setdefault(row["measure"], []).append(
                     (float(row["gestational_age_weeks"]), float(row["mean_ml"]), float(row["sd_ml"])))
-            except ValueError as exc:
+            except (TypeError, ValueError) as exc:  # TypeError: a short row leaves a cell None
                 raise ValueError(f"{path}: row {line}: {exc}") from exc
     weeks = None
     means, sds = {}, {}

@@ -153,7 +153,11 @@ def _phantom_arrays(ga_weeks: float, spacing_mm: float) -> tuple[np.ndarray, np.
     rho_folded = rho.copy()
     rho_folded[band] = rho[band] / (1.0 - folding(direction[band], ga_weeks))
     cerebrum = _select_smallest(rho_folded, free, n["cGM"] + n["WM"] + n["dGM"] + n["CC"] + n["vent"])
-    cortex = _select_smallest(-rho_folded, cerebrum, n["cGM"])
+    # cortex: the outermost layer of the cerebrum by distance (mm) to the CSF/exterior, so that it keeps an
+    # even thickness along the walls of sulci and of the interhemispheric fissure
+    exterior = ~(cerebrum | cereb | stem)
+    depth = ndimage.distance_transform_edt(~exterior, sampling=spacing_mm).astype(np.float32)
+    cortex = _select_smallest(depth - 1e-3 * rho_folded, cerebrum, n["cGM"])
     seg[cerebrum] = value["WM"]
     seg[cortex] = value["cGM"]
     inner = cerebrum & ~cortex

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 from typing import IO
 
 
@@ -20,6 +21,8 @@ class ProgressReporter:
         if json_target == "-":
             self._json = sys.stdout
         elif json_target:
+            # the file often lies inside the command's output folder, which may not exist yet
+            Path(json_target).parent.mkdir(parents=True, exist_ok=True)
             self._json = open(json_target, "a", buffering=1)
             self._owns_json = True
         self._term = terminal if terminal is not None else (sys.stderr if sys.stderr.isatty() else None)
