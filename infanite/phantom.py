@@ -108,14 +108,20 @@ def _select_smallest(field: np.ndarray, allowed: np.ndarray, n_voxels: int) -> n
     return allowed & (field <= threshold)
 
 
-def _ellipsoid_norm(xyz: np.ndarray, centre, axes) -> np.ndarray:
-    return np.sqrt((((xyz - np.asarray(centre)) / np.asarray(axes)) ** 2).sum(-1)).astype(np.float32)
+def _ellipsoid_norm(xyz, centre, axes) -> np.ndarray:
+    """Normalised ellipsoidal radius on an open (broadcast) grid ``xyz = (x, y, z)`` of float32 mm."""
+    x, y, z = xyz
+    cx, cy, cz = (np.float32(c) for c in centre)
+    ax, ay, az = (np.float32(a) for a in axes)
+    return np.sqrt(((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2 + ((z - cz) / az) ** 2)
 
 
 @functools.lru_cache(maxsize=8)
 def _phantom_arrays(ga_weeks: float, spacing_mm: float) -> tuple[np.ndarray, np.ndarray]:
     grid = phantom_grid(spacing_mm)
-    xyz = grid.voxel_centres_ras().astype(np.float32)
+    # open grid of RAS coordinates (the phantom grid is axis-aligned): x (n,1,1), y (1,n,1), z (1,1,n)
+    xyz = tuple((grid.voxel_to_ras[a, a] * np.arange(n, dtype=np.float32) + grid.voxel_to_ras[a, 3]).astype(
+        np.float32).reshape([-1 if b == a else 1 for b in range(3)]) for a, n in enumerate(grid.shape))
     voxel_ml = spacing_mm ** 3 / 1000.0
     targets = target_volumes_ml(ga_weeks)
     n = {k: int(round(v / voxel_ml)) for k, v in targets.items()}
@@ -130,7 +136,7 @@ def _phantom_arrays(ga_weeks: float, spacing_mm: float) -> tuple[np.ndarray, np.
     seg = np.zeros(grid.shape, np.int16)
     seg[icv] = value["eCSF"]
 
-    x, y = xyz[..., 0], xyz[..., 1]
+    x, y, z = xyz
     hemisphere_axes = s * np.array([0.26, 0.24, 0.2])
     lobes = np.minimum.reduce([
         _ellipsoid_norm(xyz, (0.2 * s, -0.56 * s, -0.5 * s), hemisphere_axes),
@@ -145,13 +151,13 @@ def _phantom_arrays(ga_weeks: float, spacing_mm: float) -> tuple[np.ndarray, np.
     seg[stem] = value["BS"]
     free &= ~stem
 
-    centre = np.array([0.0, 0.02 * s, 0.1 * s])
-    rel = (xyz - centre) / (s * np.array([0.8, 0.95, 0.78]))
-    rho = np.sqrt((rel ** 2).sum(-1))
-    direction = rel / np.maximum(rho, 1e-6)[..., None]
+    centre, axes = (0.0, 0.02 * s, 0.1 * s), s * np.array([0.8, 0.95, 0.78])
+    rho = _ellipsoid_norm(xyz, centre, axes)
     band = free & (rho > 0.55) & (rho < 1.4)           # folding only matters near the surface
+    band_idx = np.nonzero(band)
+    rel = np.stack([(xyz[a].ravel()[band_idx[a]] - np.float32(centre[a])) / np.float32(axes[a]) for a in range(3)], -1)
     rho_folded = rho.copy()
-    rho_folded[band] = rho[band] / (1.0 - folding(direction[band], ga_weeks))
+    rho_folded[band] = rho[band] / (1.0 - folding(rel / rho[band][:, None], ga_weeks))
     cerebrum = _select_smallest(rho_folded, free, n["cGM"] + n["WM"] + n["dGM"] + n["CC"] + n["vent"])
     # cortex: the outermost layer of the cerebrum by distance (mm) to the CSF/exterior, so that it keeps an
     # even thickness along the walls of sulci and of the interhemispheric fissure
@@ -167,8 +173,8 @@ def _phantom_arrays(ga_weeks: float, spacing_mm: float) -> tuple[np.ndarray, np.
     for side in (-1.0, 1.0):
         yy = y / s
         bend_z = 0.12 * s - 0.35 * s * yy ** 2
-        d = np.sqrt(((x - side * (0.12 * s + 0.05 * s * yy)) / (0.07 * s)) ** 2 + ((y - 0.0) / (0.42 * s)) ** 2
-                    + ((xyz[..., 2] - bend_z) / (0.09 * s)) ** 2)
+        d = np.sqrt(((x - side * (0.12 * s + 0.05 * s * yy)) / (0.07 * s)) ** 2 + (y / (0.42 * s)) ** 2
+                    + ((z - bend_z) / (0.09 * s)) ** 2)
         vent_field = np.minimum(vent_field, d)
     vent = _select_smallest(vent_field, inner, n["vent"])
     seg[vent] = value["vent"]
@@ -179,7 +185,7 @@ def _phantom_arrays(ga_weeks: float, spacing_mm: float) -> tuple[np.ndarray, np.
     seg[dgm] = value["dGM"]
     inner &= ~dgm
     cc_arc_z = 0.26 * s - 0.45 * s * (y / s) ** 2
-    cc_field = np.sqrt((x / (0.3 * s)) ** 2 + ((xyz[..., 2] - cc_arc_z) / (0.035 * s)) ** 2
+    cc_field = np.sqrt((x / (0.3 * s)) ** 2 + ((z - cc_arc_z) / (0.035 * s)) ** 2
                        + ((y - 0.02 * s) / (0.36 * s)) ** 2)
     seg[_select_smallest(cc_field, inner, n["CC"])] = value["CC"]
 
