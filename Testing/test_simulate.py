@@ -160,3 +160,17 @@ def test_random_poses_and_bad_settings(tmp_path):
         SimulationConfig(slice_thickness_mm=0)
     with pytest.raises(ValueError, match="ga_range"):
         SimulationConfig(ga_range=(30.0, 25.0))
+
+
+def test_cli_simulate_from_the_crl_atlas_validates(crl_atlas_dir, tmp_path):
+    """``simulate --atlas-dir <CRL>`` writes a cohort that ``validate`` accepts (licensed data read in place)."""
+    from infanite.cli import main
+
+    out = tmp_path / "crl"
+    assert main(["simulate", "--atlas-dir", str(crl_atlas_dir), "--out", str(out), "--subjects", "2"]) == 0
+    assert main(["validate", str(out / "cohort.tsv")]) == 0
+    truth = json.loads((out / "truth.json").read_text())
+    assert truth["template_source"].startswith("crl:") and len(truth["stacks"]) == 6
+    labels = load_labels(next((out / "stacks").glob("*_dseg.nii.gz")))
+    present = set(np.unique(labels.array).tolist())
+    assert present <= set(range(9)) and len(present - {0}) >= 6
