@@ -130,3 +130,20 @@ def same_grid(shape_a, affine_a, shape_b, affine_b, tol_mm: float = 1e-3) -> tup
     if diff > tol_mm:
         return False, f"affines differ by up to {diff:.4g} mm at the grid corners (tolerance {tol_mm} mm)"
     return True, ""
+
+
+def fit_rigid(source_mm: np.ndarray, target_mm: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Least-squares rigid matrix (4x4, det +1) mapping ``source_mm`` (N, 3) onto ``target_mm`` (Kabsch)."""
+    src = np.asarray(source_mm, dtype=np.float64)
+    dst = np.asarray(target_mm, dtype=np.float64)
+    w = np.ones(len(src)) if weights is None else np.asarray(weights, dtype=np.float64)
+    w = w / w.sum()
+    c_src, c_dst = w @ src, w @ dst
+    h = (src - c_src).T @ ((dst - c_dst) * w[:, None])
+    u, _, vt = np.linalg.svd(h)
+    d = np.sign(np.linalg.det(vt.T @ u.T))
+    r = vt.T @ np.diag([1.0, 1.0, d]) @ u.T
+    m = np.eye(4)
+    m[:3, :3] = r
+    m[:3, 3] = c_dst - r @ c_src
+    return m

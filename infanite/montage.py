@@ -14,11 +14,36 @@ from .imageio import Volume, atomic_path  # noqa: E402
 from .labels import LabelTable, default_label_table  # noqa: E402
 
 
-def _planes(volume: Volume, centre_voxel=None):
+PLANE_NAMES = ("axial", "coronal", "sagittal")
+
+
+def orthogonal_planes(volume: Volume, centre_voxel=None):
     """Axial, coronal, sagittal slices through ``centre_voxel`` of an axis-aligned RAS-ish volume."""
     arr = volume.array
     c = np.asarray(arr.shape) // 2 if centre_voxel is None else np.asarray(centre_voxel, int)
     return [np.rot90(arr[:, :, c[2]]), np.rot90(arr[:, c[1], :]), np.rot90(arr[c[0], :, :])]
+
+
+_planes = orthogonal_planes
+
+
+def plane_aspects(spacing_mm) -> list[float]:
+    """``imshow`` aspect (row height / column width in mm) of the three planes of :func:`orthogonal_planes`."""
+    s = np.asarray(spacing_mm, dtype=np.float64)
+    return [s[1] / s[0], s[2] / s[0], s[2] / s[1]]
+
+
+def save_figure(fig, path, dpi: int = 90) -> Path:
+    """Save ``fig`` as ``path`` atomically (temporary sibling + rename) and close it."""
+    tmp, final = atomic_path(path)
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, final)
+    finally:
+        plt.close(fig)
+        if tmp.exists():
+            tmp.unlink()
+    return final
 
 
 def label_rgba(labels: np.ndarray, table: LabelTable, alpha: float = 0.45) -> np.ndarray:
@@ -42,10 +67,9 @@ def save_montage(rows: list[tuple[str, Volume, Volume | None]], path, table: Lab
     for r, (caption, image, labels) in enumerate(rows):
         vmax = float(np.percentile(image.array[image.array > 0], 99.5)) if np.any(image.array > 0) else 1.0
         label_planes = _planes(labels) if labels is not None else [None] * 3
-        for c, (plane, lab, name) in enumerate(zip(_planes(image), label_planes, ("axial", "coronal", "sagittal"))):
+        for c, (plane, lab, name) in enumerate(zip(_planes(image), label_planes, PLANE_NAMES)):
             ax = axes[r, c]
-            spacing = image.spacing_mm
-            aspect = [spacing[1] / spacing[0], spacing[2] / spacing[0], spacing[2] / spacing[1]][c]
+            aspect = plane_aspects(image.spacing_mm)[c]
             ax.imshow(plane, cmap="gray", vmin=0, vmax=vmax, aspect=aspect, interpolation="nearest")
             if lab is not None:
                 ax.imshow(label_rgba(lab, table), aspect=aspect, interpolation="nearest")
@@ -58,12 +82,4 @@ def save_montage(rows: list[tuple[str, Volume, Volume | None]], path, table: Lab
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    tmp, final = atomic_path(path)
-    try:
-        fig.savefig(tmp, dpi=90)
-        os.replace(tmp, final)
-    finally:
-        plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
-    return final
+    return save_figure(fig, path, dpi=90)

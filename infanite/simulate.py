@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .geometry import apply_matrix, random_rotation, rigid_matrix, rotation_angle_deg, rotation_matrix
+from .geometry import apply_matrix, fit_rigid, random_rotation, rigid_matrix, rotation_angle_deg, rotation_matrix
 from .imageio import Volume, atomic_write_text, save_nifti
 from .progress import ProgressReporter
 from .resample import FWHM_TO_SIGMA
@@ -135,7 +135,11 @@ def _random_deformation(rng: np.random.Generator, max_mm: float, n_waves: int = 
 
 
 def _displacement(params: dict, xyz: np.ndarray) -> np.ndarray:
-    """Displacement (mm) at RAS points (..., 3) of a field from :func:`_random_deformation`."""
+    """Displacement (mm) at RAS points (..., 3) of a field from :func:`_random_deformation`.
+
+    The field's affine part over the brain (``affine_removed``, a 3×4 matrix) is subtracted, so the deformation
+    is purely non-linear and the true rigid pose stays the best rigid fit.
+    """
     k = np.asarray(params["wave_vectors_per_mm"])
     amp = np.asarray(params["amplitude_mm"])
     phase = np.asarray(params["phase_rad"])
@@ -143,7 +147,17 @@ def _displacement(params: dict, xyz: np.ndarray) -> np.ndarray:
     for c in range(3):
         for w in range(k.shape[1]):
             out[..., c] += amp[c, w] * np.sin(xyz @ k[c, w].astype(np.float32) + phase[c, w])
+    if "affine_removed" in params:
+        a = np.asarray(params["affine_removed"], dtype=np.float32)
+        out -= xyz @ a[:, :3].T + a[:, 3]
     return out
+
+
+def _remove_affine_part(params: dict, brain_ras: np.ndarray) -> dict:
+    """Fit the displacement over brain points by an affine map (least squares) and record it for removal."""
+    design = np.c_[brain_ras, np.ones(len(brain_ras))]
+    coef, *_ = np.linalg.lstsq(design, _displacement(params, brain_ras.astype(np.float32)), rcond=None)
+    return {**params, "affine_removed": coef.T.tolist()}
 
 
 def _deform(t2: Volume, labels: Volume, params: dict) -> tuple[Volume, Volume]:
@@ -182,7 +196,8 @@ def _obliquity(rng: np.random.Generator, max_deg: float) -> np.ndarray:
 
 
 def _slice_motion(rng: np.random.Generator, n_slices: int, sd_deg: float, sd_mm: float) -> tuple:
-    """Per-slice rotation vectors (deg) and translations (mm): AR(1) walk in interleaved acquisition order."""
+    """Per-slice rotation vectors (deg) and translations (mm): AR(1) walk in interleaved acquisition order,
+    centred on zero over the stack."""
     order = np.concatenate([np.arange(0, n_slices, 2), np.arange(1, n_slices, 2)])
     rho = 0.8
     innovations = rng.normal(size=(n_slices, 6)) * np.sqrt(1 - rho ** 2)
@@ -190,6 +205,7 @@ def _slice_motion(rng: np.random.Generator, n_slices: int, sd_deg: float, sd_mm:
     walk[0] = rng.normal(size=6)
     for t in range(1, n_slices):
         walk[t] = rho * walk[t - 1] + innovations[t]
+    walk -= walk.mean(0)          # zero-mean motion: the stack's true pose is its average head pose
     rot = np.zeros((n_slices, 3))
     trans = np.zeros((n_slices, 3))
     rot[order] = walk[:, :3] * sd_deg
@@ -288,6 +304,8 @@ def _simulate_subject(index: int, ga: float, library: TemplateLibrary, config: S
     template = library.for_ga(ga, config.template_mode)
     t2, labels = _crop_to_brain(template, margin_mm=config.fov_margin_mm)
     deformation = _random_deformation(rng, config.deformation_mm)
+    brain_ras = apply_matrix(labels.voxel_to_ras, np.argwhere(labels.array > 0)[::7])
+    deformation = _remove_affine_part(deformation, brain_ras)
     t2, labels = _deform(t2, labels, deformation)
     scale = float(rng.uniform(*config.intensity_scale_range))
     bias_coefficients = rng.normal(size=12) * np.r_[np.full(3, 1.0), np.full(9, 0.5)]
@@ -309,6 +327,8 @@ def _simulate_subject(index: int, ga: float, library: TemplateLibrary, config: S
         slice_to_head = np.stack([rigid_matrix(rotation_matrix(r), t, sampler.centre_ras) for r, t in zip(rot, trans)])
         t2_stack, lab_stack = sampler.sample(shape, voxel_to_head, slice_to_head)
         voxel_to_scanner = head_to_scanner @ voxel_to_head
+        template_to_stack = _best_rigid_pose(lab_stack > 0, voxel_to_head, slice_to_head, voxel_to_scanner,
+                                             deformation)
         # bias field (scanner frame), global scale, Rician noise
         ijk = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij"), -1)
         scanner_xyz = apply_matrix(voxel_to_scanner, ijk)
@@ -326,7 +346,8 @@ def _simulate_subject(index: int, ga: float, library: TemplateLibrary, config: S
         save_nifti(Volume(lab_stack.astype(np.int16), voxel_to_scanner), paths["dseg"])
         obliquity = rotation_angle_deg(axes_head @ _nearest_cube_rotation(axes_head).T)
         truth.stacks[sid] = {
-            "template_to_stack": head_to_scanner.tolist(), "voxel_to_ras": voxel_to_scanner.tolist(),
+            "template_to_stack": template_to_stack.tolist(), "head_pose": head_to_scanner.tolist(),
+            "voxel_to_ras": voxel_to_scanner.tolist(),
             "plane": plane, "obliquity_deg": obliquity, "shape": list(shape),
             "slice_thickness_mm": config.slice_thickness_mm, "slice_gap_mm": config.slice_gap_mm,
             "inplane_spacing_mm": config.inplane_spacing_mm, "psf_sigma_mm": list(config.psf_sigma_mm),
@@ -338,6 +359,21 @@ def _simulate_subject(index: int, ga: float, library: TemplateLibrary, config: S
                         "Seg": f"stacks/{sid}_dseg.nii.gz", "Mask": f"stacks/{sid}_mask.nii.gz",
                         "subject": subject, "slice_thickness_mm": config.slice_thickness_mm})
     return truth, records
+
+
+def _best_rigid_pose(brain: np.ndarray, voxel_to_head, slice_to_head, voxel_to_scanner, deformation) -> np.ndarray:
+    """The true ``template_to_stack``: least-squares rigid fit from where each brain voxel of the stack really
+    came from in the template (through its slice's motion and the subject's deformation) to its scanner position.
+    Without motion or deformation it equals the head pose exactly."""
+    ijk = np.argwhere(brain).astype(np.float64)
+    if len(ijk) > 20000:
+        ijk = ijk[:: len(ijk) // 20000 + 1]
+    k = ijk[:, 2].astype(int)
+    head = apply_matrix(voxel_to_head, ijk)
+    inv_motion = np.linalg.inv(slice_to_head)[k]                          # (N, 4, 4)
+    template = np.einsum("nij,nj->ni", inv_motion[:, :3, :3], head) + inv_motion[:, :3, 3]
+    template += _displacement(deformation, template.astype(np.float32))
+    return fit_rigid(template, apply_matrix(voxel_to_scanner, ijk))
 
 
 def _nearest_cube_rotation(r: np.ndarray) -> np.ndarray:
