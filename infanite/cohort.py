@@ -37,6 +37,8 @@ from .imageio import ImageReadError, atomic_write_text, load_nifti, read_header
 from .labels import LabelTable, default_label_table
 
 REQUIRED_COLUMNS = ("subject_id", "scan_age", "T2w", "Seg")
+#: Registration also takes stacks without a known GA (empty ``scan_age``) or without a Seg (``Mask`` given).
+REQUIRED_COLUMNS_FOR_REGISTRATION = ("subject_id", "T2w")
 OPTIONAL_COLUMNS = ("Mask", "subject", "slice_thickness_mm")
 #: Key of the reference's ``subject_ids.yaml`` used when the file has several and none is named.
 DEFAULT_DATASET_NAME = "fetal_atlas"
@@ -102,9 +104,9 @@ class StackRecord:
 
     row: int
     subject_id: str
-    scan_age: float
+    scan_age: float | None
     t2w: Path
-    seg: Path
+    seg: Path | None
     mask: Path | None = None
     subject: str = ""
     slice_thickness_mm: float | None = None
@@ -112,7 +114,7 @@ class StackRecord:
 
     def __post_init__(self):
         self.t2w = Path(self.t2w)
-        self.seg = Path(self.seg)
+        self.seg = None if self.seg in (None, "") else Path(self.seg)
         self.mask = None if self.mask in (None, "") else Path(self.mask)
         if not self.subject:
             self.subject = subject_from_id(self.subject_id)
@@ -153,7 +155,7 @@ def write_manifest(stacks: list[StackRecord], path) -> Path:
     """Atomically write ``stacks`` as a manifest TSV with all columns, then the extra columns.
 
     Paths inside the manifest's base folder (see :func:`manifest_base_dir`) are written relative to it, others
-    absolute; a None mask or thickness is written as an empty cell.
+    absolute; a None GA, seg, mask or thickness is written as an empty cell.
     """
     path = Path(os.path.abspath(path))
     base = manifest_base_dir(path)
@@ -166,8 +168,9 @@ def write_manifest(stacks: list[StackRecord], path) -> Path:
     writer.writerow([*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS, *extras])
     for record in stacks:
         writer.writerow([
-            record.subject_id, repr(float(record.scan_age)), _path_cell(record.t2w, base),
-            _path_cell(record.seg, base), "" if record.mask is None else _path_cell(record.mask, base),
+            record.subject_id, "" if record.scan_age is None else repr(float(record.scan_age)),
+            _path_cell(record.t2w, base), "" if record.seg is None else _path_cell(record.seg, base),
+            "" if record.mask is None else _path_cell(record.mask, base),
             record.subject, "" if record.slice_thickness_mm is None else repr(float(record.slice_thickness_mm)),
             *(str(record.extra.get(key, "")) for key in extras)])
     return atomic_write_text(path, buffer.getvalue())
@@ -226,9 +229,13 @@ def _read_subject_ids(yaml_path: Path, dataset_name: str | None, tsv_ids: set[st
     return wanted, problems
 
 
-def _parse_row(line: int, cells: dict[str, str], base: Path, manifest: str) -> tuple[StackRecord | None,
-                                                                                      list[Problem]]:
-    """A record from one row's cells (None when a value is unusable) and the row's problems."""
+def _parse_row(line: int, cells: dict[str, str], base: Path, manifest: str,
+               registration_input: bool = False) -> tuple[StackRecord | None, list[Problem]]:
+    """A record from one row's cells (None when a value is unusable) and the row's problems.
+
+    With ``registration_input`` an empty ``scan_age`` (GA unknown) and an empty ``Seg`` (when ``Mask`` is given)
+    are allowed.
+    """
     problems = []
 
     def bad(column: str, message: str) -> None:
@@ -241,18 +248,20 @@ def _parse_row(line: int, cells: dict[str, str], base: Path, manifest: str) -> t
     if cells.get("subject_id") == "":
         bad("subject_id", "empty subject_id")
     scan_age = _finite_number(cells.get("scan_age", ""))
-    if "scan_age" in cells and scan_age is None:
+    if "scan_age" in cells and scan_age is None and not (registration_input and cells["scan_age"] == ""):
         bad("scan_age", f"scan_age must be a finite number of weeks, got {cells['scan_age']!r}")
-    for column in ("T2w", "Seg"):
-        if cells.get(column) == "":
-            bad(column, f"empty {column} path")
+    if cells.get("T2w") == "":
+        bad("T2w", "empty T2w path")
+    if cells.get("Seg") == "" and not (registration_input and cells.get("Mask")):
+        bad("Seg", "empty Seg path" + (" (give a Mask when there is no Seg)" if registration_input else ""))
     thickness = None
     if cells.get("slice_thickness_mm"):
         thickness = _finite_number(cells["slice_thickness_mm"])
         if thickness is None or thickness <= 0:
             bad("slice_thickness_mm", f"slice_thickness_mm must be a positive number of mm, "
                                       f"got {cells['slice_thickness_mm']!r}")
-    if problems or any(column not in cells for column in REQUIRED_COLUMNS):
+    required = REQUIRED_COLUMNS_FOR_REGISTRATION if registration_input else REQUIRED_COLUMNS
+    if problems or any(column not in cells for column in required):
         return None, problems
     extra = {key: value for key, value in cells.items() if key not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS}
     record = StackRecord(line, cells["subject_id"], scan_age, resolve("T2w"), resolve("Seg"), resolve("Mask"),
@@ -260,7 +269,8 @@ def _parse_row(line: int, cells: dict[str, str], base: Path, manifest: str) -> t
     return record, problems
 
 
-def read_manifest(path, subject_ids_yaml=None, dataset_name: str | None = None) -> tuple[Cohort, list[Problem]]:
+def read_manifest(path, subject_ids_yaml=None, dataset_name: str | None = None,
+                  registration_input: bool = False) -> tuple[Cohort, list[Problem]]:
     """Parse a manifest TSV (no image is opened) into a :class:`Cohort` and the list of table problems.
 
     With ``subject_ids_yaml`` (the reference's ``{<dataset_name>: {subject_ids: {train: [ids...]}}}``;
@@ -297,9 +307,13 @@ def read_manifest(path, subject_ids_yaml=None, dataset_name: str | None = None) 
 
     problems = [Problem(header_line, column, None, "bad_value", "column appears more than once in the header", name)
                 for column in dict.fromkeys(c for c in header if header.count(c) > 1)]
+    required = REQUIRED_COLUMNS_FOR_REGISTRATION if registration_input else REQUIRED_COLUMNS
     problems += [Problem(header_line, column, None, "missing_column",
                          f"required column is missing (header: {', '.join(header)})", name)
-                 for column in REQUIRED_COLUMNS if column not in header]
+                 for column in required if column not in header]
+    if registration_input and "Seg" not in header and "Mask" not in header:
+        problems.append(Problem(header_line, "Mask", None, "missing_column",
+                                "registration needs a Mask or a Seg column for the brain mask", name))
     table = []
     for line, cells in rows:
         if len(cells) > len(header):
@@ -325,7 +339,7 @@ def read_manifest(path, subject_ids_yaml=None, dataset_name: str | None = None) 
 
     stacks, first_line = [], {}
     for line, cells in selected:
-        record, row_problems = _parse_row(line, cells, base, name)
+        record, row_problems = _parse_row(line, cells, base, name, registration_input)
         problems += row_problems
         subject_id = cells.get("subject_id")
         if subject_id and subject_id in first_line:
@@ -352,7 +366,7 @@ def check_ages(cohort: Cohort, ga_range=(21.0, 39.0)) -> list[Problem]:
     return [Problem(r.row, "scan_age", None, "ga_out_of_range",
                     f"scan_age {r.scan_age:g} weeks is outside the accepted range {low:g}–{high:g} weeks",
                     cohort.manifest_path.name)
-            for r in cohort.stacks if not low <= r.scan_age <= high]
+            for r in cohort.stacks if r.scan_age is not None and not low <= r.scan_age <= high]
 
 
 def _voxel_problems(column: str, array: np.ndarray, seg_is_mask: bool,
@@ -383,7 +397,9 @@ def _voxel_problems(column: str, array: np.ndarray, seg_is_mask: bool,
 
 
 def _stack_image_problems(record: StackRecord, label_table: LabelTable, manifest: str) -> list[Problem]:
-    files = {"T2w": record.t2w, "Seg": record.seg}
+    files = {"T2w": record.t2w}
+    if record.seg is not None:
+        files["Seg"] = record.seg
     if record.mask is not None:
         files["Mask"] = record.mask
     problems = []
@@ -431,14 +447,15 @@ def validate_images(cohort: Cohort, label_table: LabelTable, ga_range=(21.0, 39.
 
 
 def load_cohort(path, label_table: LabelTable | None = None, ga_range=(21.0, 39.0), subject_ids_yaml=None,
-                check_images: bool = True) -> Cohort:
+                check_images: bool = True, registration_input: bool = False) -> Cohort:
     """Read a manifest and check it (and its images unless ``check_images`` is False).
 
     ``label_table`` defaults to :func:`labels.default_label_table`, ``ga_range`` is in weeks.  Raises
     :class:`ManifestError` listing every table and image problem, sorted by row; rows with unusable table
-    values are not opened.  Nothing is written.
+    values are not opened.  ``registration_input`` accepts rows with an unknown GA (empty ``scan_age``) or with
+    only a ``Mask`` (no ``Seg``), as ``infanite register`` does.  Nothing is written.
     """
-    cohort, problems = read_manifest(path, subject_ids_yaml)
+    cohort, problems = read_manifest(path, subject_ids_yaml, registration_input=registration_input)
     if check_images:
         table = default_label_table() if label_table is None else label_table
         problems += validate_images(cohort, table, ga_range)

@@ -22,14 +22,19 @@ from .templates import Template
 class RegistrationSettings:
     """How stacks are registered (lengths mm, angles degrees)."""
 
-    bins: int = 32
+    bins: int = 32                         # joint-histogram bins of the reported (hard) NMI
     coarse_levels: tuple = COARSE_LEVELS
     fine_levels: tuple = FINE_LEVELS
     distinct_pose_deg: float = 10.0        # runner-up must differ from the best by this rotation …
     distinct_pose_mm: float = 5.0          # … or this translation at the brain centre
     high_confidence_margin: float = 0.01   # NMI margin to the runner-up above which confidence is "high"
+    fine_backend: str = "torch"            # "torch" (NMI, this module) or "sitk" (SimpleITK, Correlation)
     device: str = "cpu"
     seed: int = 0
+
+    def __post_init__(self):
+        if self.fine_backend not in ("torch", "sitk"):
+            raise ValueError(f"fine_backend must be 'torch' or 'sitk', got {self.fine_backend!r}")
 
 
 @dataclass
@@ -127,16 +132,56 @@ def register_stack(t2: Volume, mask: Volume, template: Template, settings: Regis
         start = coarse[best:best + 1]
     else:
         start = np.linalg.inv(np.asarray(initial_template_to_stack, dtype=np.float64))[None]
-    final, _ = _run_levels(settings.fine_levels, t2, mask_ijk, mask_ras, template_levels, start, centre, settings)
-    stack_to_template = final[0]
+    if settings.fine_backend == "sitk":
+        stack_to_template = np.linalg.inv(refine_sitk(t2, mask, template, np.linalg.inv(start[0])))
+    else:
+        final, _ = _run_levels(settings.fine_levels, t2, mask_ijk, mask_ras, template_levels, start, centre,
+                               settings)
+        stack_to_template = final[0]
     # report a plain (hard-histogram) Studholme NMI over every mask voxel at the final pose
-    sampler = template_levels.sampler(0.0) if 0.0 in template_levels._cache else None
     template_values = ndimage.map_coordinates(
         template.t2w.array.astype(np.float32),
         apply_matrix(np.linalg.inv(template.t2w.voxel_to_ras) @ stack_to_template, mask_ras).T, order=1)
     stack_values = t2.array[tuple(mask_ijk.T)]
     nmi = studholme_nmi(stack_values, template_values, settings.bins)
-    del sampler
     confidence = "high" if margin is None or margin >= settings.high_confidence_margin else "low"
     return StackRegistration(np.linalg.inv(stack_to_template), nmi, margin, confidence, candidates_info,
                              time.perf_counter() - t0)
+
+
+def refine_sitk(t2: Volume, mask: Volume, template: Template, initial_template_to_stack: np.ndarray) -> np.ndarray:
+    """Alternative fine back end: SimpleITK rigid registration (Correlation metric, fixed = stack with its mask).
+
+    Returns ``template_to_stack``.  Multi-resolution 4/2/1 with 2/1/0 mm smoothing, regular-step gradient descent.
+    """
+    import SimpleITK as sitk
+
+    from .geometry import lps_matrix_to_ras, ras_matrix_to_lps
+    from .imageio import volume_to_sitk
+
+    fixed = volume_to_sitk(t2.with_array(t2.array.astype(np.float32)))
+    fixed_mask = volume_to_sitk(mask.with_array((mask.array > 0).astype(np.uint8)))
+    moving = volume_to_sitk(template.t2w.with_array(template.t2w.array.astype(np.float32)))
+    stack_to_template_lps = ras_matrix_to_lps(np.linalg.inv(initial_template_to_stack))
+    tx = sitk.Euler3DTransform()
+    tx.SetMatrix([float(v) for v in stack_to_template_lps[:3, :3].ravel()])
+    tx.SetTranslation([float(v) for v in stack_to_template_lps[:3, 3]])
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsCorrelation()
+    reg.SetMetricFixedMask(fixed_mask)
+    reg.SetMetricSamplingStrategy(reg.RANDOM)
+    reg.SetMetricSamplingPercentage(0.3, seed=1)
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4, numberOfIterations=200,
+                                                 relaxationFactor=0.6)
+    reg.SetOptimizerScalesFromPhysicalShift()
+    reg.SetShrinkFactorsPerLevel([4, 2, 1])
+    reg.SetSmoothingSigmasPerLevel([2.0, 1.0, 0.0])
+    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    reg.SetInitialTransform(tx, inPlace=True)
+    reg.Execute(fixed, moving)
+    m = np.eye(4)
+    m[:3, :3] = np.asarray(tx.GetMatrix()).reshape(3, 3)
+    center = np.asarray(tx.GetCenter())
+    m[:3, 3] = np.asarray(tx.GetTranslation()) + center - m[:3, :3] @ center
+    return np.linalg.inv(lps_matrix_to_ras(m))
