@@ -14,6 +14,7 @@ A stack is finished when ``stacks/<id>.json`` exists; a rerun skips finished sta
 from __future__ import annotations
 
 import json
+import logging
 import os
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -33,6 +34,8 @@ from .resample import resample
 from .stack_registration import RegistrationSettings, register_stack
 from .templates import TemplateLibrary
 from .transforms_io import read_transforms_json, write_itk_tfm, write_transforms_json
+
+LOG = logging.getLogger(__name__)
 
 
 @dataclass
@@ -146,10 +149,9 @@ def preflight(manifest, library: TemplateLibrary, options: RegisterOptions, init
             transforms[kind] = {}
             continue
         unknown = sorted(set(transforms[kind]) - ids)
-        if unknown:
-            problems.append(Problem(None, None, str(path), "unknown_id",
-                                    f"--{kind}-transforms names stacks not in the manifest: {unknown}",
-                                    cohort.manifest_path.name))
+        if unknown:   # e.g. a transforms file of a larger run: harmless, but say so
+            LOG.warning("--%s-transforms %s: %d ids are not in the manifest and are ignored: %s", kind, path,
+                        len(unknown), ", ".join(unknown[:5]) + (" …" if len(unknown) > 5 else ""))
     if problems:
         raise ManifestError(cohort.manifest_path, problems)
     return cohort, transforms["init"], transforms["fixed"]
