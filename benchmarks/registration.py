@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -127,7 +128,10 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="4 subjects per cohort, no back-end comparison")
-    parser.add_argument("--keep", default=None, help="keep the simulated cohorts and outputs in this folder")
+    parser.add_argument("--keep", default=None, help="keep the simulated cohorts and outputs in this folder "
+                                                     "(cohorts already there are reused; outputs are redone)")
+    parser.add_argument("--cases", default="clinical,random,thick+motion,sitk,mial",
+                        help="comma-separated subset of: clinical, random, thick+motion, sitk, mial")
     args = parser.parse_args()
     atlas = SHARED / "crl2017-fetal-atlas"
     if not atlas.is_dir():
@@ -147,13 +151,16 @@ def main() -> None:
         print("| cohort | fine back end | stacks | success | median rot ° | p90 rot ° | median trans mm | "
               "p90 trans mm | median s/stack (one process) | wall s/stack | low-confidence |")
         print("|---|---|---|---|---|---|---|---|---|---|---|")
-        dirs = {}
+        wanted = set(args.cases.split(","))
+        for old in tmp.glob("reg-*"):
+            shutil.rmtree(old)
         for name, cfg in cases.items():
-            dirs[name] = run_case(name, cfg, library, atlas, tmp, args.jobs, "torch", args.device)
-        if not args.quick:
-            run_case("clinical", cases["clinical"], library, atlas, tmp, args.jobs, "sitk", args.device,
-                     cohort_dir=dirs["clinical"])
-        mial_case(atlas, tmp, args.jobs, args.device)
+            if name in wanted:
+                run_case(name, cfg, library, atlas, tmp, args.jobs, "torch", args.device)
+        if "sitk" in wanted and not args.quick:
+            run_case("clinical", cases["clinical"], library, atlas, tmp, args.jobs, "sitk", args.device)
+        if "mial" in wanted:
+            mial_case(atlas, tmp, args.jobs, args.device)
         print(f"\npeak RSS of one registration process: {peak_rss_mb():.0f} MB")
 
 

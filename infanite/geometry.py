@@ -147,3 +147,11 @@ def fit_rigid(source_mm: np.ndarray, target_mm: np.ndarray, weights: np.ndarray 
     m[:3, :3] = r
     m[:3, 3] = c_dst - r @ c_src
     return m
+
+
+def orthonormalize(matrix: np.ndarray) -> np.ndarray:
+    """The nearest proper rotation (SVD) replaces the 3x3 block of a nearly rigid 4x4 matrix."""
+    m = np.array(matrix, dtype=np.float64)
+    u, _, vt = np.linalg.svd(m[:3, :3])
+    m[:3, :3] = u @ np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))]) @ vt
+    return m

@@ -1,7 +1,7 @@
 """``infanite register``: every stack of a cohort into template space, with observed-voxel and weight maps.
 
-Per stack: brain mask (``Mask`` or ``Seg > 0``), optional N4, the template for its GA (by brain volume when the
-GA is unknown), orientation search + rigid NMI registration (:mod:`infanite.stack_registration`), then
+Per stack: brain mask (``Mask`` or ``Seg > 0``), optional N4, the template for its GA (when the GA is unknown:
+the weeks from 2 below to 1 above the brain-volume guess are all tried and the highest NMI wins), orientation search + rigid NMI registration (:mod:`infanite.stack_registration`), then
 resampling onto the template grid (or an isotropic grid of ``spacing_mm`` over the same field of view): T2
 (linear), Seg and mask (nearest), the observed-voxel map and the weight map W.
 
@@ -183,21 +183,33 @@ def register_one(record: StackRecord, templates, out: Path, options: RegisterOpt
     mask = mask.with_array((mask.array > 0).astype(np.uint8)) if mask is not None else \
         seg.with_array((seg.array > 0).astype(np.uint8))
     ga_estimated = record.scan_age is None
-    if ga_estimated:
-        brain_ml = np.count_nonzero(mask.array) * abs(np.linalg.det(mask.voxel_to_ras[:3, :3])) / 1000.0
-        ga = library.week_for_brain_volume(brain_ml)
-    else:
-        ga = record.scan_age
-    template = library.for_ga(ga, options.template_mode)
     moving = t2
     if options.n4:
         from .bias import n4_correct
 
         moving = n4_correct(t2, mask)
+    week_nmi = None
     if fixed_matrix is not None:
+        ga = record.scan_age if not ga_estimated else _volume_week(library, mask)
+        template = library.for_ga(ga, options.template_mode)
         template_to_stack, nmi, margin, confidence, seconds = np.asarray(fixed_matrix), None, None, "fixed", 0.0
     else:
-        result = register_stack(moving, mask, template, options.settings, initial_template_to_stack=init_matrix)
+        if ga_estimated:
+            # GA unknown: the brain volume of a thick-slice mask is only a rough guide (it overestimates), so
+            # the neighbouring template weeks are all tried and the best-matching one (highest NMI) is kept
+            guess = _volume_week(library, mask)
+            weeks = [w for w in library.weeks if guess - 2 <= w <= guess + 1]
+            results = {w: register_stack(moving, mask, library.get(w), options.settings, init_matrix)
+                       for w in weeks}
+            ga = max(results, key=lambda w: results[w].nmi)
+            week_nmi = {str(w): round(r.nmi, 4) for w, r in results.items()}
+            result = results[ga]
+            result.seconds = sum(r.seconds for r in results.values())
+        else:
+            ga = record.scan_age
+            result = register_stack(moving, mask, library.for_ga(ga, options.template_mode), options.settings,
+                                    initial_template_to_stack=init_matrix)
+        template = library.for_ga(ga, options.template_mode)
         template_to_stack, nmi, margin = result.template_to_stack, result.nmi, result.margin
         confidence, seconds = result.confidence, result.seconds
     grid = output_grid(template.grid, options.spacing_mm)
@@ -219,10 +231,16 @@ def register_one(record: StackRecord, templates, out: Path, options: RegisterOpt
                                f"confidence {confidence}")
     summary = {"subject_id": record.subject_id, "row": record.row, "template_to_stack": template_to_stack.tolist(),
                "qc": {"nmi": nmi, "margin": margin, "confidence": confidence, "template_ga": float(ga),
-                      "ga_estimated": ga_estimated, "seconds": round(seconds, 2),
+                      "ga_estimated": ga_estimated, "week_nmi": week_nmi, "seconds": round(seconds, 2),
                       "observed_fraction": float(observed[mask_t.array > 0].mean()) if mask_t.array.any() else 0.0}}
     atomic_write_text(paths["result"], json.dumps(summary))
     return summary
+
+
+def _volume_week(library: TemplateLibrary, mask: Volume) -> float:
+    """Template week whose brain volume is closest to the mask's (mL), as NiftyMIC chooses its template."""
+    brain_ml = np.count_nonzero(mask.array) * abs(np.linalg.det(mask.voxel_to_ras[:3, :3])) / 1000.0
+    return library.week_for_brain_volume(brain_ml)
 
 
 def _template_on(template, grid: Grid):

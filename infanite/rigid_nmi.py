@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .geometry import orthonormalize
+
 
 @dataclass(frozen=True)
 class NMILevel:
@@ -156,5 +158,5 @@ def optimise_poses(points_stack: np.ndarray, values_stack: np.ndarray, template:
         delta = np.eye(4)
         delta[:3, :3] = rot[b]
         delta[:3, 3] = cc - rot[b] @ cc + best_trans[b].cpu().numpy()
-        out[b] = delta @ init64[b]
+        out[b] = orthonormalize(delta @ init64[b])        # float32 optimisation → exact rotation
     return out, best_nmi.cpu().numpy().astype(np.float64)

@@ -28,6 +28,7 @@ class RegistrationSettings:
     distinct_pose_deg: float = 10.0        # runner-up must differ from the best by this rotation …
     distinct_pose_mm: float = 5.0          # … or this translation at the brain centre
     high_confidence_margin: float = 0.01   # NMI margin to the runner-up above which confidence is "high"
+    finalists: int = 4                     # distinct coarse poses refined at the fine levels
     fine_backend: str = "torch"            # "torch" (NMI, this module) or "sitk" (SimpleITK, Correlation)
     device: str = "cpu"
     seed: int = 0
@@ -97,13 +98,31 @@ def _run_levels(levels: tuple[NMILevel, ...], t2: Volume, mask_ijk, mask_ras, te
     return poses, nmi
 
 
+def _is_distinct(a: np.ndarray, b: np.ndarray, centre, settings) -> bool:
+    angle, dist = pose_distance(a, b, centre)
+    return angle > settings.distinct_pose_deg or dist > settings.distinct_pose_mm
+
+
+def _distinct_best(poses: np.ndarray, nmi: np.ndarray, centre, settings) -> list[int]:
+    """Indices of the ``settings.finalists`` best poses that differ pairwise (see ``distinct_pose_*``)."""
+    chosen: list[int] = []
+    for idx in np.argsort(-nmi):
+        if all(_is_distinct(poses[idx], poses[j], centre, settings) for j in chosen):
+            chosen.append(int(idx))
+        if len(chosen) == settings.finalists:
+            break
+    return chosen
+
+
 def register_stack(t2: Volume, mask: Volume, template: Template, settings: RegistrationSettings | None = None,
                    initial_template_to_stack: np.ndarray | None = None) -> StackRegistration:
     """Find ``template_to_stack`` for one stack.
 
     Without ``initial_template_to_stack`` the orientation search runs: 24 axis candidates in the stack's voxel
-    frame ∪ 4 principal-axis candidates, each refined by a short coarse registration, ranked by NMI; the best is
-    refined at fine levels.  With it, the search is skipped and the given pose is refined.
+    frame ∪ 4 principal-axis candidates, each refined by a short coarse registration and ranked by NMI; the
+    ``settings.finalists`` best distinct poses are refined together at the fine levels and the best fine NMI
+    wins (``margin`` = its lead over the best distinct runner-up).  With it, the search is skipped and the given
+    pose is refined.
     """
     settings = settings or RegistrationSettings()
     t0 = time.perf_counter()
@@ -121,23 +140,29 @@ def register_stack(t2: Volume, mask: Volume, template: Template, settings: Regis
         names = [f"axis{i:02d}" for i in range(24)] + [f"pca{i}" for i in range(4)]
         coarse, coarse_nmi = _run_levels(settings.coarse_levels, t2, mask_ijk, mask_ras, template_levels,
                                          candidates, centre, settings)
-        order = np.argsort(-coarse_nmi)
-        best = int(order[0])
-        for idx in order[1:]:
-            angle, dist = pose_distance(coarse[idx], coarse[best], mask_ras.mean(0))
-            if angle > settings.distinct_pose_deg or dist > settings.distinct_pose_mm:
-                margin = float(coarse_nmi[best] - coarse_nmi[idx])
-                break
-        candidates_info = [{"name": names[i], "coarse_nmi": float(coarse_nmi[i])} for i in order]
-        start = coarse[best:best + 1]
+        candidates_info = [{"name": names[i], "coarse_nmi": float(coarse_nmi[i])} for i in np.argsort(-coarse_nmi)]
+        # the best few distinct coarse poses all go through the fine levels (one batch); the fine NMI decides
+        finalists = _distinct_best(coarse, coarse_nmi, mask_ras.mean(0), settings)
+        start = coarse[finalists]
     else:
         start = np.linalg.inv(np.asarray(initial_template_to_stack, dtype=np.float64))[None]
+        finalists = [0]
     if settings.fine_backend == "sitk":
         stack_to_template = np.linalg.inv(refine_sitk(t2, mask, template, np.linalg.inv(start[0])))
+        if len(finalists) > 1:
+            margin = float(coarse_nmi[finalists[0]] - coarse_nmi[finalists[1]])
     else:
-        final, _ = _run_levels(settings.fine_levels, t2, mask_ijk, mask_ras, template_levels, start, centre,
-                               settings)
-        stack_to_template = final[0]
+        final, fine_nmi = _run_levels(settings.fine_levels, t2, mask_ijk, mask_ras, template_levels, start, centre,
+                                      settings)
+        order = np.argsort(-fine_nmi)
+        stack_to_template = final[order[0]]
+        for idx in order[1:]:
+            if _is_distinct(final[idx], final[order[0]], mask_ras.mean(0), settings):
+                margin = float(fine_nmi[order[0]] - fine_nmi[idx])
+                break
+        if initial_template_to_stack is None:
+            for finalist, nmi_value in zip(finalists, fine_nmi):
+                candidates_info.append({"name": names[finalist], "fine_nmi": float(nmi_value)})
     # report a plain (hard-histogram) Studholme NMI over every mask voxel at the final pose
     template_values = ndimage.map_coordinates(
         template.t2w.array.astype(np.float32),
