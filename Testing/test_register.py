@@ -226,3 +226,68 @@ def test_unknown_ga_is_chosen_by_brain_volume(cohort, templates, tmp_path):
     assert qc["ga_estimated"] is True and qc["template_ga"] in WEEKS and abs(qc["template_ga"] - true_ga) <= 2
     reg = load_cohort(out / "registered.tsv")
     assert reg.stacks[0].scan_age == qc["template_ga"] and reg.stacks[0].extra["ga_estimated"] == "1"
+
+
+def test_real_mial_stacks_land_consistently(mial_dir, crl_atlas_dir, tmp_path):
+    """Two real orthogonal clinical stacks (CC0) registered to the CRL atlas agree with each other."""
+    rows = ["subject_id\tscan_age\tT2w\tMask"]
+    rows += [f"run-{i}\t23\t{mial_dir}/sub-01_run-{i}_T2w.nii.gz\t{mial_dir}/sub-01_run-{i}_T2w_desc-brain_mask.nii.gz"
+             for i in (3, 5)]
+    (tmp_path / "mial.tsv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    result = register_cohort(tmp_path / "mial.tsv", crl_atlas_dir, out)
+    assert not result["failed"]
+    qc = json.loads((out / "transforms.json").read_text())["qc"]
+    assert all(q["confidence"] == "high" for q in qc.values()), qc
+    brain = TemplateLibrary.from_folder(crl_atlas_dir).get(23.0).mask.array > 0
+    a = load_nifti(out / "stacks" / "run-3_T2w.nii.gz").array
+    b = load_nifti(out / "stacks" / "run-5_T2w.nii.gz").array
+    both = brain & (a > 0) & (b > 0)
+    assert both.sum() > 0.5 * brain.sum()
+    assert np.corrcoef(a[both], b[both])[0, 1] > 0.5
+
+
+def test_spacing_jobs_and_cli_exit_codes(cohort, templates, tmp_path, monkeypatch):
+    """--spacing gives an isotropic grid over the template's field of view; --jobs 2 runs worker processes."""
+    manifest = subset(cohort, tmp_path, 2)
+    out = tmp_path / "coarse"
+    code = main(["register", "--manifest", str(manifest), "--templates", str(templates), "--out", str(out),
+                 "--spacing", "2.4", "--jobs", "2", "--fixed-transforms", str(cohort / "truth.json")])
+    assert code == 0
+    template_grid = TemplateLibrary.from_folder(templates).get(28.0).grid
+    for stack in load_cohort(out / "registered.tsv").stacks:
+        vol = load_nifti(stack.t2w)
+        assert np.allclose(vol.spacing_mm, 2.4)
+        extent = vol.spacing_mm * (np.asarray(vol.shape) - 1)
+        template_extent = template_grid.spacing_mm * (np.asarray(template_grid.shape) - 1)
+        assert np.all(extent <= template_extent + 1e-6) and np.all(extent > template_extent - 2.4)
+        centre = vol.voxel_to_ras @ np.r_[(np.asarray(vol.shape) - 1) / 2, 1]
+        template_centre = template_grid.voxel_to_ras @ np.r_[(np.asarray(template_grid.shape) - 1) / 2, 1]
+        np.testing.assert_allclose(centre, template_centre, atol=1e-6)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(register_module, "register_stack", broken)
+    code = main(["register", "--manifest", str(manifest), "--templates", str(templates), "--out",
+                 str(tmp_path / "broken")])
+    assert code == 1
+    assert len(json.loads((tmp_path / "broken" / "failures.json").read_text())) == 2
+
+
+def test_n4_removes_a_smooth_bias_field():
+    from infanite.bias import n4_correct
+    from infanite.imageio import Volume
+
+    t2, mask, _ = make_phantom(30.0, 1.6)
+    xyz = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in t2.shape], indexing="ij"), -1)
+    biased = t2.with_array(t2.array * np.exp(0.4 * xyz[..., 0] + 0.2 * xyz[..., 2]).astype(np.float32))
+    corrected = n4_correct(biased, mask)
+    brain = mask.array > 0
+    wm = brain & (np.abs(t2.array - 2000.0) < 60)          # white-matter-like voxels of the phantom
+
+    def spread(vol: Volume) -> float:
+        values = vol.array[wm]
+        return float(values.std() / values.mean())
+
+    assert spread(corrected) < 0.6 * spread(biased)

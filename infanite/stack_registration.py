@@ -120,8 +120,8 @@ def register_stack(t2: Volume, mask: Volume, template: Template, settings: Regis
 
     Without ``initial_template_to_stack`` the orientation search runs: 24 axis candidates in the stack's voxel
     frame ∪ 4 principal-axis candidates, each refined by a short coarse registration and ranked by NMI; the
-    ``settings.finalists`` best distinct poses are refined together at the fine levels and the best fine NMI
-    wins (``margin`` = its lead over the best distinct runner-up).  With it, the search is skipped and the given
+    ``settings.finalists`` best distinct poses are refined together at the first fine level, the best NMI wins
+    (``margin`` = its lead over the best distinct runner-up) and alone goes through the finer levels.  With it, the search is skipped and the given
     pose is refined.
     """
     settings = settings or RegistrationSettings()
@@ -152,17 +152,20 @@ def register_stack(t2: Volume, mask: Volume, template: Template, settings: Regis
         if len(finalists) > 1:
             margin = float(coarse_nmi[finalists[0]] - coarse_nmi[finalists[1]])
     else:
-        final, fine_nmi = _run_levels(settings.fine_levels, t2, mask_ijk, mask_ras, template_levels, start, centre,
-                                      settings)
+        # the finalists share the first fine level; the winner alone goes on to the finer ones
+        first, rest = settings.fine_levels[:1], settings.fine_levels[1:]
+        refined, fine_nmi = _run_levels(first, t2, mask_ijk, mask_ras, template_levels, start, centre, settings)
         order = np.argsort(-fine_nmi)
-        stack_to_template = final[order[0]]
         for idx in order[1:]:
-            if _is_distinct(final[idx], final[order[0]], mask_ras.mean(0), settings):
+            if _is_distinct(refined[idx], refined[order[0]], mask_ras.mean(0), settings):
                 margin = float(fine_nmi[order[0]] - fine_nmi[idx])
                 break
         if initial_template_to_stack is None:
             for finalist, nmi_value in zip(finalists, fine_nmi):
                 candidates_info.append({"name": names[finalist], "fine_nmi": float(nmi_value)})
+        best = refined[order[0]:order[0] + 1]
+        stack_to_template = (_run_levels(rest, t2, mask_ijk, mask_ras, template_levels, best, centre, settings)[0]
+                             if rest else best)[0]
     # report a plain (hard-histogram) Studholme NMI over every mask voxel at the final pose
     template_values = ndimage.map_coordinates(
         template.t2w.array.astype(np.float32),
