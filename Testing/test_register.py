@@ -263,7 +263,7 @@ def test_spacing_jobs_and_cli_exit_codes(cohort, templates, tmp_path, monkeypatc
         assert np.all(extent <= template_extent + 1e-6) and np.all(extent > template_extent - 2.4)
         centre = vol.voxel_to_ras @ np.r_[(np.asarray(vol.shape) - 1) / 2, 1]
         template_centre = template_grid.voxel_to_ras @ np.r_[(np.asarray(template_grid.shape) - 1) / 2, 1]
-        np.testing.assert_allclose(centre, template_centre, atol=1e-6)
+        np.testing.assert_allclose(centre, template_centre, atol=1e-4)   # NIfTI stores float32
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
