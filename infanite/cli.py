@@ -76,6 +76,20 @@ def _cmd_register(args) -> int:
     return 1 if result["failed"] else 0
 
 
+def _cmd_train(args) -> int:
+    from .train import train
+    from .train_config import load_train_config
+
+    overrides = list(args.set or [])
+    if args.device:
+        overrides.append(f"device={args.device}")
+    config = load_train_config(args.config, overrides)
+    with ProgressReporter(args.progress_json) as progress:
+        summary = train(args.manifest, config, Path(args.out), resume=args.resume, progress=progress)
+    print(f"trained {summary['steps']}/{summary['total_steps']} steps in {summary['seconds']} s: {args.out}")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -160,6 +174,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use the T2w geometry for Seg/Mask whose headers differ from it only by float noise")
     _add_progress(p)
     p.set_defaults(func=_cmd_register)
+
+    p = sub.add_parser("train", help="fit the modulated SIREN and per-stack latents to a registered cohort",
+                       description="INR training (resumable).  Without --config the paper's settings apply.")
+    p.add_argument("--manifest", required=True, help="registered.tsv written by 'infanite register'")
+    p.add_argument("--config", default=None, help="YAML config (our keys or the reference's config_atlas.yaml)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config key, value parsed as YAML (e.g. inr_decoder.modulated_layers=[1,3])")
+    p.add_argument("--out", required=True, help="run folder (checkpoint.pt, train_log.jsonl, config.yaml)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: the config's)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt exactly")
+    _add_progress(p)
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("demo", help="run the built-in demo on a small phantom cohort (CPU, a few minutes)",
                        description="Simulate a small phantom cohort and write a montage of a stack over its "

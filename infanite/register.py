@@ -230,11 +230,33 @@ def register_one(record: StackRecord, templates, out: Path, options: RegisterOpt
                          title=f"{record.subject_id}: NMI {nmi if nmi is None else round(nmi, 3)}, "
                                f"confidence {confidence}")
     summary = {"subject_id": record.subject_id, "row": record.row, "template_to_stack": template_to_stack.tolist(),
+               "psf_cov_mm2": slice_psf_covariance(t2, record.slice_thickness_mm, template_to_stack).tolist(),
                "qc": {"nmi": nmi, "margin": margin, "confidence": confidence, "template_ga": float(ga),
                       "ga_estimated": ga_estimated, "week_nmi": week_nmi, "seconds": round(seconds, 2),
                       "observed_fraction": float(observed[mask_t.array > 0].mean()) if mask_t.array.any() else 0.0}}
     atomic_write_text(paths["result"], json.dumps(summary))
     return summary
+
+
+def slice_psf_covariance(t2: Volume, thickness_mm: float | None, template_to_stack: np.ndarray,
+                         inplane_fwhm_factor: float = 1.2) -> np.ndarray:
+    """The stack's Gaussian slice profile as a 3×3 covariance (mm²) in template RAS axes.
+
+    Through-plane FWHM = slice thickness (default: the through-plane spacing), in-plane FWHM = 1.2 × spacing,
+    along the stack's axes, rotated by the registration into template space (Σ_t = Rᵀ Σ_s R).
+    """
+    from .geometry import direction_cosines
+    from .observed import slice_axis
+    from .resample import FWHM_TO_SIGMA
+
+    spacing = t2.spacing_mm.copy()
+    through = slice_axis(t2.grid)
+    fwhm = inplane_fwhm_factor * spacing
+    fwhm[through] = thickness_mm if thickness_mm else spacing[through]
+    axes = direction_cosines(t2.voxel_to_ras)
+    cov_stack = axes @ np.diag((fwhm * FWHM_TO_SIGMA) ** 2) @ axes.T
+    rotation = np.asarray(template_to_stack)[:3, :3]
+    return rotation.T @ cov_stack @ rotation
 
 
 def _volume_week(library: TemplateLibrary, mask: Volume) -> float:
@@ -317,7 +339,8 @@ def _write_cohort_outputs(cohort: Cohort, out: Path, failed: dict[str, str]) -> 
         qc[record.subject_id] = summary["qc"]
         extra = dict(record.extra)
         extra.update(Weight=paths["Weight"].relative_to(out).as_posix(),
-                     Observed=paths["Observed"].relative_to(out).as_posix())
+                     Observed=paths["Observed"].relative_to(out).as_posix(),
+                     psf_cov_mm2=",".join(f"{v:.6g}" for v in np.ravel(summary["psf_cov_mm2"])))
         if summary["qc"]["ga_estimated"]:
             extra["ga_estimated"] = "1"
         records.append(StackRecord(record.row, record.subject_id, summary["qc"]["template_ga"]

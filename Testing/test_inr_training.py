@@ -1,0 +1,121 @@
+"""INR model, PSF jitter, weighted loss and training: analytic checks and exact resume."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from infanite.imageio import save_nifti
+from infanite.inr_data import pack_cohort, psf_jitter, weighted_loss
+from infanite.inr_model import ModulatedSiren, interpolate_latents, interpolate_latents_naive
+from infanite.phantom import make_phantom, phantom_library
+from infanite.register import register_cohort
+from infanite.simulate import SimulationConfig, simulate_cohort
+from infanite.train import train
+from infanite.train_config import load_train_config
+
+TINY = ["inr_decoder.hidden_size=64", "inr_decoder.num_hidden_layers=3", "inr_decoder.modulated_layers=[1,3]",
+        "inr_decoder.latent_dim=[16,3,3,3]", "n_samples=2000", "epochs.train=2", "checkpoint_every=10",
+        "inr_decoder.tf_dim=0", "optimizer.lr_inr=1e-3", "optimizer.lr_latent=1e-2"]
+
+
+def test_interpolation_is_trilinear_at_vertices_and_midpoints():
+    torch.manual_seed(0)
+    lat = torch.randn(2, 4, 3, 3, 3)
+    vertices = torch.tensor([[-1.0, -1, -1], [0, 1, -1], [1, 0, 1], [0, 0, 0]])
+    stack = torch.tensor([0, 1, 1, 0])
+    got = interpolate_latents(lat, stack, vertices)
+    for n, (x, y, z) in enumerate(vertices.long() + 1):       # x → last axis
+        assert torch.allclose(got[n], lat[stack[n], :, z, y, x])
+    mid = torch.tensor([[-0.5, 0.0, 0.5]])
+    expected = 0.5 * (lat[0, :, 2, 1, 0] + lat[0, :, 2, 1, 1]) * 0.5 + 0.5 * (lat[0, :, 1, 1, 0] + lat[0, :, 1, 1, 1]) * 0.5
+    assert torch.allclose(interpolate_latents(lat, torch.tensor([0]), mid)[0], expected, atol=1e-6)
+    coords = torch.rand(500, 3) * 2.6 - 1.3                     # includes border clamping
+    stacks = torch.randint(0, 2, (500,))
+    assert torch.allclose(interpolate_latents(lat, stacks, coords), interpolate_latents_naive(lat, stacks, coords),
+                          atol=1e-6)
+
+
+def test_psf_jitter_has_the_requested_covariance_and_keeps_constants():
+    cov = torch.tensor([[1.0, 0.3, 0.0], [0.3, 0.5, 0.1], [0.0, 0.1, 2.0]])
+    chol = torch.linalg.cholesky(cov)
+    pts = psf_jitter(torch.zeros(1, 3), chol[None], 200_000, torch.Generator().manual_seed(0))[0]
+    assert torch.allclose(torch.cov(pts.T), cov, atol=0.03)
+    model = ModulatedSiren(1, 3, [0, 0, 0], [50, 50, 50], hidden_size=16, num_hidden_layers=2,
+                           modulated_layers=(1,), latent_dim=(4, 3, 3, 3))
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor([0.7, -1.0, 2.0]))
+    jittered = psf_jitter(torch.randn(10, 3) * 10, chol.expand(10, 3, 3), 16)
+    averaged = model(jittered.reshape(-1, 3), torch.zeros(160, dtype=torch.long)).reshape(10, 16, 3).mean(1)
+    assert torch.allclose(averaged, torch.tensor([0.7, -1.0, 2.0]).expand(10, 3), atol=1e-6)
+
+
+def test_weighted_loss_matches_a_hand_computation():
+    pred = torch.tensor([[0.5, 0.0, 2.0, 0.0, 0.0], [0.1, 0.0, 0.0, 1.0, 0.0], [0.9, 0.0, 0.0, 0.0, 3.0]])
+    intensity = torch.tensor([0.4, 0.3, 0.9])
+    label = torch.tensor([1, 2, 3])
+    weight = torch.tensor([1.6, 0.8, 0.8])
+    cw = torch.tensor([0.0, 1.0, 1.0, 2.0])
+    total, l_int, l_seg = weighted_loss(pred, intensity, label, weight, cw, "l1", seg_weight=0.5)
+    w = weight.numpy()
+    expect_int = (1.6 * 0.1 + 0.8 * 0.2 + 0.8 * 0.0) / w.sum()
+    logits = pred[:, 1:].numpy()
+    ce = [-(logits[i, label[i]] - np.log(np.exp(logits[i]).sum())) * cw[label[i]].item() for i in range(3)]
+    expect_seg = float((w * np.array(ce)).sum() / w.sum())
+    assert l_int.item() == pytest.approx(expect_int, rel=1e-5)
+    assert l_seg.item() == pytest.approx(expect_seg, rel=1e-5)
+    assert total.item() == pytest.approx(expect_int + 0.5 * expect_seg, rel=1e-5)
+    _, l_mse, _ = weighted_loss(pred, intensity, label, weight, cw, "mse")
+    assert l_mse.item() == pytest.approx((1.6 * 0.01 + 0.8 * 0.04) / w.sum(), rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inr")
+    simulate_cohort(SimulationConfig(n_subjects=2, stacks_per_subject=2, ga_range=(27.0, 29.0),
+                                     inplane_spacing_mm=2.0, seed=1), root / "sim", library=phantom_library(1.6))
+    folder = root / "tpl"
+    folder.mkdir()
+    rows = ["ga\tT2w\tMask\tSeg"]
+    for week in (27, 28, 29):
+        for name, vol in zip(("t2", "mask", "seg"), make_phantom(week, 1.6)):
+            save_nifti(vol, folder / f"w{week}_{name}.nii.gz")
+        rows.append(f"{week}\tw{week}_t2.nii.gz\tw{week}_mask.nii.gz\tw{week}_seg.nii.gz")
+    (folder / "templates.tsv").write_text("\n".join(rows) + "\n")
+    register_cohort(root / "sim" / "cohort.tsv", folder, root / "reg", fixed_transforms=root / "sim" / "truth.json")
+    return root / "reg" / "registered.tsv"
+
+
+def test_training_lowers_the_loss_and_learns_labels(registered, tmp_path):
+    config = load_train_config(None, TINY + ["max_steps=150"])
+    summary = train(registered, config, tmp_path / "run")
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 150 == summary["steps"]
+    assert np.mean([r["loss"] for r in log[-10:]]) < 0.6 * np.mean([r["loss"] for r in log[:10]])
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    data = pack_cohort(registered, list(range(1, 9)))
+    from infanite.train import build_model
+
+    model = build_model(config, data)
+    model.load_state_dict(state["model"])
+    brain = data.label < data.halo_label
+    with torch.no_grad():
+        pred = model(data.coords_mm[brain], data.stack[brain])[:, 1:].argmax(1)
+    truth = data.label[brain]
+    accuracy = (pred == truth).float().mean().item()
+    wm = truth == 1
+    assert accuracy > 0.5 and (pred[wm] == 1).float().mean().item() > 0.7
+
+
+def test_resume_after_kill_reproduces_the_loss_curve(registered, tmp_path):
+    config = load_train_config(None, TINY + ["max_steps=40"])
+    train(registered, config, tmp_path / "full")
+    train(registered, config, tmp_path / "killed", stop_after_steps=25)   # last checkpoint at step 20
+    train(registered, config, tmp_path / "killed", resume=True)
+    full = [json.loads(x)["loss"] for x in (tmp_path / "full" / "train_log.jsonl").read_text().splitlines()]
+    resumed = [json.loads(x)["loss"] for x in (tmp_path / "killed" / "train_log.jsonl").read_text().splitlines()]
+    assert len(full) == len(resumed) == 40
+    np.testing.assert_allclose(resumed, full, rtol=1e-6, atol=1e-7)

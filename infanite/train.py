@@ -1,0 +1,178 @@
+"""``infanite train``: fit the modulated SIREN and the per-stack latents to a registered cohort.
+
+One optimizer step takes ``n_samples`` voxels of the shuffled packed cohort (an epoch visits every brain + halo
+voxel once, as the reference), jitters each ``P`` times with its stack's slice-aware Gaussian PSF (or the
+reference's isotropic σ), averages the raw outputs over ``P`` and minimises the weighted intensity loss + weighted
+cross-entropy.  AdamW with three groups (decoder, latents, rigid), cosine learning-rate decay over all steps to
+``eta_min``, bf16 autocast on CUDA, fp32 on CPU.
+
+Exact resume: every random draw is derived from (seed, epoch, step) — the epoch's permutation and each step's
+PSF jitter — so a run restarted from a checkpoint (model, latents, optimizer, scheduler, scaler, position) repeats
+the uninterrupted run's losses.  Checkpoints are written atomically every ``checkpoint_every`` steps and at the end
+of each epoch; ``train_log.jsonl`` is rewritten up to the checkpoint on resume.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .imageio import atomic_write_text
+from .inr_data import PackedCohort, pack_cohort, psf_jitter, weighted_loss
+from .inr_model import ModulatedSiren
+from .labels import default_label_table
+from .progress import ProgressReporter
+from .train_config import TrainConfig
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def _generator(seed: int, *parts: int, device="cpu") -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(int(seed) * 1_000_003 + sum(int(p) * 7919 ** (i + 1) for i, p in enumerate(parts)) % (2 ** 62))
+    return g
+
+
+def build_model(config: TrainConfig, data: PackedCohort) -> ModulatedSiren:
+    dec = config.inr_decoder
+    return ModulatedSiren(len(data.stack_ids), 1 + data.halo_label + 1, data.centre_mm, data.half_extent_mm,
+                          dec.hidden_size, dec.num_hidden_layers, dec.modulated_layers, dec.latent_dim, dec.omega,
+                          rigid=dec.tf_dim == 6)
+
+
+def _psf_factors(config: TrainConfig, data: PackedCohort) -> torch.Tensor:
+    """(S, 3, 3) Cholesky factors (mm) of each stack's PSF covariance (slice mode) or the isotropic one."""
+    if config.psf.mode == "isotropic":
+        sigma = torch.as_tensor(config.psf.isotropic_sigma_norm * data.half_extent_mm, dtype=torch.float32)
+        return torch.diag(sigma).expand(len(data.stack_ids), 3, 3).clone()
+    return torch.linalg.cholesky(data.psf_cov_mm2.double() + 1e-9 * torch.eye(3, dtype=torch.float64)).float()
+
+
+def _optimizer(config: TrainConfig, model: ModulatedSiren):
+    opt = config.optimizer
+    decoder = [p for n, p in model.named_parameters() if n not in ("latents", "rigid")]
+    groups = [{"params": decoder, "lr": opt.lr_inr, "weight_decay": opt.inr_weight_decay},
+              {"params": [model.latents], "lr": opt.lr_latent, "weight_decay": opt.latent_weight_decay}]
+    if model.rigid is not None:
+        groups.append({"params": [model.rigid], "lr": opt.lr_tf, "weight_decay": opt.tf_weight_decay})
+    return torch.optim.AdamW(groups)
+
+
+def train(manifest, config: TrainConfig, out, resume: bool = False, progress: ProgressReporter | None = None,
+          stop_after_steps: int | None = None) -> dict:
+    """Train on ``manifest`` (a ``registered.tsv``) into ``out``; returns a summary.
+
+    ``stop_after_steps`` ends this call early (as if killed) after that many steps of this session — used by the
+    tests of exact resume.
+    """
+    out = Path(out)
+    device = torch.device(config.device)
+    torch.manual_seed(config.seed)
+    if config.deterministic and device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+    labels = default_label_table().values
+    data = pack_cohort(manifest, labels, config.spatial_weighting.w_int, config.halo.sigma_voxels,
+                       config.halo.threshold).to(device)
+    model = build_model(config, data).to(device)
+    optimizer = _optimizer(config, model)
+    steps_per_epoch = math.ceil(data.n_voxels / config.n_samples)
+    total_steps = steps_per_epoch * config.epochs.train
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    eta_ratio = config.optimizer.scheduler.eta_min
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [
+        (lambda step, base=base: max(eta_ratio / base, 0.5 * (1 + math.cos(math.pi * min(step, total_steps)
+                                                                             / max(total_steps, 1)))))
+        for base in base_lrs])
+    use_amp = config.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler(enabled=False)           # bf16 needs no loss scaling; kept for the checkpoint
+    n_classes = data.halo_label + 1
+    class_weights = torch.ones(n_classes, device=device)
+    class_weights[0] = 0.0
+    if config.class_weights is not None:
+        class_weights = torch.as_tensor(config.class_weights, dtype=torch.float32, device=device)
+        if class_weights.numel() != n_classes:
+            raise ValueError(f"class_weights has {class_weights.numel()} values; the label table + halo needs "
+                             f"{n_classes} (background, labels {labels}, halo)")
+    chol = _psf_factors(config, data).to(device)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "train_log.jsonl"
+    global_step = 0
+    if resume and (out / CHECKPOINT).exists():
+        state = torch.load(out / CHECKPOINT, map_location=device, weights_only=True)
+        if state["stack_ids"] != data.stack_ids:
+            raise ValueError(f"{out / CHECKPOINT} was trained on other stacks; use a new --out")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        global_step = int(state["global_step"])
+        lines = log_path.read_text().splitlines()[:global_step] if log_path.exists() else []
+        atomic_write_text(log_path, "".join(line + "\n" for line in lines))
+    elif log_path.exists():
+        log_path.unlink()
+    config.save_yaml(out / "config.yaml")
+    atomic_write_text(out / "stacks.json", json.dumps({"stack_ids": data.stack_ids, "ga_weeks": data.ga_weeks,
+                                                       "halo_label": data.halo_label}, indent=1))
+    progress = progress or ProgressReporter(None)
+    progress.start("train", total_steps, f"{data.n_voxels} voxels of {len(data.stack_ids)} stacks")
+    session_steps, t_start, last = 0, time.perf_counter(), {}
+    with log_path.open("a") as log:
+        while global_step < total_steps:
+            epoch, step_in_epoch = divmod(global_step, steps_per_epoch)
+            perm = torch.randperm(data.n_voxels, generator=_generator(config.seed, epoch)).to(device)
+            idx = perm[step_in_epoch * config.n_samples:(step_in_epoch + 1) * config.n_samples]
+            samples = config.psf_samples(epoch)
+            t0 = time.perf_counter()
+            stack = data.stack[idx]
+            jitter = psf_jitter(data.coords_mm[idx], chol[stack], samples,
+                                generator=_generator(config.seed, epoch, step_in_epoch + 1, device=device))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                raw = model(jitter.reshape(-1, 3), stack.repeat_interleave(samples))
+                pred = raw.float().reshape(len(idx), samples, -1).mean(1)
+                loss, l_int, l_seg = weighted_loss(pred, data.intensity[idx], data.label[idx], data.weight[idx],
+                                                   class_weights, config.optimizer.loss_metric,
+                                                   config.optimizer.seg_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            loss, l_int, l_seg = loss.detach(), l_int.detach(), l_seg.detach()
+            optimizer.step()
+            scheduler.step()
+            global_step += 1
+            session_steps += 1
+            dt = time.perf_counter() - t0
+            last = {"step": global_step, "epoch": epoch, "loss": loss.item(), "loss_intensity": l_int.item(),
+                    "loss_seg": l_seg.item(), "psf_samples": samples, "lr_decoder": scheduler.get_last_lr()[0],
+                    "samples_per_s": round(len(idx) * samples / dt, 1),
+                    "memory_mb": round((torch.cuda.max_memory_allocated() if device.type == "cuda" else 0) / 2**20)}
+            log.write(json.dumps(last) + "\n")
+            log.flush()
+            progress.update(global_step, f"epoch {epoch} loss {last['loss']:.4f}")
+            end_of_epoch = global_step % steps_per_epoch == 0
+            if global_step % config.checkpoint_every == 0 or end_of_epoch or global_step == total_steps:
+                _save_checkpoint(out, model, optimizer, scheduler, scaler, global_step, data.stack_ids, config)
+            if stop_after_steps is not None and session_steps >= stop_after_steps:
+                break
+    return {"steps": global_step, "total_steps": total_steps, "last": last,
+            "seconds": round(time.perf_counter() - t_start, 2)}
+
+
+def _save_checkpoint(out: Path, model, optimizer, scheduler, scaler, global_step, stack_ids, config) -> None:
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "scaler": scaler.state_dict(), "global_step": global_step, "stack_ids": list(stack_ids),
+             "torch_rng": torch.get_rng_state(), "config": config.to_dict()}
+    fd, tmp = tempfile.mkstemp(prefix=".checkpoint.", suffix=".pt", dir=out)
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, out / CHECKPOINT)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
