@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 
 from .geometry import orthonormalize
-from .inr_model import rotation_from_vector
 
 
 @dataclass(frozen=True)
@@ -35,6 +34,19 @@ class NMILevel:
 
 COARSE_LEVELS = (NMILevel(3.0, 2500, 50, 0.04, 2.0, bins=16),)
 FINE_LEVELS = (NMILevel(1.5, 8000, 50, 0.01, 0.5, bins=24), NMILevel(0.6, 20000, 60, 0.004, 0.2, bins=32))
+
+
+def rotation_from_vector(omega: torch.Tensor) -> torch.Tensor:
+    """(B, 3) rotation vectors (radians) → (B, 3, 3) rotation matrices (Rodrigues, safe at 0)."""
+    theta = omega.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    k = omega / theta
+    kx = torch.zeros(omega.shape[0], 3, 3, dtype=omega.dtype, device=omega.device)
+    kx[:, 0, 1], kx[:, 0, 2] = -k[:, 2], k[:, 1]
+    kx[:, 1, 0], kx[:, 1, 2] = k[:, 2], -k[:, 0]
+    kx[:, 2, 0], kx[:, 2, 1] = -k[:, 1], k[:, 0]
+    eye = torch.eye(3, dtype=omega.dtype, device=omega.device).expand_as(kx)
+    s, c = torch.sin(theta)[..., None], torch.cos(theta)[..., None]
+    return eye + s * kx + (1 - c) * kx @ kx
 
 
 def parzen_weights(values: torch.Tensor, bins: int) -> torch.Tensor:
