@@ -19,19 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def rotation_from_vector(omega: torch.Tensor) -> torch.Tensor:
-    """(..., 3) rotation vectors (radians) → (..., 3, 3) rotations (Rodrigues; smooth at 0)."""
-    theta2 = (omega * omega).sum(-1, keepdim=True)[..., None]
-    theta = torch.sqrt(theta2 + 1e-24)
-    kx = torch.zeros(omega.shape[:-1] + (3, 3), dtype=omega.dtype, device=omega.device)
-    kx[..., 0, 1], kx[..., 0, 2] = -omega[..., 2], omega[..., 1]
-    kx[..., 1, 0], kx[..., 1, 2] = omega[..., 2], -omega[..., 0]
-    kx[..., 2, 0], kx[..., 2, 1] = -omega[..., 1], omega[..., 0]
-    a = torch.where(theta2 > 1e-12, torch.sin(theta) / theta, 1 - theta2 / 6)
-    b = torch.where(theta2 > 1e-12, (1 - torch.cos(theta)) / theta2, 0.5 - theta2 / 24)
-    eye = torch.eye(3, dtype=omega.dtype, device=omega.device).expand_as(kx)
-    return eye + a * kx + b * kx @ kx
+from .rigid_nmi import rotation_from_vector
 
 
 def interpolate_latents(latents: torch.Tensor, stack: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:

@@ -24,9 +24,6 @@ def orthogonal_planes(volume: Volume, centre_voxel=None):
     return [np.rot90(arr[:, :, c[2]]), np.rot90(arr[:, c[1], :]), np.rot90(arr[c[0], :, :])]
 
 
-_planes = orthogonal_planes
-
-
 def plane_aspects(spacing_mm) -> list[float]:
     """``imshow`` aspect (row height / column width in mm) of the three planes of :func:`orthogonal_planes`."""
     s = np.asarray(spacing_mm, dtype=np.float64)
@@ -66,8 +63,8 @@ def save_montage(rows: list[tuple[str, Volume, Volume | None]], path, table: Lab
     fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows)), squeeze=False)
     for r, (caption, image, labels) in enumerate(rows):
         vmax = float(np.percentile(image.array[image.array > 0], 99.5)) if np.any(image.array > 0) else 1.0
-        label_planes = _planes(labels) if labels is not None else [None] * 3
-        for c, (plane, lab, name) in enumerate(zip(_planes(image), label_planes, PLANE_NAMES)):
+        label_planes = orthogonal_planes(labels) if labels is not None else [None] * 3
+        for c, (plane, lab, name) in enumerate(zip(orthogonal_planes(image), label_planes, PLANE_NAMES)):
             ax = axes[r, c]
             aspect = plane_aspects(image.spacing_mm)[c]
             ax.imshow(plane, cmap="gray", vmin=0, vmax=vmax, aspect=aspect, interpolation="nearest")
