@@ -10,6 +10,12 @@ and gives intensity + label logits.  Initialisation follows the reference (metho
 Latent interpolation gathers only the 8 neighbouring vertices of each coordinate (``naive=True`` reproduces the
 reference: a full copy of the grid per sample followed by ``grid_sample``; kept for benchmarks and tests).
 Border padding: coordinates outside [−1, 1] clamp to the edge, as ``grid_sample(padding_mode="border")``.
+
+Memory: by default (``lean=True``) the trunk and head run as one autograd function that saves only the inputs and
+each layer's pre-activation ``W h + b`` and recomputes sines, cosines and modulations in the backward pass
+(element-wise work and the small latent→modulation products; no large matmul is repeated).  Plain autograd keeps
+about four N×H tensors per modulated layer; this keeps one.  ``lean=False`` runs the same maths through plain
+autograd (the tests compare the two in float64).
 """
 from __future__ import annotations
 
@@ -55,13 +61,120 @@ def interpolate_latents_naive(latents: torch.Tensor, stack: torch.Tensor, coords
     return F.grid_sample(per_sample, grid, mode="bilinear", padding_mode="border", align_corners=True)[:, :, 0, 0, 0]
 
 
+def _autocast_state(device_type: str):
+    if torch.is_autocast_enabled(device_type):
+        return device_type, torch.get_autocast_dtype(device_type)
+    return device_type, None
+
+
+def _modulated_argument(pre, z, modulation, omega):
+    """``ω·pre`` (plain layer) or ``ω·pre·s + t`` with ``[s; t] = A z + c``; returns (argument, s or None)."""
+    if modulation is None:
+        return omega * pre, None
+    scale, shift = F.linear(z.to(pre.dtype), *modulation).chunk(2, dim=-1)
+    return torch.addcmul(shift, pre, scale, value=omega), scale
+
+
+def _unpack(layout, params):
+    """Flat parameter list → (first weight, first bias, [(W, b, (A, c) | None) per hidden layer], head W, head b)."""
+    rest, layers, k = list(params[2:]), [], 0
+    for modulated in layout:
+        layers.append((rest[k], rest[k + 1], (rest[k + 2], rest[k + 3]) if modulated else None))
+        k += 4 if modulated else 2
+    return params[0], params[1], layers, rest[k], rest[k + 1]
+
+
+class _LeanSirenFunction(torch.autograd.Function):
+    """SIREN trunk + head; saves inputs and pre-activations only (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, x, z, spec, *params):
+        omega0, omega, layout = spec                       # layout: per hidden layer, True when modulated
+        w0, b0, layers, head_w, head_b = _unpack(layout, params)
+        pre = F.linear(x, w0, b0)
+        pres = [pre]
+        h = torch.sin(omega0 * pre)
+        for weight, bias, modulation in layers:
+            pre = F.linear(h, weight, bias)
+            pres.append(pre)
+            h = _modulated_argument(pre, z, modulation, omega)[0].sin_()
+        out = F.linear(torch.cat([h, z.to(h.dtype)], dim=-1), head_w, head_b)
+        ctx.save_for_backward(x, z, *pres, *params)
+        ctx.spec, ctx.n_pre = spec, len(pres)
+        ctx.autocast = _autocast_state(x.device.type)
+        return out
+
+    @staticmethod
+    def backward(ctx, g_out):
+        device_type, amp_dtype = ctx.autocast
+        with torch.autocast(device_type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+            return _LeanSirenFunction._backward(ctx, g_out)
+
+    @staticmethod
+    def _backward(ctx, g_out):
+        omega0, omega, layout = ctx.spec
+        saved = ctx.saved_tensors
+        x, z, pres, params = saved[0], saved[1], saved[2:2 + ctx.n_pre], saved[2 + ctx.n_pre:]
+        w0, b0, layers, head_w, _ = _unpack(layout, params)
+        grads = [None] * len(params)
+
+        def sin_cos(i):
+            """Layer i's output sin(arg) and cos(arg), plus its modulation scale (i = 0: the first layer)."""
+            if i == 0:
+                arg, scale = omega0 * pres[0], None
+            else:
+                arg, scale = _modulated_argument(pres[i], z, layers[i - 1][2], omega)
+            return torch.sin(arg), arg.cos_(), scale
+
+        n_hidden = len(layers)
+        h, cos, scale = sin_cos(n_hidden)
+        g_out = g_out.to(h.dtype)
+        hidden_size = h.shape[-1]
+        grads[-2] = torch.cat([g_out.t() @ h, g_out.t() @ z.to(h.dtype)], dim=1).to(head_w.dtype)
+        grads[-1] = g_out.sum(0).to(head_w.dtype)
+        g_h = g_out @ head_w[:, :hidden_size].to(g_out.dtype)
+        acc = torch.promote_types(z.dtype, torch.float32)   # latent-gradient accumulation dtype
+        g_z = (g_out @ head_w[:, hidden_size:].to(g_out.dtype)).to(acc)
+        k_param = 2 + sum(4 if m else 2 for m in layout)   # index just past the last hidden layer's params
+        for i in range(n_hidden, 0, -1):
+            weight, bias, modulation = layers[i - 1]
+            k_param -= 4 if modulation is not None else 2
+            g_arg = g_h.mul_(cos)                          # g_h is ours: reuse its memory
+            del h, cos
+            if modulation is not None:
+                g_mod = torch.empty(g_arg.shape[0], 2 * hidden_size, dtype=g_arg.dtype, device=g_arg.device)
+                torch.mul(g_arg, pres[i], out=g_mod[:, :hidden_size]).mul_(omega)
+                g_mod[:, hidden_size:] = g_arg
+                grads[k_param + 2] = (g_mod.t() @ z.to(g_mod.dtype)).to(modulation[0].dtype)
+                grads[k_param + 3] = g_mod.sum(0).to(modulation[1].dtype)
+                g_z += (g_mod @ modulation[0].to(g_mod.dtype)).to(acc)
+                del g_mod
+                g_pre = g_arg.mul_(scale)
+            else:
+                g_pre = g_arg
+            g_pre.mul_(omega)
+            del scale
+            h, cos, scale = sin_cos(i - 1)
+            grads[k_param] = (g_pre.t() @ h.to(g_pre.dtype)).to(weight.dtype)
+            grads[k_param + 1] = g_pre.sum(0).to(bias.dtype)
+            g_h = g_pre @ weight.to(g_pre.dtype)
+            del g_pre, g_arg
+        g_pre0 = g_h.mul_(cos).mul_(omega0)
+        grads[0] = (g_pre0.t() @ x.to(g_pre0.dtype)).to(w0.dtype)
+        grads[1] = g_pre0.sum(0).to(b0.dtype)
+        g_x = (g_pre0 @ w0.to(g_pre0.dtype)).to(x.dtype) if ctx.needs_input_grad[0] else None
+        g_z = g_z.to(z.dtype) if ctx.needs_input_grad[1] else None
+        return (g_x, g_z, None, *grads)
+
+
 class ModulatedSiren(nn.Module):
     """SIREN decoder + per-stack latent grids (+ optional per-stack rigid refinement in mm)."""
 
     def __init__(self, n_stacks: int, n_outputs: int, centre_mm, half_extent_mm, hidden_size: int = 1024,
                  num_hidden_layers: int = 5, modulated_layers=(1, 3, 5), latent_dim=(256, 3, 3, 3),
-                 omega=(30.0, 30.0), rigid: bool = False, naive: bool = False):
+                 omega=(30.0, 30.0), rigid: bool = False, naive: bool = False, lean: bool = True):
         super().__init__()
+        self.lean = lean
         self.omega0, self.omega = float(omega[0]), float(omega[1])
         self.modulated_layers = tuple(int(i) for i in modulated_layers)
         self.naive = naive
@@ -101,6 +214,8 @@ class ModulatedSiren(nn.Module):
         x = self.normalise(self.apply_rigid(coords_mm, stack) if latents is None else coords_mm)
         grids = self.latents if latents is None else latents
         z = (interpolate_latents_naive if self.naive else interpolate_latents)(grids, stack, x)
+        if self.lean and not self.naive:
+            return _LeanSirenFunction.apply(x, z, self._spec(), *self._trunk_parameters())
         h = torch.sin(self.omega0 * self.first(x))
         for i, layer in enumerate(self.hidden, start=1):
             pre = layer(h)
@@ -110,3 +225,15 @@ class ModulatedSiren(nn.Module):
             else:
                 h = torch.sin(self.omega * pre)
         return self.head(torch.cat([h, z], dim=-1))
+
+    def _spec(self):
+        layout = tuple(str(i) in self.modulation for i in range(1, len(self.hidden) + 1))
+        return self.omega0, self.omega, layout
+
+    def _trunk_parameters(self) -> list:
+        params = [self.first.weight, self.first.bias]
+        for i, layer in enumerate(self.hidden, start=1):
+            params += [layer.weight, layer.bias]
+            if str(i) in self.modulation:
+                params += [self.modulation[str(i)].weight, self.modulation[str(i)].bias]
+        return params + [self.head.weight, self.head.bias]
