@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -136,7 +141,7 @@ def test_training_lowers_the_loss_and_learns_labels(registered, tmp_path):
     data = pack_cohort(registered, list(range(1, 9)))
     from infanite.train import build_model
 
-    model = build_model(config, data)
+    model = build_model(config, len(data.stack_ids), data.halo_label, data.centre_mm, data.half_extent_mm)
     model.load_state_dict(state["model"])
     brain = data.label < data.halo_label
     with torch.no_grad():
@@ -156,3 +161,43 @@ def test_resume_after_kill_reproduces_the_loss_curve(registered, tmp_path):
     resumed = [json.loads(x)["loss"] for x in (tmp_path / "killed" / "train_log.jsonl").read_text().splitlines()]
     assert len(full) == len(resumed) == 40
     np.testing.assert_allclose(resumed, full, rtol=1e-6, atol=1e-7)
+
+
+def test_kill_9_mid_epoch_then_resume_reproduces_the_loss_curve(registered, tmp_path):
+    """A real SIGKILL of ``python -m infanite train``, then ``--resume``: the losses equal an uninterrupted run."""
+    overrides = TINY + ["max_steps=400", "epochs.train=50"]
+    config = load_train_config(None, overrides)
+    train(registered, config, tmp_path / "full", stop_after_steps=60)
+    run, events = tmp_path / "killed", tmp_path / "progress.jsonl"
+    cmd = [sys.executable, "-m", "infanite", "train", "--manifest", str(registered), "--out", str(run),
+           "--progress-json", str(events)] + [a for o in overrides for a in ("--set", o)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        lines = events.read_text().splitlines() if events.exists() else []
+        if lines and json.loads(lines[-1])["step"] >= 15:
+            break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, proc.stderr.read().decode()
+    record = json.loads(events.read_text().splitlines()[-1])
+    assert {"loss", "loss_intensity", "loss_seg", "samples_per_s", "memory_mb", "eta_s", "epoch"} <= set(record)
+    checkpoint_step = torch.load(run / "checkpoint.pt", weights_only=True)["global_step"]
+    assert 10 <= checkpoint_step < 60 and checkpoint_step % 10 == 0
+    train(registered, load_train_config(run / "config.yaml"), run, resume=True,
+          stop_after_steps=60 - checkpoint_step)
+    full = [json.loads(x)["loss"] for x in (tmp_path / "full" / "train_log.jsonl").read_text().splitlines()]
+    resumed = [json.loads(x)["loss"] for x in (run / "train_log.jsonl").read_text().splitlines()]
+    assert len(full) == len(resumed) == 60
+    np.testing.assert_allclose(resumed, full, rtol=1e-6, atol=1e-7)
+
+
+def test_torch_compile_switch_trains_like_eager(registered, tmp_path):
+    eager = train(registered, load_train_config(None, TINY + ["max_steps=5"]), tmp_path / "eager")
+    compiled = train(registered, load_train_config(None, TINY + ["max_steps=5", "compile=true"]), tmp_path / "comp")
+    assert compiled["steps"] == eager["steps"] == 5
+    losses = [[json.loads(x)["loss"] for x in (tmp_path / run / "train_log.jsonl").read_text().splitlines()]
+              for run in ("eager", "comp")]
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-3)
+    state = torch.load(tmp_path / "comp" / "checkpoint.pt", weights_only=True)["model"]
+    assert not any(key.startswith("_orig_mod") for key in state)     # loadable into a plain model

@@ -62,6 +62,17 @@ def test_progress_appends_and_restarts_per_stage(tmp_path):
     assert records[2]["eta_s"] is None and records[3]["eta_s"] is not None
 
 
+def test_progress_resumed_stage_and_extra_fields(tmp_path):
+    path = tmp_path / "p.jsonl"
+    with ProgressReporter(str(path), terminal=io.StringIO()) as progress:
+        progress.start("train", 10, "resumed", initial=6)
+        progress.update(7, "step 7", loss=0.25, samples_per_s=1000.0)
+    first, second = read_jsonl(path)
+    assert first["step"] == 6 and first["eta_s"] is None          # no step of this session done yet
+    assert second["loss"] == 0.25 and second["samples_per_s"] == 1000.0
+    assert second["eta_s"] == pytest.approx(3 * second["elapsed_s"], abs=0.2)  # 3 steps left at 1 step's pace
+
+
 def test_progress_json_to_stdout(capsys):
     progress = ProgressReporter("-", terminal=io.StringIO())
     progress.start("s", 2)

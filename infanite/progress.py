@@ -1,7 +1,9 @@
 """Progress reporting: a terminal bar for people, JSON lines for GUIs (``--progress-json FILE|-``).
 
-Each JSON line is one object: ``{"stage", "step", "total", "message", "elapsed_s", "eta_s"}`` — ``eta_s`` is
-``null`` until a first step has finished.  The Slicer modules parse these lines from a child process' output.
+Each JSON line is one object: ``{"stage", "step", "total", "message", "elapsed_s", "eta_s"}`` plus any stage
+specific fields passed to ``update(..., **fields)`` (training adds its loss terms, samples/s and memory) —
+``eta_s`` is ``null`` until a first step of this session has finished.  A stage resumed at step k
+(``start(..., initial=k)``) estimates its ETA from the steps done since the resume.  The Slicer modules parse these lines from a child process' output.
 """
 from __future__ import annotations
 
@@ -30,17 +32,19 @@ class ProgressReporter:
         self._stage = ""
         self._total = 0
         self._t0 = time.monotonic()
+        self._initial = 0
 
-    def start(self, stage: str, total: int, message: str = "") -> None:
-        """Begin a stage of ``total`` steps."""
-        self._stage, self._total, self._t0 = stage, int(total), time.monotonic()
-        self.update(0, message)
+    def start(self, stage: str, total: int, message: str = "", initial: int = 0) -> None:
+        """Begin a stage of ``total`` steps, ``initial`` of them already done (a resumed run)."""
+        self._stage, self._total, self._t0, self._initial = stage, int(total), time.monotonic(), int(initial)
+        self.update(self._initial, message)
 
-    def update(self, step: int, message: str = "") -> None:
+    def update(self, step: int, message: str = "", **fields) -> None:
         elapsed = time.monotonic() - self._t0
-        eta = elapsed / step * (self._total - step) if step > 0 and self._total else None
+        done = step - self._initial
+        eta = elapsed / done * (self._total - step) if done > 0 and self._total else None
         record = {"stage": self._stage, "step": int(step), "total": self._total, "message": message,
-                  "elapsed_s": round(elapsed, 3), "eta_s": None if eta is None else round(eta, 1)}
+                  "elapsed_s": round(elapsed, 3), "eta_s": None if eta is None else round(eta, 1), **fields}
         if self._json is not None:
             self._json.write(json.dumps(record) + "\n")
             self._json.flush()

@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +33,7 @@ from .progress import ProgressReporter
 from .train_config import TrainConfig
 
 CHECKPOINT = "checkpoint.pt"
+STACKS = "stacks.json"
 
 
 def _generator(seed: int, *parts: int, device="cpu") -> torch.Generator:
@@ -39,11 +42,21 @@ def _generator(seed: int, *parts: int, device="cpu") -> torch.Generator:
     return g
 
 
-def build_model(config: TrainConfig, data: PackedCohort) -> ModulatedSiren:
+def build_model(config: TrainConfig, n_stacks: int, halo_label: int, centre_mm, half_extent_mm,
+                naive: bool = False) -> ModulatedSiren:
+    """The decoder for ``n_stacks`` stacks; outputs intensity + logits for classes 0..halo_label."""
     dec = config.inr_decoder
-    return ModulatedSiren(len(data.stack_ids), 1 + data.halo_label + 1, data.centre_mm, data.half_extent_mm,
+    return ModulatedSiren(n_stacks, 1 + halo_label + 1, centre_mm, half_extent_mm,
                           dec.hidden_size, dec.num_hidden_layers, dec.modulated_layers, dec.latent_dim, dec.omega,
-                          rigid=dec.tf_dim == 6)
+                          rigid=dec.tf_dim == 6, naive=naive)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory so far (MiB): CUDA allocator peak on a GPU, the process's peak resident set on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2 ** 20 if sys.platform == "darwin" else peak / 2 ** 10
 
 
 def _psf_factors(config: TrainConfig, data: PackedCohort) -> torch.Tensor:
@@ -79,8 +92,9 @@ def train(manifest, config: TrainConfig, out, resume: bool = False, progress: Pr
     labels = default_label_table().values
     data = pack_cohort(manifest, labels, config.spatial_weighting.w_int, config.halo.sigma_voxels,
                        config.halo.threshold).to(device)
-    model = build_model(config, data).to(device)
+    model = build_model(config, len(data.stack_ids), data.halo_label, data.centre_mm, data.half_extent_mm).to(device)
     optimizer = _optimizer(config, model)
+    forward = torch.compile(model) if config.compile else model
     steps_per_epoch = math.ceil(data.n_voxels / config.n_samples)
     total_steps = steps_per_epoch * config.epochs.train
     if config.max_steps is not None:
@@ -119,10 +133,15 @@ def train(manifest, config: TrainConfig, out, resume: bool = False, progress: Pr
     elif log_path.exists():
         log_path.unlink()
     config.save_yaml(out / "config.yaml")
-    atomic_write_text(out / "stacks.json", json.dumps({"stack_ids": data.stack_ids, "ga_weeks": data.ga_weeks,
-                                                       "halo_label": data.halo_label}, indent=1))
+    atomic_write_text(out / STACKS, json.dumps(
+        {"stack_ids": data.stack_ids, "ga_weeks": data.ga_weeks, "halo_label": data.halo_label,
+         "label_values": [int(v) for v in labels], "grid_shape": [int(n) for n in data.shape],
+         "grid_voxel_to_ras": np.asarray(data.voxel_to_ras).tolist(),
+         "centre_mm": np.asarray(data.centre_mm).tolist(), "half_extent_mm": np.asarray(data.half_extent_mm).tolist()},
+        indent=1))
     progress = progress or ProgressReporter(None)
-    progress.start("train", total_steps, f"{data.n_voxels} voxels of {len(data.stack_ids)} stacks")
+    progress.start("train", total_steps, f"{data.n_voxels} voxels of {len(data.stack_ids)} stacks",
+                   initial=global_step)
     session_steps, t_start, last = 0, time.perf_counter(), {}
     with log_path.open("a") as log:
         while global_step < total_steps:
@@ -135,7 +154,7 @@ def train(manifest, config: TrainConfig, out, resume: bool = False, progress: Pr
             jitter = psf_jitter(data.coords_mm[idx], chol[stack], samples,
                                 generator=_generator(config.seed, epoch, step_in_epoch + 1, device=device))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                raw = model(jitter.reshape(-1, 3), stack.repeat_interleave(samples))
+                raw = forward(jitter.reshape(-1, 3), stack.repeat_interleave(samples))
                 pred = raw.float().reshape(len(idx), samples, -1).mean(1)
                 loss, l_int, l_seg = weighted_loss(pred, data.intensity[idx], data.label[idx], data.weight[idx],
                                                    class_weights, config.optimizer.loss_metric,
@@ -151,10 +170,11 @@ def train(manifest, config: TrainConfig, out, resume: bool = False, progress: Pr
             last = {"step": global_step, "epoch": epoch, "loss": loss.item(), "loss_intensity": l_int.item(),
                     "loss_seg": l_seg.item(), "psf_samples": samples, "lr_decoder": scheduler.get_last_lr()[0],
                     "samples_per_s": round(len(idx) * samples / dt, 1),
-                    "memory_mb": round((torch.cuda.max_memory_allocated() if device.type == "cuda" else 0) / 2**20)}
+                    "memory_mb": round(peak_memory_mb(device))}
             log.write(json.dumps(last) + "\n")
             log.flush()
-            progress.update(global_step, f"epoch {epoch} loss {last['loss']:.4f}")
+            progress.update(global_step, f"epoch {epoch} loss {last['loss']:.4f}",
+                            **{k: v for k, v in last.items() if k != "step"})
             end_of_epoch = global_step % steps_per_epoch == 0
             if global_step % config.checkpoint_every == 0 or end_of_epoch or global_step == total_steps:
                 _save_checkpoint(out, model, optimizer, scheduler, scaler, global_step, data.stack_ids, config)
