@@ -177,16 +177,19 @@ def train(manifest, config: TrainConfig, out, resume: bool = False, progress: Pr
                             **{k: v for k, v in last.items() if k != "step"})
             end_of_epoch = global_step % steps_per_epoch == 0
             if global_step % config.checkpoint_every == 0 or end_of_epoch or global_step == total_steps:
-                _save_checkpoint(out, model, optimizer, scheduler, scaler, global_step, data.stack_ids, config)
+                _save_checkpoint(out, model, optimizer, scheduler, scaler, global_step, total_steps, data.stack_ids,
+                                 config)
             if stop_after_steps is not None and session_steps >= stop_after_steps:
                 break
     return {"steps": global_step, "total_steps": total_steps, "last": last,
             "seconds": round(time.perf_counter() - t_start, 2)}
 
 
-def _save_checkpoint(out: Path, model, optimizer, scheduler, scaler, global_step, stack_ids, config) -> None:
+def _save_checkpoint(out: Path, model, optimizer, scheduler, scaler, global_step, total_steps, stack_ids,
+                     config) -> None:
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "scaler": scaler.state_dict(), "global_step": global_step, "stack_ids": list(stack_ids),
+             "scaler": scaler.state_dict(), "global_step": global_step, "total_steps": total_steps,
+             "stack_ids": list(stack_ids),
              "torch_rng": torch.get_rng_state(), "config": config.to_dict()}
     fd, tmp = tempfile.mkstemp(prefix=".checkpoint.", suffix=".pt", dir=out)
     os.close(fd)
