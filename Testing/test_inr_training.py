@@ -12,12 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from infanite.imageio import save_nifti
 from infanite.inr_data import pack_cohort, psf_jitter, weighted_loss
 from infanite.inr_model import ModulatedSiren, interpolate_latents, interpolate_latents_naive
-from infanite.phantom import make_phantom, phantom_library
-from infanite.register import register_cohort
-from infanite.simulate import SimulationConfig, simulate_cohort
 from infanite.train import train
 from infanite.train_config import load_train_config
 
@@ -115,20 +111,8 @@ def test_weighted_loss_matches_a_hand_computation():
 
 
 @pytest.fixture(scope="module")
-def registered(tmp_path_factory):
-    root = tmp_path_factory.mktemp("inr")
-    simulate_cohort(SimulationConfig(n_subjects=2, stacks_per_subject=2, ga_range=(27.0, 29.0),
-                                     inplane_spacing_mm=2.0, seed=1), root / "sim", library=phantom_library(1.6))
-    folder = root / "tpl"
-    folder.mkdir()
-    rows = ["ga\tT2w\tMask\tSeg"]
-    for week in (27, 28, 29):
-        for name, vol in zip(("t2", "mask", "seg"), make_phantom(week, 1.6)):
-            save_nifti(vol, folder / f"w{week}_{name}.nii.gz")
-        rows.append(f"{week}\tw{week}_t2.nii.gz\tw{week}_mask.nii.gz\tw{week}_seg.nii.gz")
-    (folder / "templates.tsv").write_text("\n".join(rows) + "\n")
-    register_cohort(root / "sim" / "cohort.tsv", folder, root / "reg", fixed_transforms=root / "sim" / "truth.json")
-    return root / "reg" / "registered.tsv"
+def registered(phantom_registered):
+    return phantom_registered["registered"]
 
 
 def test_training_lowers_the_loss_and_learns_labels(registered, tmp_path):

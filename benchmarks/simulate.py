@@ -100,7 +100,7 @@ def main() -> None:
         print(f"(CRL atlas not found at {args.atlas_dir}: phantom only)")
     print(f"thick-slice simulation, 3 stacks/subject, 1.0 mm in-plane, 3 mm slices + 0.3 mm gap, "
           f"{args.subjects} subjects, {mp.cpu_count()} CPU cores")
-    print(f"| source | method | s / subject | template load s / subject | peak RSS MB | ratio vs baseline |")
+    print("| source | method | s / subject | template load s / subject | peak RSS MB | ratio vs baseline |")
     print("|---|---|---|---|---|---|")
     for name, source in sources:
         ours = measure("infanite", source, args.subjects)

@@ -29,6 +29,7 @@ class PackedCohort:
     stack_ids: list
     ga_weeks: list
     halo_label: int
+    support_mask: np.ndarray     # grid-shaped bool: union of every stack's brain + halo (where the INR is trained)
     centre_mm: np.ndarray
     half_extent_mm: np.ndarray
     voxel_to_ras: np.ndarray
@@ -53,6 +54,7 @@ def pack_cohort(manifest, label_values, w_int: float = 0.8, halo_sigma_voxels: f
     parts = {k: [] for k in ("coords", "intensity", "label", "weight", "stack")}
     covs, ids, ages = [], [], []
     grid = None
+    support = None
     for s, record in enumerate(cohort.stacks):
         t2 = load_nifti(record.t2w)
         seg = load_labels(record.seg)
@@ -66,6 +68,7 @@ def pack_cohort(manifest, label_values, w_int: float = 0.8, halo_sigma_voxels: f
         base = cohort.manifest_path.parent
         weight = load_nifti(base / weight_path).array if weight_path else np.where(mask, w_int, 0.0)
         halo = (ndimage.gaussian_filter(mask.astype(np.float32), halo_sigma_voxels) > halo_threshold) & ~mask
+        support = (mask | halo) if support is None else (support | mask | halo)
         brain_values = np.clip(t2.array[mask], 0, None)
         lo, hi = float(brain_values.min()), float(brain_values.max())
         for region, is_halo in ((mask, False), (halo, True)):
@@ -97,7 +100,7 @@ def pack_cohort(manifest, label_values, w_int: float = 0.8, halo_sigma_voxels: f
         torch.from_numpy(np.concatenate(parts["coords"])), torch.from_numpy(np.concatenate(parts["intensity"])),
         torch.from_numpy(np.concatenate(parts["label"])), torch.from_numpy(np.concatenate(parts["weight"])),
         torch.from_numpy(np.concatenate(parts["stack"])), torch.as_tensor(np.stack(covs), dtype=torch.float32),
-        ids, ages, halo_label, (lo_c + hi_c) / 2, (hi_c - lo_c) / 2, affine, shape)
+        ids, ages, halo_label, support, (lo_c + hi_c) / 2, (hi_c - lo_c) / 2, affine, shape)
 
 
 def psf_jitter(coords_mm: torch.Tensor, chol_mm: torch.Tensor, samples: int, generator=None) -> torch.Tensor:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .imageio import atomic_write_text
+from .imageio import Volume, atomic_write_text, save_nifti
 from .inr_data import PackedCohort, pack_cohort, psf_jitter, weighted_loss
 from .inr_model import ModulatedSiren
 from .labels import default_label_table
@@ -34,6 +34,7 @@ from .train_config import TrainConfig
 
 CHECKPOINT = "checkpoint.pt"
 STACKS = "stacks.json"
+SUPPORT = "support_mask.nii.gz"      # union of the stacks' brain + halo on the training grid
 
 
 def _generator(seed: int, *parts: int, device="cpu") -> torch.Generator:
@@ -139,14 +140,19 @@ def train(manifest, config: TrainConfig, out, resume: bool = False, progress: Pr
          "grid_voxel_to_ras": np.asarray(data.voxel_to_ras).tolist(),
          "centre_mm": np.asarray(data.centre_mm).tolist(), "half_extent_mm": np.asarray(data.half_extent_mm).tolist()},
         indent=1))
+    save_nifti(Volume(data.support_mask.astype(np.uint8), np.asarray(data.voxel_to_ras)), out / SUPPORT,
+               dtype=np.uint8)
     progress = progress or ProgressReporter(None)
     progress.start("train", total_steps, f"{data.n_voxels} voxels of {len(data.stack_ids)} stacks",
                    initial=global_step)
     session_steps, t_start, last = 0, time.perf_counter(), {}
+    perm_epoch, perm = None, None
     with log_path.open("a") as log:
         while global_step < total_steps:
             epoch, step_in_epoch = divmod(global_step, steps_per_epoch)
-            perm = torch.randperm(data.n_voxels, generator=_generator(config.seed, epoch)).to(device)
+            if epoch != perm_epoch:                       # one shuffle per epoch, derived from (seed, epoch)
+                perm = torch.randperm(data.n_voxels, generator=_generator(config.seed, epoch)).to(device)
+                perm_epoch = epoch
             idx = perm[step_in_epoch * config.n_samples:(step_in_epoch + 1) * config.n_samples]
             samples = config.psf_samples(epoch)
             t0 = time.perf_counter()
