@@ -95,8 +95,29 @@ def _cmd_demo(args) -> int:
 
     with ProgressReporter(args.progress_json) as progress:
         report = run_demo(Path(args.out), atlas_dir=args.atlas_dir, progress=progress)
-    print(f"demo finished: {report}")
+    print(f"demo finished — open the report: {report}")
     return 0
+
+
+def _cmd_run(args) -> int:
+    from .cohort import ManifestError
+    from .pipeline import run_pipeline
+    from .register import RegisterOptions
+
+    try:
+        with ProgressReporter(args.progress_json) as progress:
+            result = run_pipeline(args.manifest, args.templates, Path(args.out), config_path=args.config,
+                                  overrides=args.set or [], device=args.device, ga_weeks=args.ga,
+                                  atlas_spacing_mm=args.spacing, reference=args.reference,
+                                  register_options=RegisterOptions(jobs=args.jobs), progress=progress)
+    except ManifestError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    failed = result["registration"]["failed"]
+    for sid, reason in failed.items():
+        print(f"FAILED {sid}: {reason.splitlines()[0]}", file=sys.stderr)
+    print(f"report: {result['report']}")
+    return 1 if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,9 +208,46 @@ def build_parser() -> argparse.ArgumentParser:
     _add_progress(p)
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("demo", help="run the built-in demo on a small phantom cohort (CPU, a few minutes)",
-                       description="Simulate a small phantom cohort and write a montage of a stack over its "
-                                   "ground truth.  Opens nothing; prints where the outputs are.")
+    from .atlas import add_arguments as atlas_arguments, command as atlas_command
+
+    p = sub.add_parser("atlas", help="generate the spatio-temporal atlas (T2w, labels, volumes, growth) from a run",
+                       description="GA-conditioned atlas: Gaussian kernel regression of the stack latents, the "
+                                   "INR queried PSF-free on a grid in template space.  Resumable per GA.")
+    atlas_arguments(p)
+    p.set_defaults(func=atlas_command)
+
+    from .evaluate import add_arguments as evaluate_arguments, command as evaluate_command
+
+    p = sub.add_parser("evaluate", help="atlas quality metrics: PSNR, SSIM, Dice, HD95, ASD, TCT, volume L1",
+                       description="Compare a generated atlas with a reference atlas (--reference) or with the "
+                                   "registered stacks (--registered, subject consistency); writes "
+                                   "OUT/metrics.json and OUT/metrics.md.")
+    evaluate_arguments(p)
+    p.set_defaults(func=evaluate_command)
+
+    p = sub.add_parser("run", help="the whole method: register, train, atlas, (evaluate), report",
+                       description="register -> weights -> train -> atlas -> report, resumable at every stage. "
+                                   "OUT is also a valid --run for 'infanite atlas'.  Without --config the model "
+                                   "is sized for the device (small on CPU, the paper's on a GPU).")
+    p.add_argument("--manifest", required=True, help="cohort TSV")
+    p.add_argument("--templates", required=True, help="template folder (CRL, NiftyMIC, templates.tsv) or 'phantom'")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--config", default=None, help="training YAML config")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a training config key")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--ga", type=float, nargs="+", default=None,
+                   help="atlas GAs in weeks (default: every whole week of the cohort's range)")
+    p.add_argument("--spacing", type=float, default=None,
+                   help="atlas spacing in mm (default 0.8 on a GPU, 1.6 on CPU)")
+    p.add_argument("--reference", default=None, help="reference atlas folder to evaluate against (optional)")
+    p.add_argument("--jobs", type=int, default=1, help="stacks registered in parallel")
+    _add_progress(p)
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("demo", help="run the whole method on a small simulated cohort (CPU, a few minutes)",
+                       description="Simulate a small phantom cohort, then register, train, generate the atlas, "
+                                   "evaluate it against the ground truth and write report.html.  Opens nothing; "
+                                   "prints where the report is.")
     p.add_argument("--out", default="demo-output", help="output folder (default ./demo-output)")
     p.add_argument("--atlas-dir", default=None, help="use a real template folder instead of the phantom")
     _add_progress(p)

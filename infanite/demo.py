@@ -1,46 +1,57 @@
-"""``python -m infanite demo``: the built-in end-to-end example on a small phantom cohort.
+"""``python -m infanite demo``: the whole method on a small simulated cohort, on CPU, in a few minutes.
 
-Current scope: simulate a small cohort, validate its manifest, and write ``montage.png`` showing one
-simulated stack (native grid, with its labels), the same stack mapped back into template space with its true
-pose, and the ground-truth template with labels.
+1. simulate thick-slice stacks (3 mm slices, motion, deformation, random head poses) of a few fetuses from the
+   built-in phantom (or from a real template folder with ``atlas_dir``);
+2. ``infanite run``: register every stack to its age-matched template (orientation search + NMI), train a tiny
+   INR, generate the atlas at every whole week of the cohort's GA range, evaluate it against the ground truth
+   (the templates the stacks were simulated from) and write ``report.html``.
+
+Opens nothing; returns the report's path.  Re-running with the same ``out`` resumes / skips finished stages.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
-
-from .cohort import load_cohort
-from .imageio import load_labels, load_nifti
-from .montage import save_montage
+from .imageio import save_nifti
+from .pipeline import DEMO_TRAINING, run_pipeline
 from .progress import ProgressReporter
-from .resample import resample
+from .register import RegisterOptions
 from .simulate import SimulationConfig, simulate_cohort
 from .templates import TemplateLibrary
 
-DEMO_CONFIG = SimulationConfig(n_subjects=3, stacks_per_subject=3, ga_range=(24.0, 34.0), seed=0)
+DEMO_CONFIG = SimulationConfig(n_subjects=4, stacks_per_subject=2, ga_range=(26.0, 32.0), inplane_spacing_mm=1.5,
+                               seed=0)
+DEMO_SPACING_MM = 1.6          # template grid, training grid and atlas grid of the demo
+
+
+def write_phantom_templates(folder: Path, weeks, spacing_mm: float = DEMO_SPACING_MM) -> Path:
+    """The phantom's weeks as a ``templates.tsv`` folder (the demo's templates and ground truth)."""
+    from .phantom import make_phantom
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = ["ga\tT2w\tMask\tSeg"]
+    for week in weeks:
+        names = [f"phantom_ga-{week}_{kind}.nii.gz" for kind in ("T2w", "mask", "dseg")]
+        for name, volume in zip(names, make_phantom(week, spacing_mm)):
+            if not (folder / name).exists():
+                save_nifti(volume, folder / name)
+        rows.append(f"{week}\t" + "\t".join(names))
+    (folder / "templates.tsv").write_text("\n".join(rows) + "\n")
+    return folder
 
 
 def run_demo(out: Path, atlas_dir=None, progress: ProgressReporter | None = None) -> Path:
-    """Run the demo into ``out``; returns the montage path."""
-    from .phantom import phantom_library
-
+    """Run the demo into ``out``; returns the path of ``report.html``."""
     out = Path(out)
-    library = TemplateLibrary.from_folder(atlas_dir) if atlas_dir else phantom_library(DEMO_CONFIG.phantom_spacing_mm)
+    if atlas_dir:
+        templates = Path(atlas_dir)
+        library = TemplateLibrary.from_folder(templates)
+    else:
+        lo, hi = int(DEMO_CONFIG.ga_range[0]) - 1, int(DEMO_CONFIG.ga_range[1]) + 1
+        templates = write_phantom_templates(out / "templates", range(lo, hi + 1))
+        library = TemplateLibrary.from_folder(templates)
     manifest = simulate_cohort(DEMO_CONFIG, out / "cohort", library=library, progress=progress)
-    cohort = load_cohort(manifest)
-    truth = json.loads((out / "cohort" / "truth.json").read_text())
-    stack = cohort.stacks[0]
-    info = truth["stacks"][stack.subject_id]
-    template = library.for_ga(stack.scan_age, DEMO_CONFIG.template_mode)
-    t2 = load_nifti(stack.t2w)
-    labels = load_labels(stack.seg)
-    template_to_stack = np.asarray(info["template_to_stack"])
-    aligned = resample(t2, template.grid, template_to_stack, "linear")
-    aligned_labels = resample(labels, template.grid, template_to_stack, "nearest")
-    return save_montage(
-        [(f"{stack.subject_id} (native)", t2, labels),
-         ("stack in template space (true pose)", aligned, aligned_labels),
-         (f"ground truth GA {stack.scan_age:.1f}", template.t2w, template.seg)],
-        out / "montage.png", title=f"INFANiTE demo — {len(cohort.stacks)} simulated stacks ({library.source})")
+    result = run_pipeline(manifest, templates, out / "run", overrides=DEMO_TRAINING, device="cpu",
+                          atlas_spacing_mm=DEMO_SPACING_MM, reference=templates,
+                          register_options=RegisterOptions(spacing_mm=DEMO_SPACING_MM), progress=progress)
+    return result["report"]
