@@ -43,11 +43,12 @@ def default_overrides(device: str) -> list[str]:
 
 
 def default_atlas_weeks(ga_weeks) -> list[float]:
-    """Whole weeks spanning the cohort's GA range (at least one)."""
+    """The whole weeks inside the cohort's GA range (the nearest whole week when the range holds none)."""
     known = [float(g) for g in ga_weeks if g is not None]
     if not known:
         raise ValueError("no stack has a GA: give --ga for the atlas")
-    return [float(w) for w in range(math.floor(min(known)), math.ceil(max(known)) + 1)]
+    weeks = [float(w) for w in range(math.ceil(min(known)), math.floor(max(known)) + 1)]
+    return weeks or [float(round(sum(known) / len(known)))]
 
 
 class _Timings:
@@ -85,7 +86,7 @@ def run_pipeline(manifest, templates, out, config_path=None, overrides=(), devic
     if result["failed"] and not result["done"] and not result["skipped"]:
         raise RuntimeError(f"registration failed for every stack: {result['failed']}")
     timings.record("register", time.perf_counter() - t0,
-                   f"{len(result['done'])} registered, {len(result['skipped'])} already done, "
+                   f"{len(result['done'])} stacks registered ({len(result['skipped'])} by an earlier call), "
                    f"{len(result['failed'])} failed")
 
     t0 = time.perf_counter()
@@ -96,7 +97,7 @@ def run_pipeline(manifest, templates, out, config_path=None, overrides=(), devic
     stacks = json.loads((out / "stacks.json").read_text())
     weeks = [float(g) for g in ga_weeks] if ga_weeks else default_atlas_weeks(stacks["ga_weeks"])
     spacing = atlas_spacing_mm or (0.8 if str(device).startswith("cuda") else 1.6)
-    atlas = generate(out, weeks, spacing, out / "atlas", device=device, overwrite=False, progress=progress)
+    atlas = generate(out, weeks, out / "atlas", spacing_mm=spacing, device=device, progress=progress)
     timings.record("atlas", time.perf_counter() - t0, f"{len(weeks)} GAs at {spacing} mm")
 
     metrics = None

@@ -1,0 +1,59 @@
+"""``infanite run`` end to end on a tiny phantom cohort: every stage, the report, and resuming."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from infanite.cli import main
+from infanite.pipeline import default_atlas_weeks, default_overrides, run_pipeline
+from infanite.register import RegisterOptions
+from infanite.stack_registration import RegistrationSettings
+
+TINY = ["inr_decoder.hidden_size=64", "inr_decoder.num_hidden_layers=3", "inr_decoder.modulated_layers=[1,3]",
+        "inr_decoder.latent_dim=[16,3,3,3]", "n_samples=2000", "max_steps=40", "checkpoint_every=20",
+        "inr_decoder.tf_dim=0", "optimizer.lr_inr=1e-3", "optimizer.lr_latent=1e-2"]
+
+
+def test_default_atlas_weeks_and_device_sizing():
+    assert default_atlas_weeks([27.2, None, 31.9]) == [28.0, 29.0, 30.0, 31.0]
+    assert default_atlas_weeks([27.2, 27.6]) == [27.0]
+    with pytest.raises(ValueError, match="--ga"):
+        default_atlas_weeks([None])
+    assert default_overrides("cuda") == [] and "inr_decoder.hidden_size=128" in default_overrides("cpu")
+
+
+def test_run_every_stage_then_resume(phantom_registered, tmp_path):
+    cohort = phantom_registered["root"] / "sim" / "cohort.tsv"
+    templates = phantom_registered["templates"]
+    out = tmp_path / "out"
+    options = RegisterOptions(settings=RegistrationSettings(finalists=2))
+    result = run_pipeline(cohort, templates, out, overrides=TINY, ga_weeks=[28.0], atlas_spacing_mm=3.0,
+                          reference=templates, register_options=options)
+    assert not result["registration"]["failed"] and result["train"]["steps"] == 40
+    report = (out / "report.html").read_text()
+    for part in ("atlas/montage.png", "atlas/growth.png", "loss.png", "registration/qc/", "Run times",
+                 "Quality against the reference"):
+        assert part in report, part
+    assert (out / "atlas" / "atlas_ga-28.0_dseg.nii.gz").is_file()
+    metrics = json.loads((out / "evaluation" / "metrics.json").read_text())
+    assert metrics                                                     # evaluated against the templates
+    timings = json.loads((out / "timings.json").read_text())
+    assert set(timings) == {"register", "train", "atlas", "evaluate"}
+    # second call: nothing is redone
+    before = (out / "checkpoint.pt").stat().st_mtime_ns
+    again = run_pipeline(cohort, templates, out, overrides=TINY, ga_weeks=[28.0], atlas_spacing_mm=3.0,
+                         register_options=options)
+    assert sorted(again["registration"]["skipped"]) == sorted(result["registration"]["done"])
+    assert again["train"]["steps"] == 40 and (out / "checkpoint.pt").stat().st_mtime_ns == before
+    assert again["atlas"]["generated"] == []
+    # OUT is a valid --run for 'infanite atlas'
+    assert main(["atlas", "--run", str(out), "--ga", "27.5", "--spacing", "4", "--out", str(tmp_path / "a")]) == 0
+
+
+def test_run_refuses_a_bad_config_before_any_work(phantom_registered, tmp_path, capsys):
+    cohort = phantom_registered["root"] / "sim" / "cohort.tsv"
+    code = main(["run", "--manifest", str(cohort), "--templates", str(phantom_registered["templates"]),
+                 "--out", str(tmp_path / "out"), "--set", "inr_decoder.hidden_sise=64"])
+    assert code == 2 and "hidden_sise" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
