@@ -185,3 +185,15 @@ def test_torch_compile_switch_trains_like_eager(registered, tmp_path):
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-3)
     state = torch.load(tmp_path / "comp" / "checkpoint.pt", weights_only=True)["model"]
     assert not any(key.startswith("_orig_mod") for key in state)     # loadable into a plain model
+
+
+def test_rigid_refinement_penalty_and_mapping_in_mm():
+    model = ModulatedSiren(2, 3, [10.0, 0.0, 0.0], [30.0, 40.0, 50.0], hidden_size=8, num_hidden_layers=1,
+                           modulated_layers=(1,), latent_dim=(2, 3, 3, 3), rigid=True)
+    assert model.rigid_penalty().item() == 0.0
+    with torch.no_grad():
+        model.rigid[1] = torch.tensor([0.0, 0.0, np.pi / 2, 1.0, 2.0, 2.0])       # 90° about z, t = (1, 2, 2) mm
+    # (1·π/2·40)² + 9 for stack 1, 0 for stack 0, averaged
+    assert model.rigid_penalty().item() == pytest.approx(((40 * np.pi / 2) ** 2 + 9) / 2, rel=1e-5)
+    moved = model.apply_rigid(torch.tensor([[11.0, 0.0, 0.0]]), torch.tensor([1]))    # 1 mm from the centre on x
+    assert torch.allclose(moved, torch.tensor([[10.0 + 1.0, 1.0 + 2.0, 2.0]]), atol=1e-5)

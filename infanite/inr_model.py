@@ -197,6 +197,14 @@ class ModulatedSiren(nn.Module):
     def normalise(self, coords_mm: torch.Tensor) -> torch.Tensor:
         return (coords_mm - self.centre_mm) / self.half_extent_mm
 
+    def rigid_penalty(self) -> torch.Tensor:
+        """Mean over stacks of the squared displacement (mm²) the refinement causes at the field-of-view edge:
+        ‖t‖² + (r·‖ω‖)², r = mean half extent (mm) — rotation and translation on one scale.  0 without refinement."""
+        if self.rigid is None:
+            return self.latents.new_zeros(())
+        radius = self.half_extent_mm.mean()
+        return (self.rigid[:, 3:].pow(2).sum(1) + (radius * self.rigid[:, :3].norm(dim=1)).pow(2)).mean()
+
     def apply_rigid(self, coords_mm: torch.Tensor, stack: torch.Tensor) -> torch.Tensor:
         """Per-stack rigid refinement ``R(ω)(x − c) + c + t`` (c = bounding-box centre, mm)."""
         if self.rigid is None:

@@ -165,6 +165,8 @@ def train(manifest, config: TrainConfig, out, resume: bool = False, progress: Pr
                 loss, l_int, l_seg = weighted_loss(pred, data.intensity[idx], data.label[idx], data.weight[idx],
                                                    class_weights, config.optimizer.loss_metric,
                                                    config.optimizer.seg_weight)
+                if config.optimizer.tf_weight > 0:
+                    loss = loss + config.optimizer.tf_weight * model.rigid_penalty()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             loss, l_int, l_seg = loss.detach(), l_int.detach(), l_seg.detach()

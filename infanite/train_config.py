@@ -101,7 +101,7 @@ class InrDecoderConfig:
     modulated_layers: list = _f([1, 3, 5], "int_list")
     latent_dim: list = _f([256, 3, 3, 3], "int_list")
     omega: list = _f([30.0, 30.0], "float_list")
-    tf_dim: int = _f(6, "int")
+    tf_dim: int = _f(0, "int")          # reference: 6; off here, measured (benchmarks/rigid_refinement.py)
     in_dim: int = _f(3, "int")
 
 
@@ -119,7 +119,7 @@ class OptimizerConfig:
     inr_weight_decay: float = _f(0.0, "float")
     latent_weight_decay: float = _f(0.0, "float")
     tf_weight_decay: float = _f(0.0, "float")
-    tf_weight: float = _f(0.0, "float")
+    tf_weight: float = _f(0.0, "float")  # penalty on the refinement's displacement (per mm², see train.py)
     loss_metric: str = _f("l1", "str")
     seg_weight: float = _f(1.0, "float")
     scheduler: SchedulerConfig = _section(SchedulerConfig)
