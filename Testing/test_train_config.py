@@ -114,10 +114,11 @@ def test_defaults_are_paper_values():
 
 def test_reference_config_atlas_loads(tmp_path):
     c = load_train_config(_write(tmp_path, REFERENCE_CONFIG_ATLAS, "config_atlas.yaml"))
-    # same as defaults except the reference device and weighting path
+    # same as defaults except the reference device, weighting path and rigid refinement (our default: off)
     assert c.device == "cuda" and c.spatial_weighting.path == "./mask_samples_flat"
     expected = TrainConfig()
     expected.device, expected.spatial_weighting.path = "cuda", "./mask_samples_flat"
+    expected.inr_decoder.tf_dim = 6
     assert c == expected
     # "1e-4" is a string for PyYAML; it is still read as a number
     assert isinstance(c.optimizer.lr_inr, float) and c.optimizer.lr_inr == 1e-4
