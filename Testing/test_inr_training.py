@@ -197,3 +197,16 @@ def test_rigid_refinement_penalty_and_mapping_in_mm():
     assert model.rigid_penalty().item() == pytest.approx(((40 * np.pi / 2) ** 2 + 9) / 2, rel=1e-5)
     moved = model.apply_rigid(torch.tensor([[11.0, 0.0, 0.0]]), torch.tensor([1]))    # 1 mm from the centre on x
     assert torch.allclose(moved, torch.tensor([[10.0 + 1.0, 1.0 + 2.0, 2.0]]), atol=1e-5)
+
+
+def test_ablation_switches_psf_free_and_uniform_weights(registered, tmp_path):
+    packed = pack_cohort(registered, list(range(1, 9)))
+    uniform = pack_cohort(registered, list(range(1, 9)), w_int=0.8, uniform_weights=True)
+    brain = uniform.label < uniform.halo_label
+    assert torch.all(uniform.weight[brain] == 1.0) and torch.all(uniform.weight[~brain] == 0.8)
+    assert len(torch.unique(packed.weight[brain])) > 1                   # the W maps: observed vs interpolated
+    train(registered, load_train_config(None, TINY + ["max_steps=3", "psf.mode=none"]), tmp_path / "nopsf")
+    log = [json.loads(x) for x in (tmp_path / "nopsf" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["psf_samples"] for r in log] == [1, 1, 1]
+    with pytest.raises(ValueError, match="tf_dim"):
+        load_train_config(None, ["inr_decoder.tf_dim=9"])

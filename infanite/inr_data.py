@@ -46,9 +46,9 @@ class PackedCohort:
 
 
 def pack_cohort(manifest, label_values, w_int: float = 0.8, halo_sigma_voxels: float = 1.5,
-                halo_threshold: float = 0.01, isotropic_sigma_mm=None) -> PackedCohort:
+                halo_threshold: float = 0.01, isotropic_sigma_mm=None, uniform_weights: bool = False) -> PackedCohort:
     """Read ``registered.tsv`` (stacks on one template grid) and pack it.  ``label_values`` are the tissue labels;
-    the halo gets ``max(label_values) + 1``."""
+    the halo gets ``max(label_values) + 1``.  ``uniform_weights`` ignores the W maps (brain weight 1; ablation)."""
     cohort = load_cohort(manifest)
     halo_label = int(max(label_values)) + 1
     parts = {k: [] for k in ("coords", "intensity", "label", "weight", "stack")}
@@ -66,7 +66,10 @@ def pack_cohort(manifest, label_values, w_int: float = 0.8, halo_sigma_voxels: f
                              f"first stack; register every stack to one template grid")
         weight_path = record.extra.get("Weight")
         base = cohort.manifest_path.parent
-        weight = load_nifti(base / weight_path).array if weight_path else np.where(mask, w_int, 0.0)
+        if uniform_weights:
+            weight = mask.astype(np.float32)
+        else:
+            weight = load_nifti(base / weight_path).array if weight_path else np.where(mask, w_int, 0.0)
         halo = (ndimage.gaussian_filter(mask.astype(np.float32), halo_sigma_voxels) > halo_threshold) & ~mask
         support = (mask | halo) if support is None else (support | mask | halo)
         brain_values = np.clip(t2.array[mask], 0, None)

@@ -62,6 +62,8 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def _psf_factors(config: TrainConfig, data: PackedCohort) -> torch.Tensor:
     """(S, 3, 3) Cholesky factors (mm) of each stack's PSF covariance (slice mode) or the isotropic one."""
+    if config.psf.mode == "none":
+        return torch.zeros(len(data.stack_ids), 3, 3)
     if config.psf.mode == "isotropic":
         sigma = torch.as_tensor(config.psf.isotropic_sigma_norm * data.half_extent_mm, dtype=torch.float32)
         return torch.diag(sigma).expand(len(data.stack_ids), 3, 3).clone()
@@ -92,7 +94,7 @@ def train(manifest, config: TrainConfig, out, resume: bool = False, progress: Pr
         torch.use_deterministic_algorithms(True)
     labels = default_label_table().values
     data = pack_cohort(manifest, labels, config.spatial_weighting.w_int, config.halo.sigma_voxels,
-                       config.halo.threshold).to(device)
+                       config.halo.threshold, uniform_weights=config.spatial_weighting.uniform).to(device)
     model = build_model(config, len(data.stack_ids), data.halo_label, data.centre_mm, data.half_extent_mm).to(device)
     optimizer = _optimizer(config, model)
     forward = torch.compile(model) if config.compile else model
@@ -154,7 +156,7 @@ def train(manifest, config: TrainConfig, out, resume: bool = False, progress: Pr
                 perm = torch.randperm(data.n_voxels, generator=_generator(config.seed, epoch)).to(device)
                 perm_epoch = epoch
             idx = perm[step_in_epoch * config.n_samples:(step_in_epoch + 1) * config.n_samples]
-            samples = config.psf_samples(epoch)
+            samples = 1 if config.psf.mode == "none" else config.psf_samples(epoch)
             t0 = time.perf_counter()
             stack = data.stack[idx]
             jitter = psf_jitter(data.coords_mm[idx], chol[stack], samples,

@@ -34,9 +34,9 @@ __all__ = [
 ]
 
 LOSS_METRICS = ("l1", "mse")
-PSF_MODES = ("slice", "isotropic")
+PSF_MODES = ("slice", "isotropic", "none")       # none: PSF-free training (P = 1, no jitter; ablation)
 SCHEDULER_TYPES = ("cosine", "none")
-TF_DIMS = (0, 6, 9)
+TF_DIMS = (0, 6)                                # 0 off, 6 rigid (rotation vector + mm)
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
 
 # Reference config_atlas.yaml keys we accept but do not use (dotted key -> note).
@@ -130,6 +130,7 @@ class SpatialWeightingConfig:
     w_obs: float = _f(1.6, "float")
     w_int: float = _f(0.8, "float")
     path: str = _f("", "str")
+    uniform: bool = _f(False, "bool")   # ablation: every brain voxel weight 1 (halo w_int), W maps ignored
 
 
 @dataclass
