@@ -63,6 +63,8 @@ def child(case: dict) -> dict:
     from infanite.inr_model import ModulatedSiren
 
     device = torch.device(case["device"])
+    if case.get("threads"):
+        torch.set_num_threads(int(case["threads"]))
     torch.manual_seed(0)
     cfg = case["config"]
     model = ModulatedSiren(cfg["stacks"], N_OUTPUTS, [0.0, 0.0, 0.0], [60.0, 70.0, 60.0], cfg["hidden"],
@@ -159,6 +161,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="fewer steps; skip the full-size CPU check")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per case (default: torch's)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -170,13 +173,15 @@ def main() -> None:
     for psf in (4, 16):
         for mode in MODES:
             results.append(run_case({"name": "tiny", "config": TINY, "mode": mode, "coords": 2000, "psf": psf,
-                                     "steps": tiny_steps, "device": args.device}))
+                                     "steps": tiny_steps, "device": args.device, "threads": args.threads}))
     paper_sizes = [18_000] if cuda else [1125, 2250]        # coordinates at P 16
     for coords in paper_sizes:
         for mode in MODES:
             results.append(run_case({"name": "paper", "config": PAPER, "mode": mode, "coords": coords, "psf": 16,
-                                     "steps": 3 if cuda or not args.quick else 1, "device": args.device}))
-    print(f"\n## Training step benchmark ({args.device}, {os.cpu_count()} CPU cores)\n")
+                                     "steps": 3 if cuda or not args.quick else 1, "device": args.device,
+                                     "threads": args.threads}))
+    threads = f", {args.threads} torch thread(s)" if args.threads else ""
+    print(f"\n## Training step benchmark ({args.device}, {os.cpu_count()} CPU cores{threads})\n")
     print("| config | mode | coords × P | samples/s | step memory MB | KB/sample | MFU |")
     print("|---|---|---|---|---|---|---|")
     for r in results:

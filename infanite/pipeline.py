@@ -32,7 +32,7 @@ CPU_DEFAULTS = ["inr_decoder.hidden_size=128", "inr_decoder.num_hidden_layers=3"
 #: The demo: a tiny model that trains in a couple of minutes on 2 CPU cores.
 DEMO_TRAINING = ["inr_decoder.hidden_size=64", "inr_decoder.num_hidden_layers=3",
                  "inr_decoder.modulated_layers=[1,3]", "inr_decoder.latent_dim=[16,3,3,3]", "n_samples=3000",
-                 "epochs.train=20", "max_steps=600", "checkpoint_every=100", "optimizer.lr_inr=1e-3",
+                 "epochs.train=40", "max_steps=2000", "checkpoint_every=250", "optimizer.lr_inr=1e-3",
                  "optimizer.lr_latent=1e-2", "inr_decoder.tf_dim=0", "psf.samples_per_epoch=[4]"]
 TIMINGS = "timings.json"
 
