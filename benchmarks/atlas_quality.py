@@ -150,14 +150,6 @@ def _number(value) -> float:
     return float(value)
 
 
-def _fmt(value, digits: int) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return f"{value:.{digits}f}"
-
-
 def _jsonable(value):
     """JSON-safe copy: NaN → null, ±infinity → "inf"/"-inf", paths and other objects → str."""
     if isinstance(value, dict):
@@ -264,6 +256,8 @@ def evaluate_variant(atlas_dir: Path, reference: Path, out: Path, gas: list[floa
 # ------------------------------------------------------------------------------------------------ report
 
 def metric_tables(metrics: dict, gas: list[float], names: list[str]) -> str:
+    from infanite.evaluate import format_metric
+
     keys = [f"{g:.1f}" for g in gas]
     header = "| GA | " + " | ".join(f"{n} {VARIANTS[n][0]}" for n in names) + " |"
     rule = "|---|" + "---|" * len(names)
@@ -271,13 +265,13 @@ def metric_tables(metrics: dict, gas: list[float], names: list[str]) -> str:
     for key, title, digits, higher in METRICS:
         lines = [f"### {title} ({'higher' if higher else 'lower'} is better)", "", header, rule]
         for ga in keys:
-            cells = [_fmt(metrics[n][ga][key], digits) for n in names]
+            cells = [format_metric(metrics[n][ga][key], digits) for n in names]
             if key == "tct_test":
                 ref = metrics[names[0]][ga]["tct_reference"]
-                lines.append(f"| {ga} (CRL {_fmt(ref, digits)}) | " + " | ".join(cells) + " |")
+                lines.append(f"| {ga} (CRL {format_metric(ref, digits)}) | " + " | ".join(cells) + " |")
             else:
                 lines.append(f"| {ga} | " + " | ".join(cells) + " |")
-        means = [_fmt(_mean([metrics[n][ga][key] for ga in keys]), digits) for n in names]
+        means = [format_metric(_mean([metrics[n][ga][key] for ga in keys]), digits) for n in names]
         lines.append("| **mean** | " + " | ".join(means) + " |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts)

@@ -30,9 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from infanite.geometry import apply_matrix, rigid_matrix, rotation_matrix  # noqa: E402
-from infanite.imageio import save_nifti  # noqa: E402
 from infanite.inr_data import pack_cohort  # noqa: E402
-from infanite.phantom import make_phantom, phantom_library  # noqa: E402
+from infanite.phantom import make_phantom, phantom_library, write_phantom_templates  # noqa: E402
 from infanite.register import register_cohort  # noqa: E402
 from infanite.simulate import SimulationConfig, simulate_cohort  # noqa: E402
 from infanite.train import build_model, train  # noqa: E402
@@ -55,14 +54,7 @@ def perturbation(rng: np.random.Generator, centre, rotation_deg: float, translat
 def make_cohort(root: Path, rotation_deg: float, translation_mm: float, seed: int = 3):
     simulate_cohort(SimulationConfig(n_subjects=8, stacks_per_subject=2, ga_range=(27.0, 29.0),
                                      inplane_spacing_mm=2.0, seed=seed), root / "sim", library=phantom_library(1.6))
-    templates = root / "tpl"
-    templates.mkdir()
-    rows = ["ga\tT2w\tMask\tSeg"]
-    for week in (27, 28, 29):
-        for name, vol in zip(("t2", "mask", "seg"), make_phantom(week, 1.6)):
-            save_nifti(vol, templates / f"w{week}_{name}.nii.gz")
-        rows.append(f"{week}\tw{week}_t2.nii.gz\tw{week}_mask.nii.gz\tw{week}_seg.nii.gz")
-    (templates / "templates.tsv").write_text("\n".join(rows) + "\n")
+    templates = write_phantom_templates(root / "tpl", (27, 28, 29), 1.6)
     truth = json.loads((root / "sim" / "truth.json").read_text())
     rng = np.random.default_rng(seed)
     errors = {}

@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ import numpy as np
 
 from .geometry import as_matrix, direction_cosines, voxel_spacing
 from .labels import LabelTable, default_label_table
-from .normative import MEASURE_LABELS, NormativeTable, load_normative_csv, ren2022
+from .normative import MEASURE_LABELS, NormativeTable, open_normative
 from .progress import ProgressReporter
 
 if TYPE_CHECKING:   # torch, SciPy, nibabel and SimpleITK load on first use: ``infanite --help`` stays fast
@@ -416,22 +415,9 @@ def classes_to_labels(classes: np.ndarray, label_values, halo_label: int) -> np.
 
 def _save_nifti_4d(array: np.ndarray, voxel_to_ras: np.ndarray, path: Path) -> Path:
     """Write a 4-D float32 NIfTI atomically (qform and sform = ``voxel_to_ras``)."""
-    import nibabel as nib
+    from .imageio import save_nifti_array
 
-    from .imageio import atomic_path
-
-    img = nib.Nifti1Image(np.asarray(array, dtype=np.float32), voxel_to_ras)
-    img.set_qform(voxel_to_ras, code=1)
-    img.set_sform(voxel_to_ras, code=1)
-    img.header.set_xyzt_units("mm", "sec")
-    tmp, final = atomic_path(path)
-    try:
-        nib.save(img, str(tmp))
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return final
+    return save_nifti_array(np.asarray(array, dtype=np.float32), voxel_to_ras, path)
 
 
 # ------------------------------------------------------------------------------------------------- figures
@@ -545,17 +531,6 @@ def _resolve_device(device) -> torch.device:
     return dev
 
 
-def _normative_table(normative) -> NormativeTable:
-    if normative is None:
-        return ren2022()
-    if isinstance(normative, NormativeTable):
-        return normative
-    path = Path(normative)
-    if not path.is_file():
-        raise ValueError(f"normative table {path} does not exist")
-    return load_normative_csv(path)
-
-
 def _write_volumes(out_dir: Path, rows: list[dict], columns: list[str]) -> Path:
     from .imageio import atomic_write_text
 
@@ -589,7 +564,7 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
     _check_sigma_top_k(sigma_weeks, top_k)
     dev = _resolve_device(device)
     run = load_run(run_dir)
-    table = _normative_table(normative)
+    table = open_normative(normative)
     stacks = run.stacks
     kernels = {_ga_key(g): gkr_weights(stacks["ga_weeks"], g, sigma_weeks, top_k) for g in gas}
     grid = atlas_grid(stacks["grid_shape"], stacks["grid_voxel_to_ras"], spacing)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .imageio import save_nifti
+from .phantom import write_phantom_templates
 from .pipeline import DEMO_TRAINING, run_pipeline
 from .progress import ProgressReporter
 from .register import RegisterOptions
@@ -22,22 +22,6 @@ from .templates import TemplateLibrary
 DEMO_CONFIG = SimulationConfig(n_subjects=4, stacks_per_subject=2, ga_range=(26.0, 32.0), inplane_spacing_mm=1.5,
                                seed=0)
 DEMO_SPACING_MM = 1.6          # template grid, training grid and atlas grid of the demo
-
-
-def write_phantom_templates(folder: Path, weeks, spacing_mm: float = DEMO_SPACING_MM) -> Path:
-    """The phantom's weeks as a ``templates.tsv`` folder (the demo's templates and ground truth)."""
-    from .phantom import make_phantom
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = ["ga\tT2w\tMask\tSeg"]
-    for week in weeks:
-        names = [f"phantom_ga-{week}_{kind}.nii.gz" for kind in ("T2w", "mask", "dseg")]
-        for name, volume in zip(names, make_phantom(week, spacing_mm)):
-            if not (folder / name).exists():
-                save_nifti(volume, folder / name)
-        rows.append(f"{week}\t" + "\t".join(names))
-    (folder / "templates.tsv").write_text("\n".join(rows) + "\n")
-    return folder
 
 
 def run_demo(out: Path, atlas_dir=None, progress: ProgressReporter | None = None) -> Path:

@@ -36,7 +36,7 @@ from . import metrics
 from .geometry import direction_cosines
 from .imageio import ImageReadError, Grid, Volume, atomic_write_text, load_labels, load_nifti, read_header
 from .labels import LabelTable, default_label_table, load_label_table
-from .normative import NormativeTable, load_normative_csv, ren2022
+from .normative import NormativeTable, open_normative
 from .resample import resample
 from .templates import Template, TemplateLibrary
 
@@ -211,17 +211,10 @@ def _open_atlas(atlas_dir) -> AtlasFolder:
 
 
 def _normative(normative) -> NormativeTable:
-    if normative is None:
-        return ren2022()
-    if isinstance(normative, NormativeTable):
-        return normative
-    path = Path(normative)
-    if not path.is_file():
-        raise EvaluationInputError(f"normative table {path} does not exist")
     try:
-        return load_normative_csv(path)
-    except (ValueError, OSError) as exc:
-        raise EvaluationInputError(f"normative table {path}: {exc}") from exc
+        return open_normative(normative)
+    except ValueError as exc:
+        raise EvaluationInputError(str(exc)) from exc
 
 
 def _find_week(weeks, ga: float) -> float | None:
@@ -363,7 +356,7 @@ def _jsonable(value):
     return value
 
 
-def _fmt(value, digits: int) -> str:
+def format_metric(value, digits: int) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     if math.isinf(value):
@@ -372,11 +365,11 @@ def _fmt(value, digits: int) -> str:
 
 
 def _md_cells(row: dict) -> list[str]:
-    return [f"{_fmt(row['psnr_mask_db'], 2)} / {_fmt(row['psnr_bbox_db'], 2)}",
-            f"{_fmt(row['ssim_mask'], 4)} / {_fmt(row['ssim_bbox'], 4)}", _fmt(row["dice_mean"], 4),
-            _fmt(row["hd95_mean_mm"], 2), _fmt(row["asd_mean_mm"], 2),
-            f"{_fmt(row['tct_test'], 3)} ({_fmt(row['tct_reference'], 3)})",
-            f"{_fmt(row['vol_l1_reference'], 4)} / {_fmt(row['vol_l1_normative'], 4)}"]
+    return [f"{format_metric(row['psnr_mask_db'], 2)} / {format_metric(row['psnr_bbox_db'], 2)}",
+            f"{format_metric(row['ssim_mask'], 4)} / {format_metric(row['ssim_bbox'], 4)}", format_metric(row["dice_mean"], 4),
+            format_metric(row["hd95_mean_mm"], 2), format_metric(row["asd_mean_mm"], 2),
+            f"{format_metric(row['tct_test'], 3)} ({format_metric(row['tct_reference'], 3)})",
+            f"{format_metric(row['vol_l1_reference'], 4)} / {format_metric(row['vol_l1_normative'], 4)}"]
 
 
 METRIC_HEADERS = ["PSNR (dB) mask / bbox", "SSIM mask / bbox", "Dice", "HD95 (mm)", "ASD (mm)", "TCT {test} ({ref})",

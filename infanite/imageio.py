@@ -195,9 +195,15 @@ def save_nifti(volume: Volume, path, dtype=None) -> Path:
         array = array.astype(np.uint8)
     if array.dtype == np.float64:
         array = array.astype(np.float32)
-    img = nib.Nifti1Image(array, volume.voxel_to_ras)
-    img.set_qform(volume.voxel_to_ras, code=1)
-    img.set_sform(volume.voxel_to_ras, code=1)
+    return save_nifti_array(array, volume.voxel_to_ras, path)
+
+
+def save_nifti_array(array: np.ndarray, voxel_to_ras: np.ndarray, path) -> Path:
+    """Write an array of any dimension (3-D volume, 4-D maps) with ``voxel_to_ras`` as qform and sform (code 1),
+    units mm; atomic (temp file, then rename)."""
+    img = nib.Nifti1Image(array, voxel_to_ras)
+    img.set_qform(voxel_to_ras, code=1)
+    img.set_sform(voxel_to_ras, code=1)
     img.header.set_xyzt_units("mm", "sec")
     tmp, final = atomic_path(path)
     try:

@@ -128,3 +128,19 @@ def load_normative_csv(path) -> NormativeTable:
     if weeks is None:
         raise ValueError(f"{path}: no rows")
     return NormativeTable(weeks, means, sds, str(path))
+
+
+def open_normative(normative=None) -> NormativeTable:
+    """``None`` → the built-in table; a :class:`NormativeTable` as is; a path → :func:`load_normative_csv`.
+    Raises ``ValueError`` naming the file when it is missing or malformed."""
+    if normative is None:
+        return ren2022()
+    if isinstance(normative, NormativeTable):
+        return normative
+    path = Path(normative)
+    if not path.is_file():
+        raise ValueError(f"normative table {path} does not exist")
+    try:
+        return load_normative_csv(path)
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"normative table {path}: {exc}") from exc

@@ -12,11 +12,12 @@ The T2-like image has CSF brightest and cortex darkest, partial-volume blur and 
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-from .imageio import Grid, Volume
+from .imageio import Grid, Volume, save_nifti
 from .labels import default_label_table
 from .normative import ren2022
 
@@ -227,3 +228,18 @@ def phantom_library(spacing_mm: float = 0.8, weeks=range(21, 40)):
 
     loaders = {float(w): functools.partial(make_phantom_template, float(w), spacing_mm) for w in weeks}
     return TemplateLibrary(loaders, source=f"phantom ({spacing_mm:g} mm)")
+
+
+def write_phantom_templates(folder, weeks, spacing_mm: float = 1.6) -> Path:
+    """Write the phantom's ``weeks`` (spacing mm) as a ``templates.tsv`` template folder; returns the folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = ["ga\tT2w\tMask\tSeg"]
+    for week in weeks:
+        names = [f"phantom_ga-{week}_{kind}.nii.gz" for kind in ("T2w", "mask", "dseg")]
+        for name, volume in zip(names, make_phantom(week, spacing_mm)):
+            if not (folder / name).exists():
+                save_nifti(volume, folder / name)
+        rows.append(f"{week}\t" + "\t".join(names))
+    (folder / "templates.tsv").write_text("\n".join(rows) + "\n")
+    return folder
