@@ -150,24 +150,6 @@ def _number(value) -> float:
     return float(value)
 
 
-def _jsonable(value):
-    """JSON-safe copy: NaN → null, ±infinity → "inf"/"-inf", paths and other objects → str."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
-        return value
-    if isinstance(value, float):
-        if math.isnan(value):
-            return None
-        return value if math.isfinite(value) else ("inf" if value > 0 else "-inf")
-    try:
-        return _jsonable(float(value))
-    except (TypeError, ValueError):
-        return str(value)
-
-
 def _mean(values) -> float:
     finite = [v for v in values if not math.isnan(v)]
     return sum(finite) / len(finite) if finite else math.nan
@@ -430,7 +412,9 @@ def main(argv=None) -> int:
                     "registration": {"done": len(reg["done"]), "failed": reg["failed"]},
                     "metrics": metrics, "goal_check": checks, "timings": timer.rows, "stages": results}
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(_jsonable(document), indent=1, allow_nan=False) + "\n")
+        from infanite.evaluate import jsonable
+
+        args.json.write_text(json.dumps(jsonable(document), indent=1, allow_nan=False) + "\n")
         print(f"results written to {args.json}")
     return 0
 

@@ -241,29 +241,18 @@ def label_abbrevs(label_values, table: LabelTable | None = None) -> dict[int, st
     return {int(v): known.get(int(v), f"label{int(v)}") for v in label_values}
 
 
-def tissue_volumes_ml(dseg: np.ndarray, voxel_volume_mm3: float, abbrevs: dict[int, str]) -> dict[str, float]:
-    """Volume (mL) of every label (``abbrevs``: value → column name) in a label map with voxels of the given mm³."""
-    counts = np.bincount(np.asarray(dseg).ravel().astype(np.int64), minlength=max(abbrevs) + 1)
-    return {name: float(counts[v]) * voxel_volume_mm3 / 1000.0 for v, name in abbrevs.items()}
-
-
-def normative_measures_ml(tissue_ml: dict[str, float]) -> dict[str, float]:
-    """The normative measures (TBV, ICV, …; mL) as sums of tissue volumes (:data:`MEASURE_LABELS`).
-
-    A measure needing a tissue that is not in ``tissue_ml`` is left out.
-    """
-    return {m: float(sum(tissue_ml[a] for a in parts)) for m, parts in MEASURE_LABELS.items()
-            if all(a in tissue_ml for a in parts)}
-
-
 def _ga_key(ga: float) -> str:
     return f"{float(ga):.1f}"
 
 
+def atlas_file_name(ga: float, kind: str) -> str:
+    """``atlas_ga-<GA>_<kind>.nii.gz``, GA (weeks) with one decimal (kind: T2w, dseg, probseg, mask)."""
+    return f"atlas_ga-{_ga_key(ga)}_{kind}.nii.gz"
+
+
 def atlas_filenames(ga: float) -> dict[str, str]:
-    """Per-GA output names: T2w, dseg and probseg (GA with one decimal, e.g. ``atlas_ga-24.0_T2w.nii.gz``)."""
-    key = _ga_key(ga)
-    return {kind: f"atlas_ga-{key}_{kind}.nii.gz" for kind in ("T2w", "dseg", "probseg")}
+    """Per-GA output names: T2w, dseg and probseg (e.g. ``atlas_ga-24.0_T2w.nii.gz``)."""
+    return {kind: atlas_file_name(ga, kind) for kind in ("T2w", "dseg", "probseg")}
 
 
 # ------------------------------------------------------------------------------------------------- the run
@@ -696,9 +685,11 @@ def _write_ga(out_dir: Path, grid: Grid, ga: float, pred: Prediction, label_valu
     save_nifti(Volume(intensity, grid.voxel_to_ras), out_dir / names["T2w"], dtype=np.float32)
     save_nifti(Volume(dseg.astype(np.int16), grid.voxel_to_ras), out_dir / names["dseg"],
                dtype=np.uint8 if max(label_values) < 256 else np.int16)
-    tissue = tissue_volumes_ml(dseg, voxel_ml * 1000.0, abbrevs)
+    from .metrics import label_volumes_ml, measures_from_tissues
+
+    tissue = label_volumes_ml(dseg, abbrevs, voxel_ml * 1000.0)
     return {"ga_weeks": float(_ga_key(ga)), "files": files, "complete": True,
-            "volumes_ml": {k: round(v, 4) for k, v in {**tissue, **normative_measures_ml(tissue)}.items()},
+            "volumes_ml": {k: round(v, 4) for k, v in {**tissue, **measures_from_tissues(tissue)}.items()},
             "cleaning": {"reassigned_voxels": report.reassigned_voxels, "removed_voxels": report.removed_voxels,
                          "kept_raw": report.kept_raw}}
 

@@ -31,16 +31,8 @@ import numpy as np
 from .atlas import atlas_filenames, clean_labels, gkr_weights
 from .cohort import load_cohort
 from .imageio import Volume, load_labels, load_nifti, save_nifti
+from .inr_data import brain_normalised
 from .labels import default_label_table
-
-
-def _normalised(t2: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Min–max normalisation over the brain mask, clipped at 0 (as training's ``pack_cohort``)."""
-    values = np.clip(t2, 0, None)
-    if not mask.any():
-        return np.zeros_like(values, dtype=np.float32)
-    lo, hi = float(values[mask].min()), float(values[mask].max())
-    return ((values - lo) / max(hi - lo, 1e-6)).astype(np.float32)
 
 
 def gkr_mean_atlas(registered_tsv, ga_weeks, out_dir, sigma_weeks: float = 0.5, use_weight_maps: bool = False,
@@ -96,7 +88,7 @@ def gkr_mean_atlas(registered_tsv, ga_weeks, out_dir, sigma_weeks: float = 0.5, 
                 factor = (load_nifti(base / record.extra["Weight"]).array if use_weight_maps
                           else mask.astype(np.float32))
                 factor = np.where(mask, factor, 0.0).astype(np.float32)
-                cache[s] = (_normalised(t2.array, mask), mask, channel, factor)
+                cache[s] = (brain_normalised(t2.array, mask), mask, channel, factor)
             values, mask, channel, factor = cache[s]
             w = float(kernel.weights[s])
             if votes is None:

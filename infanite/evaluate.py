@@ -33,6 +33,7 @@ from typing import Callable
 import numpy as np
 
 from . import metrics
+from .atlas import atlas_file_name
 from .geometry import direction_cosines
 from .imageio import ImageReadError, Grid, Volume, atomic_write_text, load_labels, load_nifti, read_header
 from .labels import LabelTable, default_label_table, load_label_table
@@ -48,11 +49,6 @@ METRICS_MD = "metrics.md"
 
 class EvaluationInputError(ValueError):
     """Input that cannot be evaluated (missing folder or file, no matching GA, incomparable grids)."""
-
-
-def atlas_file_name(ga_weeks: float, kind: str) -> str:
-    """``atlas_ga-<GA>_<kind>.nii.gz`` with the GA (weeks) written with one decimal; kind T2w, dseg or mask."""
-    return f"atlas_ga-{ga_weeks:.1f}_{kind}.nii.gz"
 
 
 def scan_atlas_folder(folder) -> dict[float, dict[str, Path]]:
@@ -339,11 +335,12 @@ def mean_row(rows: list[dict]) -> dict:
 # outputs
 
 
-def _jsonable(value):
+def jsonable(value):
+    """JSON-safe copy: NaN → null, ±infinity → "inf"/"-inf", numpy scalars → Python, other objects → str."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, (np.floating, float)):
         value = float(value)
         if math.isnan(value):
@@ -351,9 +348,11 @@ def _jsonable(value):
         return value if math.isfinite(value) else ("inf" if value > 0 else "-inf")
     if isinstance(value, np.integer):
         return int(value)
-    if isinstance(value, Path):
-        return str(value)
-    return value
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return str(value)
 
 
 def format_metric(value, digits: int) -> str:
@@ -401,7 +400,7 @@ def _markdown(title: str, conventions: str, key_headers: list[str], keys: list[l
 
 def _write_outputs(out: Path, document: dict, markdown: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / METRICS_JSON, json.dumps(_jsonable(document), indent=1, allow_nan=False) + "\n")
+    atomic_write_text(out / METRICS_JSON, json.dumps(jsonable(document), indent=1, allow_nan=False) + "\n")
     atomic_write_text(out / METRICS_MD, markdown)
     return document
 

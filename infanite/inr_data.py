@@ -45,6 +45,15 @@ class PackedCohort:
         return self
 
 
+def brain_normalised(t2: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Intensities clipped at 0 and min–max normalised over the brain ``mask`` (float32; 0 for an empty mask)."""
+    values = np.clip(t2, 0, None)
+    if not mask.any():
+        return np.zeros(values.shape, np.float32)
+    lo, hi = float(values[mask].min()), float(values[mask].max())
+    return ((values - lo) / max(hi - lo, 1e-6)).astype(np.float32)
+
+
 def pack_cohort(manifest, label_values, w_int: float = 0.8, halo_sigma_voxels: float = 1.5,
                 halo_threshold: float = 0.01, isotropic_sigma_mm=None, uniform_weights: bool = False) -> PackedCohort:
     """Read ``registered.tsv`` (stacks on one template grid) and pack it.  ``label_values`` are the tissue labels;
@@ -72,8 +81,7 @@ def pack_cohort(manifest, label_values, w_int: float = 0.8, halo_sigma_voxels: f
             weight = load_nifti(base / weight_path).array if weight_path else np.where(mask, w_int, 0.0)
         halo = (ndimage.gaussian_filter(mask.astype(np.float32), halo_sigma_voxels) > halo_threshold) & ~mask
         support = (mask | halo) if support is None else (support | mask | halo)
-        brain_values = np.clip(t2.array[mask], 0, None)
-        lo, hi = float(brain_values.min()), float(brain_values.max())
+        normalised = brain_normalised(t2.array, mask)
         for region, is_halo in ((mask, False), (halo, True)):
             ijk = np.argwhere(region)
             parts["coords"].append(apply_matrix(t2.voxel_to_ras, ijk).astype(np.float32))
@@ -82,8 +90,7 @@ def pack_cohort(manifest, label_values, w_int: float = 0.8, halo_sigma_voxels: f
                 parts["label"].append(np.full(len(ijk), halo_label, np.int64))
                 parts["weight"].append(np.full(len(ijk), w_int, np.float32))
             else:
-                values = (np.clip(t2.array[region], 0, None) - lo) / max(hi - lo, 1e-6)
-                parts["intensity"].append(values.astype(np.float32))
+                parts["intensity"].append(normalised[region])
                 parts["label"].append(seg.array[region].astype(np.int64))
                 parts["weight"].append(weight[region].astype(np.float32))
             parts["stack"].append(np.full(len(ijk), s, np.int64))

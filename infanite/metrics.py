@@ -305,24 +305,33 @@ def tct(image, seg, gm_label: int = 5, wm_label: int = 1, names: tuple[str, str]
 # volumes
 
 
-def tissue_volumes_ml(seg, voxel_volume_mm3: float | None = None, table: LabelTable | None = None) -> dict:
-    """Volume (mL) of every label of ``table`` (default CRL 8-class), keyed by abbreviation.
+def label_volumes_ml(seg, names: dict, voxel_volume_mm3: float | None = None) -> dict:
+    """Volume (mL) of each label value in ``names`` (value → key), from one count of the label map.
 
     ``voxel_volume_mm3`` defaults to the Volume's own voxel volume.
     """
-    table = table or default_label_table()
     voxel_ml = _voxel_volume(seg, voxel_volume_mm3) / 1000.0
     counts = np.bincount(np.clip(_array(seg).ravel().astype(np.int64), 0, None),
-                         minlength=max(table.values) + 1)
-    return {lab.abbrev: float(counts[lab.value]) * voxel_ml for lab in table.labels}
+                         minlength=max(int(v) for v in names) + 1)
+    return {key: float(counts[int(value)]) * voxel_ml for value, key in names.items()}
+
+
+def tissue_volumes_ml(seg, voxel_volume_mm3: float | None = None, table: LabelTable | None = None) -> dict:
+    """Volume (mL) of every label of ``table`` (default CRL 8-class), keyed by abbreviation."""
+    table = table or default_label_table()
+    return label_volumes_ml(seg, {lab.value: lab.abbrev for lab in table.labels}, voxel_volume_mm3)
+
+
+def measures_from_tissues(tissue_ml: dict) -> dict:
+    """The normative measures (TBV, ICV, GMV, SBV, e-CSFV, VV, CBV, BM; mL) as sums of tissue volumes keyed by
+    abbreviation (:data:`~infanite.normative.MEASURE_LABELS`); a measure needing a missing tissue is left out."""
+    return {measure: float(sum(tissue_ml[a] for a in abbrevs))
+            for measure, abbrevs in MEASURE_LABELS.items() if all(a in tissue_ml for a in abbrevs)}
 
 
 def measure_volumes_ml(seg, voxel_volume_mm3: float | None = None, table: LabelTable | None = None) -> dict:
-    """The normative measures (TBV, ICV, GMV, SBV, e-CSFV, VV, CBV, BM; mL) as sums of tissue volumes
-    (:data:`~infanite.normative.MEASURE_LABELS`); measures needing a label missing from ``table`` are left out."""
-    tissues = tissue_volumes_ml(seg, voxel_volume_mm3, table)
-    return {measure: float(sum(tissues[a] for a in abbrevs))
-            for measure, abbrevs in MEASURE_LABELS.items() if all(a in tissues for a in abbrevs)}
+    """The normative measures (mL) of a label map (see :func:`measures_from_tissues`)."""
+    return measures_from_tissues(tissue_volumes_ml(seg, voxel_volume_mm3, table))
 
 
 def volume_l1_vs_reference(seg, ref_seg, voxel_volume_mm3: float | None = None, table: LabelTable | None = None,
