@@ -113,6 +113,10 @@ def _cmd_run(args) -> int:
     except ManifestError as exc:
         print(str(exc), file=sys.stderr)
         return 2
+    if result.get("stopped"):
+        print(f"stopped at training step {result['steps']} of {result['total_steps']}; run the same command again "
+              f"to resume", file=sys.stderr)
+        return 0
     failed = result["registration"]["failed"]
     for sid, reason in failed.items():
         print(f"FAILED {sid}: {reason.splitlines()[0]}", file=sys.stderr)
@@ -252,6 +256,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--atlas-dir", default=None, help="use a real template folder instead of the phantom")
     _add_progress(p)
     p.set_defaults(func=_cmd_demo)
+
+    from .template_download import add_arguments as get_templates_arguments, command as get_templates_command
+
+    p = sub.add_parser("get-templates", help="download the CRL 2017 fetal atlas templates (licence: "
+                                             "non-commercial research/education only)",
+                       description="Download the CRL 2017 fetal brain atlas templates (T2w, mask, parcellation per "
+                                   "week) from NiftyMIC's copy, or --base-url, into a NiftyMIC-layout folder.  The "
+                                   "images are never bundled with INFANiTE: you fetch them yourself after accepting "
+                                   "the licence (printed; type 'yes', or pass --accept-licence).  Resumable.")
+    get_templates_arguments(p)
+    p.set_defaults(func=get_templates_command)
     return parser
 
 

@@ -38,4 +38,6 @@ def run_demo(out: Path, atlas_dir=None, progress: ProgressReporter | None = None
     result = run_pipeline(manifest, templates, out / "run", overrides=DEMO_TRAINING, device="cpu",
                           atlas_spacing_mm=DEMO_SPACING_MM, reference=templates,
                           register_options=RegisterOptions(spacing_mm=DEMO_SPACING_MM), progress=progress)
+    if result.get("stopped"):
+        raise RuntimeError(f"the demo's training was stopped at step {result['steps']}; run it again to resume")
     return result["report"]

@@ -92,6 +92,8 @@ def run_pipeline(manifest, templates, out, config_path=None, overrides=(), devic
     t0 = time.perf_counter()
     summary = train(registered, config, out, resume=(out / CHECKPOINT).exists(), progress=progress)
     timings.record("train", time.perf_counter() - t0, f"{summary['steps']}/{summary['total_steps']} steps")
+    if summary.get("stopped"):      # a STOP file or SIGTERM: the checkpoint is saved, the atlas waits for --resume
+        return {"stopped": True, "out": out, "steps": summary["steps"], "total_steps": summary["total_steps"]}
 
     t0 = time.perf_counter()
     stacks = json.loads((out / "stacks.json").read_text())

@@ -10,15 +10,22 @@ Exact resume: every random draw is derived from (seed, epoch, step) — the epoc
 PSF jitter — so a run restarted from a checkpoint (model, latents, optimizer, scheduler, scaler, position) repeats
 the uninterrupted run's losses.  Checkpoints are written atomically every ``checkpoint_every`` steps and at the end
 of each epoch; ``train_log.jsonl`` is rewritten up to the checkpoint on resume.
+
+Graceful stop: a file ``STOP`` in the run folder, or SIGTERM (handled while :func:`train` runs in the main thread),
+ends the loop at the next step boundary: the checkpoint is saved, a ``stopped`` progress event says at which step,
+the file is removed and :func:`train` returns normally (``"stopped": True``); ``--resume`` continues exactly.
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import resource
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -35,6 +42,49 @@ from .train_config import TrainConfig
 CHECKPOINT = "checkpoint.pt"
 STACKS = "stacks.json"
 SUPPORT = "support_mask.nii.gz"      # union of the stacks' brain + halo on the training grid
+STOP_FILE = "STOP"                   # created in the run folder (by a GUI) to stop at the next step boundary
+
+logger = logging.getLogger(__name__)
+
+
+class StopRequest:
+    """A graceful stop asked by SIGTERM or by ``STOP_FILE`` in the run folder.
+
+    As a context manager it installs a SIGTERM handler when entered in the main thread (a signal handler can only
+    be set there) and restores the previous handler on exit.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.stop_file = Path(run_dir) / STOP_FILE
+        self.signalled = False
+        self._previous = None
+
+    def __enter__(self) -> "StopRequest":
+        if hasattr(signal, "SIGTERM") and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self.signalled = True
+
+    def requested(self) -> bool:
+        """True once SIGTERM arrived or the stop file exists (one ``stat`` per call)."""
+        return self.signalled or self.stop_file.exists()
+
+    def clear(self, stale: bool = False) -> None:
+        """Remove the stop file; ``stale``: it was left from before this run (warned about)."""
+        if self.stop_file.exists():
+            if stale:
+                logger.warning("removed %s left from before (a stop request of an earlier run)", self.stop_file)
+            try:
+                self.stop_file.unlink()
+            except FileNotFoundError:
+                pass
 
 
 def _generator(seed: int, *parts: int, device="cpu") -> torch.Generator:
@@ -85,9 +135,16 @@ def train(manifest, config: TrainConfig, out, resume: bool = False, progress: Pr
     """Train on ``manifest`` (a ``registered.tsv``) into ``out``; returns a summary.
 
     ``stop_after_steps`` ends this call early (as if killed) after that many steps of this session — used by the
-    tests of exact resume.
+    tests of exact resume.  A graceful stop (``STOP_FILE`` in ``out`` or SIGTERM, see :class:`StopRequest`) ends
+    it at the next step boundary with the checkpoint saved and ``"stopped": True`` in the summary.
     """
-    out = Path(out)
+    with StopRequest(out) as stop:
+        return _train(manifest, config, Path(out), resume, progress, stop_after_steps, stop)
+
+
+def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: ProgressReporter | None,
+           stop_after_steps: int | None, stop: StopRequest) -> dict:
+    stop.clear(stale=True)
     device = torch.device(config.device)
     torch.manual_seed(config.seed)
     if config.deterministic and device.type == "cpu":
@@ -149,8 +206,17 @@ def train(manifest, config: TrainConfig, out, resume: bool = False, progress: Pr
                    initial=global_step)
     session_steps, t_start, last = 0, time.perf_counter(), {}
     perm_epoch, perm = None, None
+    saved_step, stopped = None, False
     with log_path.open("a") as log:
         while global_step < total_steps:
+            if stop.requested():                          # a step boundary: save, report, return normally
+                if session_steps > 0 and saved_step != global_step:
+                    _save_checkpoint(out, model, optimizer, scheduler, scaler, global_step, total_steps,
+                                     data.stack_ids, config)
+                stopped = True
+                progress.update(global_step, f"stopped at step {global_step} of {total_steps}; continue with "
+                                             f"--resume", stopped=True)
+                break
             epoch, step_in_epoch = divmod(global_step, steps_per_epoch)
             if epoch != perm_epoch:                       # one shuffle per epoch, derived from (seed, epoch)
                 perm = torch.randperm(data.n_voxels, generator=_generator(config.seed, epoch)).to(device)
@@ -189,10 +255,12 @@ def train(manifest, config: TrainConfig, out, resume: bool = False, progress: Pr
             if global_step % config.checkpoint_every == 0 or end_of_epoch or global_step == total_steps:
                 _save_checkpoint(out, model, optimizer, scheduler, scaler, global_step, total_steps, data.stack_ids,
                                  config)
+                saved_step = global_step
             if stop_after_steps is not None and session_steps >= stop_after_steps:
                 break
+    stop.clear()
     return {"steps": global_step, "total_steps": total_steps, "last": last,
-            "seconds": round(time.perf_counter() - t_start, 2)}
+            "seconds": round(time.perf_counter() - t_start, 2), "stopped": stopped}
 
 
 def _save_checkpoint(out: Path, model, optimizer, scheduler, scaler, global_step, total_steps, stack_ids,
