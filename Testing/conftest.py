@@ -50,3 +50,16 @@ def phantom_registered(tmp_path_factory) -> dict:
     folder = write_phantom_templates(root / "tpl", (27, 28, 29), 1.6)
     register_cohort(root / "sim" / "cohort.tsv", folder, root / "reg", fixed_transforms=root / "sim" / "truth.json")
     return {"root": root, "registered": root / "reg" / "registered.tsv", "templates": folder}
+
+
+@pytest.fixture
+def mrml():
+    """A real headless Slicer scene (slicer-core) with module logics and Red/Yellow/Green slice views:
+    ``{"scene", "logics"}``.  Skips with a reason when slicer-core is not installed."""
+    from slicer_harness import headless_scene, slicer_available
+
+    if not slicer_available():
+        pytest.skip("slicer-core is not installed (pip install -e '.[test]' installs it)")
+    scene, logics = headless_scene()
+    yield {"scene": scene, "logics": logics}
+    scene.Clear(0)   # Clear(1) (also singletons) crashes slicer-core with slice logics attached

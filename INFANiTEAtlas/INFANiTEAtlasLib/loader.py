@@ -1,0 +1,387 @@
+"""An ``infanite atlas`` folder → GA-indexed sequences in one sequence browser.
+
+The folder holds, per gestational age (GA, weeks, one decimal in the file names), ``atlas_ga-<GA>_T2w.nii.gz``
+and ``atlas_ga-<GA>_dseg.nii.gz`` on one grid, ``volumes.tsv`` and ``atlas_manifest.json`` (written last; it
+lists the complete GAs and their files, the run and the label values).  Loading makes:
+
+- a ``vtkMRMLSequenceNode`` of scalar volumes (T2w) and one of segmentations (tissues), both with the numeric
+  index "gestational age" in "weeks" and index values ``f"{ga:g}"`` (``24``, ``26.5``);
+- one ``vtkMRMLSequenceBrowserNode`` with the T2w sequence as master and the tissue sequence synchronised, so its
+  two proxy nodes always show the same GA.
+
+Geometry is exact: a T2w proxy's IJKToRAS is the file's affine (RAS mm), and every tissue segmentation item holds
+one shared binary labelmap on the dseg's grid.  Segment IDs are ``label_<value>``, the same in every item, so
+per-tissue display settings carry over when the GA changes; names and colours are the label table's.
+
+The label table is the one ``infanite atlas`` used: the manifest records only the label values (``label_values``)
+and atlas.py names them with the built-in table (values missing from it become ``label<v>``), unless the
+manifest names a ``label_table`` file or the caller passes another table.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from infanite.imageio import Volume
+    from infanite.labels import LabelTable
+
+#: Index name and unit of both sequences.
+INDEX_NAME = "gestational age"
+INDEX_UNIT = "weeks"
+#: Segment ID of a label value, the same in every item of the tissue sequence.
+SEGMENT_ID = "label_{value}"
+#: Largest affine difference (mm) accepted between a GA's T2w and dseg grids.
+GRID_TOLERANCE_MM = 1e-3
+_ATLAS_FILE = re.compile(r"^atlas_ga-(\d+(?:\.\d+)?)_(T2w|dseg)\.nii\.gz$")
+
+
+def ga_key(ga) -> float:
+    """A GA (weeks) rounded to 0.1 week, the precision of atlas file names."""
+    return round(float(ga), 1)
+
+
+def ga_index(ga) -> str:
+    """The sequence index value of a GA (weeks): ``f"{ga:g}"`` after rounding to 0.1 (``24``, ``26.5``)."""
+    return f"{ga_key(ga):g}"
+
+
+def segment_id(value: int) -> str:
+    """Segment ID of a label value (``label_5``)."""
+    return SEGMENT_ID.format(value=int(value))
+
+
+@dataclass(frozen=True)
+class AtlasFiles:
+    """One GA of an atlas folder: ``ga`` (weeks, 0.1 precision) and its T2w and dseg NIfTI paths."""
+
+    ga: float
+    t2w: Path
+    dseg: Path
+
+
+# ------------------------------------------------------------------------------------------------ the folder
+
+def _read_manifest(folder: Path) -> dict | None:
+    from infanite.atlas import MANIFEST, MANIFEST_FORMAT
+
+    path = folder / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: unreadable atlas manifest ({exc})") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise ValueError(f"{path}: not an infanite atlas manifest (format {MANIFEST_FORMAT!r} expected)")
+    return manifest
+
+
+def _files_from_manifest(folder: Path, manifest: dict) -> list[AtlasFiles]:
+    from infanite.atlas import MANIFEST
+
+    where = folder / MANIFEST
+    entries = manifest.get("ga")
+    if not isinstance(entries, dict):
+        raise ValueError(f"{where}: no 'ga' entries")
+    out = []
+    for key, entry in entries.items():
+        if not isinstance(entry, dict) or not entry.get("complete"):
+            continue                                    # a GA still being generated
+        names = entry.get("files") or {}
+        paths = {}
+        for kind in ("T2w", "dseg"):
+            name = names.get(kind)
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"{where}: GA {key} names no {kind} file")
+            paths[kind] = folder / name
+            if not paths[kind].is_file():
+                raise ValueError(f"{paths[kind]}: missing (listed for GA {key} weeks in {where})")
+        try:
+            ga = ga_key(entry.get("ga_weeks", key))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: GA {key!r} is not a number of weeks") from exc
+        out.append(AtlasFiles(ga, paths["T2w"], paths["dseg"]))
+    return out
+
+
+def _files_from_names(folder: Path) -> list[AtlasFiles]:
+    from infanite.atlas import atlas_file_name
+
+    found: dict = {}
+    for path in sorted(folder.iterdir()):
+        match = _ATLAS_FILE.match(path.name)
+        if match:
+            found.setdefault(ga_key(match.group(1)), {})[match.group(2)] = path
+    out = []
+    for ga, kinds in sorted(found.items()):
+        for kind, other in (("T2w", "dseg"), ("dseg", "T2w")):
+            if kind in kinds and other not in kinds:
+                raise ValueError(f"{kinds[kind]}: no matching {other} file ({atlas_file_name(ga, other)}) "
+                                 f"for GA {ga:.1f} weeks")
+        out.append(AtlasFiles(ga, kinds["T2w"], kinds["dseg"]))
+    return out
+
+
+def scan_atlas_folder(folder) -> tuple:
+    """``(manifest or None, [AtlasFiles sorted by GA])`` of an atlas folder; reads no image.
+
+    With ``atlas_manifest.json`` its complete GAs are listed (each named file must exist); without it, the
+    ``atlas_ga-<GA>_T2w/dseg.nii.gz`` pairs of the folder.  ``ValueError`` naming the folder or file: no such
+    folder, no atlas files, a T2w without its dseg (or the reverse), an unreadable manifest.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"atlas folder {folder} does not exist")
+    manifest = _read_manifest(folder)
+    files = _files_from_manifest(folder, manifest) if manifest is not None else _files_from_names(folder)
+    if not files:
+        raise ValueError(f"{folder}: no atlas files (atlas_ga-<GA>_T2w.nii.gz with atlas_ga-<GA>_dseg.nii.gz); "
+                         f"give the --out folder of 'infanite atlas'")
+    return manifest, sorted(files, key=lambda f: f.ga)
+
+
+def atlas_label_table(manifest: dict | None = None, labels=None, folder=None) -> LabelTable:
+    """The label table of an atlas: ``labels`` (a LabelTable or a YAML/TSV path) if given, else the manifest's
+    ``label_table`` file (relative to ``folder``) if it names one, else the built-in table that ``infanite atlas``
+    names its label values with; manifest ``label_values`` missing from the table are added as ``label<v>``
+    (grey), as atlas.py's volume columns call them."""
+    from infanite.labels import Label, LabelTable, default_label_table, load_label_table
+
+    if isinstance(labels, LabelTable):
+        table = labels
+    elif labels is not None:
+        table = load_label_table(labels)
+    elif manifest and isinstance(manifest.get("label_table"), str):
+        path = Path(manifest["label_table"])
+        table = load_label_table(path if path.is_absolute() or folder is None else Path(folder) / path)
+    else:
+        table = default_label_table()
+    extra = [int(v) for v in (manifest or {}).get("label_values") or [] if int(v) not in table.values]
+    if not extra:
+        return table
+    return LabelTable(list(table.labels) + [Label(v, f"label{v}", f"label{v}", (128, 128, 128)) for v in extra],
+                      source=f"{table.source} + atlas label values {extra}")
+
+
+def read_atlas_pair(files: AtlasFiles, table: LabelTable) -> tuple:
+    """``(T2w Volume, dseg Volume)`` of one GA, checked: same grid (shape, affine within 1e-3 mm) and only label
+    values of ``table``; ``ValueError`` naming the file otherwise (unreadable files too)."""
+    from infanite.imageio import load_labels, load_nifti
+
+    t2 = load_nifti(files.t2w)
+    dseg = load_labels(files.dseg)
+    if dseg.shape != t2.shape or not np.allclose(dseg.voxel_to_ras, t2.voxel_to_ras, atol=GRID_TOLERANCE_MM):
+        raise ValueError(f"{files.dseg}: grid (shape {dseg.shape}) differs from its T2w {files.t2w} "
+                         f"(shape {t2.shape}) beyond {GRID_TOLERANCE_MM} mm")
+    unknown = table.unknown_values(dseg.array)
+    if unknown:
+        raise ValueError(f"{files.dseg}: label values {unknown} are not in the label table ({table.source})")
+    return t2, dseg
+
+
+# ------------------------------------------------------------------------------------------------ MRML items
+
+def segmentation_item(dseg: Volume, table: LabelTable, reference=None):
+    """A segmentation node (not in a scene) holding ``dseg`` as one shared binary labelmap on its grid: one
+    segment per table label (ID ``label_<value>``, the label's name, colour and value; empty when absent).
+    ``reference``: a volume node whose geometry becomes the segmentation's reference image geometry."""
+    import slicer
+    import vtk
+    from vtk.util import numpy_support
+
+    from INFANiTECommonLib.mrml import vtk_matrix
+
+    labelmap_name = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    big = max(table.values + [0]) >= 32768
+    array = np.ascontiguousarray(np.asarray(dseg.array).transpose(2, 1, 0)).ravel()   # VTK: i fastest
+    scalars = numpy_support.numpy_to_vtk(array.astype(np.int32 if big else np.int16), deep=True,
+                                         array_type=vtk.VTK_INT if big else vtk.VTK_SHORT)
+    image = slicer.vtkOrientedImageData()
+    image.SetDimensions(*dseg.shape)
+    image.GetPointData().SetScalars(scalars)
+    image.SetImageToWorldMatrix(vtk_matrix(dseg.voxel_to_ras))
+    node = slicer.vtkMRMLSegmentationNode()
+    segmentation = node.GetSegmentation()
+    segmentation.SetSourceRepresentationName(labelmap_name)
+    for label in table.labels:
+        segment = slicer.vtkSegment()
+        segment.SetName(label.name)
+        segment.SetColor(*(c / 255.0 for c in label.color))
+        segment.SetLabelValue(int(label.value))
+        segment.AddRepresentation(labelmap_name, image)          # one image for all: a shared labelmap
+        segmentation.AddSegment(segment, segment_id(label.value))
+    if reference is not None:
+        node.SetReferenceImageGeometryParameterFromVolumeNode(reference)
+    return node
+
+
+def add_atlas_item(t2_sequence, seg_sequence, files: AtlasFiles, table: LabelTable, name: str = "atlas") -> float:
+    """Read one GA and set it in both sequences at index ``ga_index(files.ga)`` (numeric order; an item already
+    at that GA is replaced).  The item nodes are built outside the scene and deep-copied by the sequences, so
+    no temporary node is left behind.  Returns the GA (weeks)."""
+    import slicer
+
+    from INFANiTECommonLib.mrml import volume_node
+
+    t2, dseg = read_atlas_pair(files, table)
+    index = ga_index(files.ga)
+    t2_node = volume_node(None, t2, f"{name} T2w GA {index}", node=slicer.vtkMRMLScalarVolumeNode())
+    t2_node.SetName(f"{name} T2w GA {index}")
+    seg_node = segmentation_item(dseg, table, reference=t2_node)
+    seg_node.SetName(f"{name} tissues GA {index}")
+    t2_sequence.SetDataNodeAtValue(t2_node, index)
+    seg_sequence.SetDataNodeAtValue(seg_node, index)
+    return files.ga
+
+
+# ------------------------------------------------------------------------------------------------ browsing
+
+def sequence_gas(sequence) -> list:
+    """The GAs (weeks) of a sequence's items, in item order."""
+    return [float(sequence.GetNthIndexValue(i)) for i in range(sequence.GetNumberOfDataNodes())]
+
+
+def current_ga(browser) -> float | None:
+    """The GA (weeks) the browser shows, ``None`` when its sequence is empty."""
+    sequence = browser.GetMasterSequenceNode()
+    item = browser.GetSelectedItemNumber()
+    if sequence is None or not 0 <= item < sequence.GetNumberOfDataNodes():
+        return None
+    return float(sequence.GetNthIndexValue(item))
+
+
+def select_ga(browser, ga) -> float:
+    """Show the item nearest to ``ga`` (weeks; ties go to the younger GA) and return the GA actually shown."""
+    sequence = browser.GetMasterSequenceNode()
+    values = sequence_gas(sequence) if sequence is not None else []
+    if not values:
+        raise ValueError(f"sequence browser {browser.GetName()!r} has no items")
+    item = int(np.argmin(np.abs(np.asarray(values) - float(ga))))
+    browser.SetSelectedItemNumber(item)
+    return values[item]
+
+
+@dataclass
+class LoadedAtlas:
+    """The MRML nodes of a loaded atlas.
+
+    ``browser`` (T2w master, tissues synchronised), ``t2_sequence`` and ``seg_sequence`` (index "gestational
+    age", weeks), ``color_table`` (label values → names/colours), ``label_table``, ``manifest`` (or ``None``),
+    ``files`` (GA in weeks → :class:`AtlasFiles` of every item) and the ``folder`` it was read from.
+    """
+
+    scene: object
+    folder: Path
+    browser: object
+    t2_sequence: object
+    seg_sequence: object
+    color_table: object
+    label_table: LabelTable
+    manifest: dict | None = None
+    files: dict = field(default_factory=dict)
+    name: str = "atlas"
+
+    @property
+    def t2_proxy(self):
+        """The scalar volume node showing the current GA's T2w."""
+        return self.browser.GetProxyNode(self.t2_sequence)
+
+    @property
+    def seg_proxy(self):
+        """The segmentation node showing the current GA's tissues."""
+        return self.browser.GetProxyNode(self.seg_sequence)
+
+    @property
+    def gas(self) -> list:
+        """GAs (weeks) of the items, ascending."""
+        return sequence_gas(self.t2_sequence)
+
+    @property
+    def current_ga(self) -> float | None:
+        return current_ga(self.browser)
+
+    def select(self, ga) -> float:
+        """Show the nearest GA (weeks); returns it."""
+        return select_ga(self.browser, ga)
+
+    def remove(self) -> None:
+        """Remove the browser, its proxies and the sequences from the scene (the colour table is shared)."""
+        from INFANiTECommonLib.mrml import remove_nodes
+
+        proxies = [self.t2_proxy, self.seg_proxy]
+        remove_nodes(self.scene, [self.browser] + proxies + [self.t2_sequence, self.seg_sequence])
+
+
+class AtlasLoader:
+    """Loads atlas folders into ``scene`` (which needs the Sequences logic, as desktop Slicer has)."""
+
+    def __init__(self, scene):
+        self.scene = scene
+
+    def _sequence(self, name: str):
+        node = self.scene.AddNewNodeByClass("vtkMRMLSequenceNode", name)
+        node.SetIndexName(INDEX_NAME)
+        node.SetIndexUnit(INDEX_UNIT)
+        node.SetIndexTypeFromString("numeric")
+        return node
+
+    def load(self, folder, labels=None, name: str = "atlas",
+             on_item: Callable[[int, int], None] | None = None) -> LoadedAtlas:
+        """Load every GA of ``folder`` and show the youngest.
+
+        ``labels``: a LabelTable or table file overriding the atlas's own; ``name``: prefix of the node names;
+        ``on_item(done, total)`` is called after each GA is read.  ``ValueError`` naming the folder or file for a
+        bad folder (nothing is left in the scene then); ``RuntimeError`` when the scene cannot make a sequence
+        browser (no Sequences logic).
+        """
+        from INFANiTECommonLib.mrml import color_table_node, remove_nodes
+
+        folder = Path(folder)
+        manifest, files = scan_atlas_folder(folder)
+        table = atlas_label_table(manifest, labels, folder)
+        t2_sequence = self._sequence(f"{name} T2w")
+        seg_sequence = self._sequence(f"{name} tissues")
+        try:
+            for done, entry in enumerate(files, start=1):
+                add_atlas_item(t2_sequence, seg_sequence, entry, table, name)
+                if on_item is not None:
+                    on_item(done, len(files))
+        except Exception:
+            remove_nodes(self.scene, [t2_sequence, seg_sequence])
+            raise
+        browser = self.scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", f"{name} browser")
+        if browser is None:
+            remove_nodes(self.scene, [t2_sequence, seg_sequence])
+            raise RuntimeError("the scene cannot create a sequence browser: the Sequences module logic must be "
+                               "attached to the scene")
+        browser.SetAndObserveMasterSequenceNodeID(t2_sequence.GetID())
+        browser.AddSynchronizedSequenceNodeID(seg_sequence.GetID())
+        browser.SetSelectedItemNumber(0)
+        loaded = LoadedAtlas(self.scene, folder, browser, t2_sequence, seg_sequence,
+                             color_table_node(self.scene, table), table, manifest,
+                             {f.ga: f for f in files}, name)
+        _prepare_proxies(loaded)
+        return loaded
+
+
+def _prepare_proxies(loaded: LoadedAtlas) -> None:
+    """Name the proxies and keep per-segment display settings across GA changes."""
+    t2, seg = loaded.t2_proxy, loaded.seg_proxy
+    t2.SetName(f"{loaded.name} T2w")
+    seg.SetName(f"{loaded.name} tissues")
+    if seg.GetDisplayNode() is None:
+        seg.CreateDefaultDisplayNodes()
+    seg.GetDisplayNode().SetRemoveUnusedDisplayProperties(False)   # item changes remove and re-add segments
+    if t2.GetDisplayNode() is None:
+        t2.CreateDefaultDisplayNodes()
+
+
+def load_atlas(scene, folder, labels=None, name: str = "atlas", on_item=None) -> LoadedAtlas:
+    """``AtlasLoader(scene).load(folder, labels, name, on_item)``."""
+    return AtlasLoader(scene).load(folder, labels, name, on_item)

@@ -1,0 +1,88 @@
+"""What the user gives the Registration module, turned into what ``python -m infanite register`` reads.
+
+Stacks loaded as volume nodes are written (with their exact world geometry) to NIfTI files in a work folder and
+listed in a cohort manifest; a cohort TSV is used as it is.  Either way the registration itself is the core's.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+_SAFE_ID = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass
+class StackInput:
+    """One stack given as nodes: T2 volume, brain mask and/or tissue labels (labelmap volumes), GA in weeks
+    (``None``: estimated from the brain volume by the registration)."""
+
+    t2w: object
+    mask: object = None
+    seg: object = None
+    ga_weeks: float | None = None
+    stack_id: str = ""
+
+
+def _stack_id(stack: StackInput, index: int) -> str:
+    name = stack.stack_id or stack.t2w.GetName() or f"stack{index + 1}"
+    return _SAFE_ID.sub("_", name).strip("_") or f"stack{index + 1}"
+
+
+def manifest_from_nodes(stacks: list[StackInput], work_dir) -> Path:
+    """Write every stack's images to ``work_dir/inputs/`` and a manifest ``work_dir/cohort.tsv``; returns it.
+
+    Checked before anything is written: at least one stack, a T2 volume with image data for each, a mask or a
+    segmentation for each, GA (weeks) positive when given, and unique stack ids.  ``ValueError`` names the stack.
+    """
+    from infanite.cohort import StackRecord, write_manifest
+
+    from INFANiTECommonLib.mrml import save_volume
+
+    if not stacks:
+        raise ValueError("no stacks given: add at least one T2 stack with its brain mask or segmentation")
+    ids, problems = [], []
+    for index, stack in enumerate(stacks):
+        sid = _stack_id(stack, index)
+        where = f"stack {index + 1} ({sid})"
+        if stack.t2w is None or stack.t2w.GetImageData() is None:
+            problems.append(f"{where}: no T2 volume")
+        if stack.mask is None and stack.seg is None:
+            problems.append(f"{where}: needs a brain mask or a tissue segmentation")
+        for role, node in (("mask", stack.mask), ("segmentation", stack.seg)):
+            if node is not None and node.GetImageData() is None:
+                problems.append(f"{where}: the {role} node {node.GetName()!r} holds no image")
+        if stack.ga_weeks is not None and not (stack.ga_weeks > 0):
+            problems.append(f"{where}: GA must be a positive number of weeks, got {stack.ga_weeks}")
+        if sid in ids:
+            problems.append(f"{where}: stack id {sid!r} is used twice")
+        ids.append(sid)
+    if problems:
+        raise ValueError("cannot register these stacks:\n  - " + "\n  - ".join(problems))
+    folder = Path(work_dir) / "inputs"
+    records = []
+    for row, (sid, stack) in enumerate(zip(ids, stacks), start=2):
+        t2 = save_volume(stack.t2w, folder / f"{sid}_T2w.nii.gz")
+        mask = save_volume(stack.mask, folder / f"{sid}_mask.nii.gz", "uint8") if stack.mask is not None else None
+        seg = save_volume(stack.seg, folder / f"{sid}_dseg.nii.gz", "int16") if stack.seg is not None else None
+        records.append(StackRecord(row, sid, stack.ga_weeks, t2, seg, mask))
+    return write_manifest(records, Path(work_dir) / "cohort.tsv")
+
+
+def registration_command(manifest, templates, out_dir, spacing_mm: float | None = None, jobs: int = 1,
+                         n4: bool = False, init_transforms=None, fixed_transforms=None, device: str = "cpu",
+                         python: str | None = None) -> list[str]:
+    """The ``python -m infanite register …`` command line (progress as JSON lines on stdout)."""
+    from INFANiTECommonLib.process import python_command
+
+    args = ["register", "--manifest", str(manifest), "--templates", str(templates), "--out", str(out_dir),
+            "--jobs", str(int(jobs)), "--device", device, "--progress-json", "-"]
+    if spacing_mm:
+        args += ["--spacing", f"{float(spacing_mm):g}"]
+    if n4:
+        args.append("--n4")
+    if init_transforms:
+        args += ["--init-transforms", str(init_transforms)]
+    if fixed_transforms:
+        args += ["--fixed-transforms", str(fixed_transforms)]
+    return python_command(args, python)

@@ -1,0 +1,11 @@
+"""MRML-level logic of the INFANiTETraining module (no Qt): the cohort table, the hyper-parameter form and the
+controller of the background ``python -m infanite train`` run (progress → parameter node, loss table and plot)."""
+from .cohort_table import COLUMNS, CohortRow, CohortSummary, cohort_table_node, fill_cohort_table, read_cohort
+from .config_form import FIELDS, TrainingParameters, TrainingParametersError, advanced_overrides, parse_int_list
+from .controller import (CANCELLED, CANCELLING, FAILED, FINISHED, IDLE, LOSS_COLUMNS, RUNNING, STATES, LossPlot,
+                         TrainingController, can_resume, checkpoint_progress, detect_devices)
+
+__all__ = ["COLUMNS", "CohortRow", "CohortSummary", "cohort_table_node", "fill_cohort_table", "read_cohort",
+           "FIELDS", "TrainingParameters", "TrainingParametersError", "advanced_overrides", "parse_int_list",
+           "TrainingController", "LossPlot", "detect_devices", "can_resume", "checkpoint_progress", "STATES",
+           "IDLE", "RUNNING", "CANCELLING", "FINISHED", "FAILED", "CANCELLED", "LOSS_COLUMNS"]

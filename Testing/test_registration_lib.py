@@ -1,0 +1,284 @@
+"""INFANiTERegistrationLib against real MRML (slicer-core): review nodes, manual correction + refine, accept."""
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slicer
+
+
+def _rotation(deg: float, axis: int) -> np.ndarray:
+    t = np.deg2rad(deg)
+    c, s = np.cos(t), np.sin(t)
+    i, j = [a for a in range(3) if a != axis]
+    m = np.eye(4)
+    m[i, i], m[i, j], m[j, i], m[j, j] = c, -s, s, c
+    return m
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory, phantom_registered):
+    """The phantom cohort registered from its true poses (refined: real NMI values), as ``infanite register``."""
+    from infanite.register import register_cohort
+
+    root = phantom_registered["root"]
+    out = tmp_path_factory.mktemp("review") / "search"
+    register_cohort(root / "sim" / "cohort.tsv", phantom_registered["templates"], out,
+                    init_transforms=root / "sim" / "truth.json")
+    return {"manifest": root / "sim" / "cohort.tsv", "templates": phantom_registered["templates"], "search": out,
+            "truth": root / "sim" / "truth.json"}
+
+
+def _review(mrml, searched):
+    from INFANiTERegistrationLib import RegistrationReview
+
+    return RegistrationReview(mrml["scene"], searched["manifest"], searched["templates"], searched["search"])
+
+
+def _matrix(node) -> np.ndarray:
+    from INFANiTECommonLib.mrml import get_transform
+
+    return get_transform(node)
+
+
+def test_review_rows_table_and_nodes(mrml, searched):
+    from infanite.transforms_io import read_transforms_json, read_transforms_qc
+
+    review = _review(mrml, searched)
+    qc = read_transforms_qc(searched["search"] / "transforms.json")
+    rows = review.rows()
+    assert [r.stack_id for r in rows] == sorted(qc, key=lambda s: qc[s]["nmi"])     # nothing flagged: by NMI
+    assert [r.nmi for r in rows] == [qc[r.stack_id]["nmi"] for r in rows]
+    table = review.update_table()
+    assert table.GetNumberOfRows() == len(rows)
+    assert [table.GetCellText(i, 0) for i in range(len(rows))] == review.stack_ids
+    assert table.GetCellText(0, 2) == f"{rows[0].nmi:.4f}"
+
+    sid = review.stack_ids[0]
+    nodes = review.show(sid)
+    scene = mrml["scene"]
+    composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
+    assert composites.GetNumberOfItems() == 3
+    for i in range(3):
+        c = composites.GetItemAsObject(i)
+        assert c.GetBackgroundVolumeID() == nodes.template.GetID()
+        assert c.GetForegroundVolumeID() == nodes.volume.GetID()
+        assert c.GetForegroundOpacity() == pytest.approx(0.5)
+        assert c.GetLinkedControl() == 1
+    # the stack sits under its transform: stack → template = inv(template_to_stack of transforms.json)
+    assert nodes.volume.GetParentTransformNode().GetID() == nodes.transform.GetID()
+    t2s = read_transforms_json(searched["search"] / "transforms.json")[sid]
+    np.testing.assert_allclose(_matrix(nodes.transform), np.linalg.inv(t2s), atol=1e-9)
+    # the template node is the template file's volume, with its world geometry
+    template = review.library.for_ga(qc[sid]["template_ga"], review.options.template_mode)
+    from INFANiTECommonLib.mrml import node_volume
+
+    shown = node_volume(nodes.template)
+    np.testing.assert_allclose(shown.voxel_to_ras, template.t2w.voxel_to_ras, atol=1e-6)
+    np.testing.assert_array_equal(shown.array, template.t2w.array)
+    # every slice view passes through the brain centre
+    centre = review.brain_centre(sid)
+    slices = scene.GetNodesByClass("vtkMRMLSliceNode")
+    for i in range(slices.GetNumberOfItems()):
+        from INFANiTECommonLib.mrml import numpy_matrix
+
+        slice_to_ras = numpy_matrix(slices.GetItemAsObject(i).GetSliceToRAS())
+        np.testing.assert_allclose(slice_to_ras[:3, 3], centre, atol=1e-6)
+    # stack data equals the input file (world geometry kept)
+    record_t2 = nib.load(str(review._stacks[sid].record.t2w))
+    np.testing.assert_allclose(node_volume(nodes.volume).voxel_to_ras, record_t2.affine, atol=1e-5)
+    assert review.neighbour(sid, 1) == review.stack_ids[1]
+    assert review.neighbour(review.stack_ids[-1], 1) == review.stack_ids[0]
+    assert review.neighbour(sid, -1) == review.stack_ids[-1]
+
+
+def test_adjust_turns_on_rigid_handles(mrml, searched):
+    review = _review(mrml, searched)
+    sid = review.stack_ids[0]
+    review.set_adjust(sid, True)
+    display = review.nodes(sid).transform.GetDisplayNode()
+    assert display.GetEditorVisibility() and display.GetEditorRotationEnabled()
+    assert display.GetEditorTranslationEnabled() and not display.GetEditorScalingEnabled()
+    if hasattr(display, "GetEditorScalingSliceEnabled"):
+        assert not display.GetEditorScalingSliceEnabled() and display.GetEditorRotationSliceEnabled()
+    assert display.GetEditorSliceIntersectionVisibility()
+    assert review.rows()[0].status == "adjusting"
+    review.set_adjust(sid, False)
+    assert not display.GetEditorVisibility()
+
+
+def test_manual_change_then_refine_starts_from_that_pose(mrml, searched):
+    from infanite.stack_registration import register_stack
+    from infanite.transforms_io import read_transforms_json
+
+    from INFANiTECommonLib.mrml import set_transform
+
+    review = _review(mrml, searched)
+    sid = review.stack_ids[0]
+    truth = read_transforms_json(searched["truth"])[sid]
+    nodes = review.nodes(sid)
+    # the user drags the stack 6° and 3 mm off (a change of the transform node, as the handles make)
+    offset = _rotation(6.0, 2) @ np.array([[1, 0, 0, 3.0], [0, 1, 0, -2.0], [0, 0, 1, 1.0], [0, 0, 0, 1]])
+    manual = offset @ np.linalg.inv(truth)
+    set_transform(nodes.transform, manual)
+    starts = []
+
+    def spy(*args, **kwargs):
+        starts.append(np.array(kwargs["initial_template_to_stack"]))
+        return register_stack(*args, **kwargs)
+
+    result = review.refine(sid, register=spy)
+    assert len(starts) == 1
+    np.testing.assert_allclose(starts[0], np.linalg.inv(manual), atol=1e-9)        # from the manual pose
+    # the core registration brought it back to the truth, and the transform node shows its result
+    final = np.linalg.inv(_matrix(nodes.transform))
+    np.testing.assert_allclose(final, result.template_to_stack, atol=1e-9)
+    error = np.linalg.inv(truth) @ final
+    angle = np.degrees(np.arccos(np.clip((np.trace(error[:3, :3]) - 1) / 2, -1, 1)))
+    assert angle < 1.5 and np.linalg.norm(error[:3, 3]) < 1.5
+    row = next(r for r in review.rows() if r.stack_id == sid)
+    assert row.status == "refined" and row.confidence == "manual" and row.nmi == pytest.approx(result.nmi)
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p.relative_to(folder) for p in (folder / "stacks").glob("*.nii.gz"))
+
+
+def test_accept_writes_what_the_command_line_writes(mrml, searched, tmp_path):
+    from INFANiTECommonLib.mrml import set_transform
+
+    review = _review(mrml, searched)
+    first, second = review.stack_ids[:2]
+    # a manual correction of one stack is what gets written
+    corrected = _rotation(2.0, 0) @ _matrix(review.nodes(first).transform)
+    set_transform(review.nodes(first).transform, corrected)
+    out = tmp_path / "accepted"
+    result = review.accept([first], out)
+    assert result["done"] == [first] and not result["failed"]
+    rows = list(csv.DictReader(open(out / "registered.tsv"), delimiter="\t"))
+    assert [r["subject_id"] for r in rows] == [first]
+    review.accept(review.stack_ids, out)                                           # "Accept all"
+    rows = list(csv.DictReader(open(out / "registered.tsv"), delimiter="\t"))
+    assert sorted(r["subject_id"] for r in rows) == sorted(review.stack_ids)
+    assert all(r.status == "accepted" for r in review.rows())
+
+    cli = tmp_path / "cli"
+    subprocess.run([sys.executable, "-m", "infanite", "register", "--manifest", str(searched["manifest"]),
+                    "--templates", str(searched["templates"]), "--out", str(cli), "--fixed-transforms",
+                    str(out / "accepted_transforms.json")], check=True, capture_output=True)
+    assert _files(out) == _files(cli) and len(_files(out)) >= 8
+    for rel in _files(out):
+        a, b = nib.load(str(out / rel)), nib.load(str(cli / rel))
+        np.testing.assert_array_equal(a.affine, b.affine)
+        np.testing.assert_array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
+    assert (out / "registered.tsv").read_text() == (cli / "registered.tsv").read_text()
+    # the accepted pose is the corrected one, and the written stack lies on the template grid in every library
+    from infanite.transforms_io import read_transforms_json
+
+    np.testing.assert_allclose(read_transforms_json(out / "accepted_transforms.json")[first],
+                               np.linalg.inv(corrected), atol=1e-9)
+    aligned = out / "stacks" / f"{first}_T2w.nii.gz"
+    template = review.library.for_ga(review._template_ga(first), review.options.template_mode)
+    _assert_geometry_round_trip(mrml["scene"], aligned, template.t2w.voxel_to_ras)
+
+
+def _assert_geometry_round_trip(scene, path: Path, expected_affine: np.ndarray) -> None:
+    import SimpleITK as sitk
+    import slicer
+
+    from infanite.imageio import sitk_voxel_to_ras
+
+    from INFANiTECommonLib.mrml import numpy_matrix
+
+    np.testing.assert_allclose(nib.load(str(path)).affine, expected_affine, atol=1e-5)
+    np.testing.assert_allclose(sitk_voxel_to_ras(sitk.ReadImage(str(path))), expected_affine, atol=1e-5)
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "reread")
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(path))
+    storage.SetForceRightHandedIJKCoordinateSystem(False)
+    assert storage.ReadData(node)
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    np.testing.assert_allclose(numpy_matrix(m), expected_affine, atol=1e-4)
+    assert slicer.util.arrayFromVolume(node).shape == tuple(nib.load(str(path)).shape[::-1])
+
+
+def test_accept_refuses_the_search_folder_and_unknown_stacks(mrml, searched):
+    review = _review(mrml, searched)
+    with pytest.raises(ValueError, match="other than the registration"):
+        review.accept(review.stack_ids[:1], searched["search"])
+    with pytest.raises(ValueError, match="unknown stack"):
+        review.accept(["nope"], searched["search"].parent / "x")
+
+
+def test_missing_registration_is_a_clear_error(mrml, searched, tmp_path):
+    from INFANiTERegistrationLib import RegistrationReview
+
+    with pytest.raises(ValueError, match="transforms.json not found"):
+        RegistrationReview(mrml["scene"], searched["manifest"], searched["templates"], tmp_path)
+
+
+def test_manifest_from_nodes_keeps_geometry_and_checks_inputs(mrml, searched, tmp_path):
+    from infanite.cohort import read_manifest
+
+    from INFANiTECommonLib.mrml import load_volume
+    from INFANiTERegistrationLib import StackInput, manifest_from_nodes, registration_command
+
+    scene = mrml["scene"]
+    cohort, _ = read_manifest(searched["manifest"])
+    record = cohort.stacks[0]
+    t2 = load_volume(scene, record.t2w, "stack one")
+    seg = load_volume(scene, record.seg, "stack one labels", labelmap=True)
+    with pytest.raises(ValueError, match="needs a brain mask or a tissue segmentation"):
+        manifest_from_nodes([StackInput(t2, ga_weeks=28.0)], tmp_path / "w0")
+    with pytest.raises(ValueError, match="used twice"):
+        manifest_from_nodes([StackInput(t2, seg=seg), StackInput(t2, seg=seg)], tmp_path / "w1")
+    assert not (tmp_path / "w1").exists()                  # nothing written before the checks pass
+    manifest = manifest_from_nodes([StackInput(t2, seg=seg, ga_weeks=record.scan_age)], tmp_path / "w")
+    written, problems = read_manifest(manifest)
+    assert not problems and written.stacks[0].subject_id == "stack_one"
+    assert written.stacks[0].scan_age == record.scan_age
+    for src, dst in ((record.t2w, written.stacks[0].t2w), (record.seg, written.stacks[0].seg)):
+        a, b = nib.load(str(src)), nib.load(str(dst))
+        np.testing.assert_allclose(a.affine, b.affine, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(a.dataobj), np.asarray(b.dataobj), atol=1e-4)
+    command = registration_command(manifest, searched["templates"], tmp_path / "o", spacing_mm=1.6, jobs=2)
+    assert command[1:4] == ["-m", "infanite", "register"] and "--progress-json" in command
+    assert command[command.index("--spacing") + 1] == "1.6"
+
+
+def test_sample_data_sources_match_the_shipped_files():
+    import hashlib
+
+    from INFANiTECommonLib.sampledata import sample_sources
+
+    folder = Path(__file__).resolve().parents[1] / "INFANiTERegistration" / "Resources" / "SampleData"
+    sources = sample_sources(folder)
+    assert len(sources) == 6
+    for source in sources:
+        assert len(source["uris"]) == len(source["fileNames"]) == len(source["checksums"]) == 2
+        for uri, name, checksum in zip(source["uris"], source["fileNames"], source["checksums"]):
+            path = folder / name
+            assert uri == path.as_uri()
+            assert checksum == "SHA256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+        image = nib.load(str(folder / source["fileNames"][0]))
+        mask = nib.load(str(folder / source["fileNames"][1]))
+        np.testing.assert_allclose(image.affine, mask.affine, atol=1e-4)     # mask on the stack's grid
+        assert float(np.asarray(mask.dataobj).sum()) > 1000
+
+
+def test_dependency_list_names_what_the_core_imports():
+    from INFANiTECommonLib.dependencies import IMPORT_NAMES, missing_packages, requirement_lines
+
+    names = [line.split(">")[0] for line in requirement_lines()]
+    assert names and set(names) == set(IMPORT_NAMES)
+    assert "torch" not in " ".join(requirement_lines())           # torch only through the PyTorch extension
+    assert missing_packages() == []                              # this environment has the core's dependencies
