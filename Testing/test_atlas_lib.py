@@ -550,3 +550,65 @@ def test_bad_atlas_folders_are_refused_naming_the_file(mrml, atlas_dir, tmp_path
         load_atlas(scene, broken)
     # nothing of the failed loads is left in the scene
     assert count(scene, "vtkMRMLSequenceNode") == 0 and count(scene, "vtkMRMLSequenceBrowserNode") == 0
+
+
+# ------------------------------------------------------------------------------------------------ module helpers
+
+def test_atlas_range_command_is_a_valid_infanite_atlas_command_line(tmp_path):
+    from infanite.atlas import ga_list
+    from INFANiTEAtlasLib import atlas_range_command
+
+    args = atlas_range_command(tmp_path / "run", 21, 24.5, 0.5, tmp_path / "out", spacing_mm=1.2, device="cuda",
+                               python="/opt/python")
+    assert args[:4] == ["/opt/python", "-m", "infanite", "atlas"]
+    parsed = parse_atlas_args(args[4:])
+    assert parsed.run == str(tmp_path / "run") and parsed.out == str(tmp_path / "out") and parsed.ga is None
+    assert parsed.ga_range == [21.0, 24.5] and parsed.ga_step == 0.5 and parsed.spacing == 1.2
+    assert parsed.device == "cuda" and parsed.progress_json == "-"
+    assert ga_list(ga_range=parsed.ga_range, ga_step=parsed.ga_step) == [21.0, 21.5, 22.0, 22.5, 23.0, 23.5, 24.0,
+                                                                        24.5]
+    with pytest.raises(ValueError, match="after STOP"):
+        atlas_range_command(tmp_path, 30, 25, 1, tmp_path)
+    with pytest.raises(ValueError, match="ga-step"):
+        atlas_range_command(tmp_path, 25, 30, 0, tmp_path)
+    with pytest.raises(ValueError, match="outside"):
+        atlas_range_command(tmp_path, 5, 30, 1, tmp_path)
+    with pytest.raises(ValueError, match="spacing"):
+        atlas_range_command(tmp_path, 25, 30, 1, tmp_path, spacing_mm=-1)
+
+
+def test_exact_ga_target_keeps_the_atlas_grid_and_adds_to_its_own_run_only(mrml, atlas_dir, tmp_path):
+    from INFANiTEAtlasLib import exact_ga_target, load_atlas
+    from INFANiTEAtlasLib.generate import EXACT_SUBFOLDER
+
+    loaded = load_atlas(mrml["scene"], atlas_dir)
+    own_run = atlas_dir.parent / "run"                          # the manifest's run_dir
+    assert exact_ga_target(loaded, None, 0.8) == (own_run, SPACING_MM, atlas_dir)
+    assert exact_ga_target(loaded, own_run, 0.8) == (own_run, SPACING_MM, atlas_dir)
+    other = tmp_path / "other-run"
+    assert exact_ga_target(loaded, other, 0.8) == (other, SPACING_MM, atlas_dir / EXACT_SUBFOLDER)
+    loaded.manifest = None                                      # a folder without manifest: the given run, spacing
+    assert exact_ga_target(loaded, other, 0.8) == (other, 0.8, atlas_dir / EXACT_SUBFOLDER)
+    with pytest.raises(ValueError, match="run folder"):
+        exact_ga_target(loaded, ".", 0.8)
+
+
+def test_sample_atlas_for_the_module_self_test_loads_with_every_label(mrml, tmp_path):
+    from INFANiTEAtlasLib import TissueVolumePlot, load_atlas, write_sample_atlas
+    from INFANiTEAtlasLib.sample import sample_affine
+
+    folder = write_sample_atlas(tmp_path / "sample", (24.0, 28.0))
+    loaded = load_atlas(mrml["scene"], folder)
+    assert loaded.gas == [24.0, 28.0] and loaded.manifest is None
+    counts = []
+    for ga in (24.0, 28.0):
+        names = atlas_filenames(ga)
+        labels = file_array(folder / names["dseg"])
+        assert sorted(np.unique(labels)) == [0] + default_label_table().values
+        assert_same_affine(file_affine(folder / names["T2w"]), sample_affine())
+        loaded.select(ga)
+        assert np.array_equal(shown_labels(loaded), labels)
+        counts.append(np.count_nonzero(labels))
+    assert counts[1] > counts[0]
+    plot = TissueVolumePlot(mrml["scene"], loaded)
+    assert plot.rows[0]["source"] == "dseg" and plot.column("WM")[1] > plot.column("WM")[0]

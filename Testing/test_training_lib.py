@@ -234,3 +234,29 @@ def test_cohort_table_has_one_row_per_stack_and_the_row_errors(mrml, registered,
 
     missing = read_cohort(tmp_path / "nothing.tsv")
     assert missing.rows == [] and not missing.ok and "does not exist" in missing.errors[0]
+
+
+def test_progress_text_and_durations():
+    from INFANiTETrainingLib import format_duration, progress_text
+
+    assert [format_duration(s) for s in (None, -1, 0, 42.4, 65, 4079)] == \
+        ["", "", "0 s", "42 s", "1 min 05 s", "1 h 07 min"]
+    assert progress_text({"stage": "train", "step": 0, "total": 40, "eta_s": None}) == "step 0/40 · ETA …"
+    assert progress_text({"step": 12, "total": 40, "loss": 0.123456, "eta_s": 65.2}) == \
+        "step 12/40 · loss 0.1235 · ETA 1 min 05 s"
+    assert progress_text({"step": 40, "total": 40, "loss": 0.1, "eta_s": 0.0}) == "step 40/40 · loss 0.1"
+    assert "%" not in progress_text({"step": 1, "total": 2, "message": "100%"})
+
+
+def test_describe_devices(monkeypatch):
+    import torch
+
+    from INFANiTETrainingLib import describe_devices
+
+    text = describe_devices()
+    if torch.cuda.is_available():
+        assert text.startswith("cuda:0 ") and "GiB" in text
+    else:
+        assert "no CUDA GPU" in text and torch.__version__ in text
+    monkeypatch.setitem(sys.modules, "torch", None)                  # import torch -> ImportError
+    assert describe_devices().startswith("PyTorch is not installed")

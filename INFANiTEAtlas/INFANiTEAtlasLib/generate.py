@@ -1,5 +1,8 @@
 """Generate the atlas at one exact GA in a background process, then add it to the loaded sequences.
 
+:func:`atlas_range_command` gives the command line of a whole atlas (a GA range); :func:`exact_ga_target` where
+one more GA of a loaded atlas is generated from (run, spacing) and written to.
+
 :func:`exact_ga_command` gives the argument list of ``python -m infanite atlas --run RUN --ga GA --spacing S
 --out OUT --device D --progress-json -`` (progress as JSON lines on stdout); the module runs it with QProcess
 or :mod:`subprocess`, never in Slicer's own process.  When it has finished, :func:`add_generated_ga` reads the
@@ -14,6 +17,9 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .loader import LoadedAtlas
+
+#: Where an exact GA from another run than the atlas's goes (inside the atlas folder; not part of that atlas).
+EXACT_SUBFOLDER = "exact-ga"
 
 
 def exact_ga_command(run_dir, ga, out_dir, spacing_mm=0.8, device: str = "cpu", python: str | None = None
@@ -36,6 +42,51 @@ def exact_ga_command(run_dir, ga, out_dir, spacing_mm=0.8, device: str = "cpu", 
         raise ValueError(f"atlas spacing must be > 0 mm, got {spacing_mm!r}")
     return [python or sys.executable, "-m", "infanite", "atlas", "--run", str(run_dir), "--ga", f"{weeks:g}",
             "--spacing", f"{spacing:g}", "--out", str(out_dir), "--device", str(device), "--progress-json", "-"]
+
+
+def atlas_range_command(run_dir, ga_start, ga_stop, ga_step, out_dir, spacing_mm=0.8, device: str = "cpu",
+                        python: str | None = None) -> list:
+    """The argument list (interpreter first) generating the atlas of the finished run ``run_dir`` at GAs
+    ``ga_start``, ``ga_start + ga_step``, ... up to ``ga_stop`` (weeks, inclusive) into ``out_dir`` at
+    ``spacing_mm`` (mm) on ``device``, with JSON-lines progress on stdout.  ``ValueError`` for a GA range, step or
+    spacing that ``infanite atlas`` would refuse."""
+    from infanite.atlas import GA_LIMITS, ga_list
+
+    try:
+        start, stop, step, spacing = (float(v) for v in (ga_start, ga_stop, ga_step, spacing_mm))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"GA range {ga_start!r}-{ga_stop!r} step {ga_step!r} weeks and spacing {spacing_mm!r} mm "
+                         f"must be numbers") from exc
+    for ga in (start, stop):
+        if not (math.isfinite(ga) and GA_LIMITS[0] <= ga <= GA_LIMITS[1]):
+            raise ValueError(f"GA {ga:g} weeks is outside {GA_LIMITS[0]:g}-{GA_LIMITS[1]:g} weeks")
+    ga_list(ga_range=(start, stop), ga_step=step)                 # the CLI's own checks of start, stop and step
+    if not (math.isfinite(spacing) and spacing > 0):
+        raise ValueError(f"atlas spacing must be > 0 mm, got {spacing_mm!r}")
+    return [python or sys.executable, "-m", "infanite", "atlas", "--run", str(run_dir), "--ga-range", f"{start:g}",
+            f"{stop:g}", "--ga-step", f"{step:g}", "--spacing", f"{spacing:g}", "--out", str(out_dir), "--device",
+            str(device), "--progress-json", "-"]
+
+
+def exact_ga_target(loaded: LoadedAtlas, run_dir=None, spacing_mm=0.8) -> tuple:
+    """``(run folder, spacing mm, output folder)`` for generating one more GA of ``loaded``.
+
+    The run is ``run_dir`` when given, else the one the atlas manifest names (``ValueError`` when neither).  The
+    spacing is the atlas's own (manifest ``spacing_mm``) when recorded, so the new GA lies on the atlas grid, else
+    ``spacing_mm``.  The output is the atlas folder itself when the atlas came from that run (``infanite atlas``
+    then adds the GA to its manifest, ``volumes.tsv`` and ``growth.png``), else its ``exact-ga`` subfolder."""
+    manifest = loaded.manifest or {}
+    atlas_run = manifest.get("run_dir")
+    given = run_dir is not None and str(run_dir) not in ("", ".")
+    if not given and not atlas_run:
+        raise ValueError(f"choose the run folder of the training that made {loaded.folder} (its manifest names none)")
+    run = Path(run_dir) if given else Path(atlas_run)
+    recorded = manifest.get("spacing_mm")
+    if isinstance(recorded, (int, float)):
+        recorded = [recorded]
+    spacing = float(recorded[0]) if isinstance(recorded, list) and recorded else float(spacing_mm)
+    same_run = bool(atlas_run) and Path(atlas_run).resolve() == run.resolve()
+    return run, spacing, Path(loaded.folder) if same_run else Path(loaded.folder) / EXACT_SUBFOLDER
 
 
 def add_generated_ga(loaded: LoadedAtlas, folder, ga, select: bool = False) -> float:

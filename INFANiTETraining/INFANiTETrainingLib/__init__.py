@@ -4,8 +4,10 @@ from .cohort_table import COLUMNS, CohortRow, CohortSummary, cohort_table_node, 
 from .config_form import FIELDS, TrainingParameters, TrainingParametersError, advanced_overrides, parse_int_list
 from .controller import (CANCELLED, CANCELLING, FAILED, FINISHED, IDLE, LOSS_COLUMNS, RUNNING, STATES, LossPlot,
                          TrainingController, can_resume, checkpoint_progress, detect_devices)
+from .display import describe_devices, format_duration, progress_text
 
 __all__ = ["COLUMNS", "CohortRow", "CohortSummary", "cohort_table_node", "fill_cohort_table", "read_cohort",
            "FIELDS", "TrainingParameters", "TrainingParametersError", "advanced_overrides", "parse_int_list",
            "TrainingController", "LossPlot", "detect_devices", "can_resume", "checkpoint_progress", "STATES",
-           "IDLE", "RUNNING", "CANCELLING", "FINISHED", "FAILED", "CANCELLED", "LOSS_COLUMNS"]
+           "IDLE", "RUNNING", "CANCELLING", "FINISHED", "FAILED", "CANCELLED", "LOSS_COLUMNS", "describe_devices",
+           "format_duration", "progress_text"]
