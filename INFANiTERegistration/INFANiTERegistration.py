@@ -255,6 +255,7 @@ class INFANiTERegistrationLogic(ScriptedLoadableModuleLogic):
         options = RegisterOptions(spacing_mm=p.spacingMm or None, jobs=p.jobs)
         self.review = RegistrationReview(slicer.mrmlScene, self.manifest(p), p.templatesPath,
                                          self._output(p) / "search", options)
+        self.review.build_transform_nodes()
         self.review.update_table()
         return self.review
 

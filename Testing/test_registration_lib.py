@@ -60,9 +60,13 @@ def test_review_rows_table_and_nodes(mrml, searched):
     assert [table.GetCellText(i, 0) for i in range(len(rows))] == review.stack_ids
     assert table.GetCellText(0, 2) == f"{rows[0].nmi:.4f}"
 
+    scene = mrml["scene"]
+    transforms = review.build_transform_nodes()                 # one transform node per stack, volumes later
+    assert [t.GetName() for t in transforms] == [f"{s} to template" for s in review._stacks]
+    assert scene.GetNodesByClass("vtkMRMLScalarVolumeNode").GetNumberOfItems() == 0
     sid = review.stack_ids[0]
     nodes = review.show(sid)
-    scene = mrml["scene"]
+    assert nodes.transform.GetID() == transforms[list(review._stacks).index(sid)].GetID()
     composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
     assert composites.GetNumberOfItems() == 3
     for i in range(3):

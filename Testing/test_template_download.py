@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from infanite.cli import main
-from infanite.imageio import load_nifti, save_nifti
+from infanite.imageio import save_nifti
 from infanite.phantom import make_phantom
 from infanite.progress import ProgressReporter
 from infanite.template_download import (LICENCE_RECORD, LICENCE_TEXT, TEMPLATE_FILES, TemplateDownloadWarning,

@@ -23,7 +23,6 @@ import argparse
 import json
 import math
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]

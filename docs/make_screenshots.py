@@ -28,7 +28,6 @@ def _planes(array: np.ndarray, centre) -> list[np.ndarray]:
 
 
 def registration_review(demo: Path, out: Path) -> None:
-    from infanite.atlas import atlas_filenames  # noqa: F401  (same package, keeps imports honest)
     from infanite.imageio import load_labels, load_nifti
 
     reg = demo / "run" / "registration"

@@ -93,6 +93,7 @@ class RegistrationReview:
                 reason = failures.get(sid, {}).get("reason", "not registered")
                 self._stacks[sid] = _Stack(record, self._fallback_pose(record), {}, reason.strip().splitlines()[-1])
         self._nodes: dict[str, StackNodes] = {}
+        self._transforms: dict[str, object] = {}
         self._templates: dict[float, object] = {}
         self.accepted: dict[str, np.ndarray] = {}
         self.table = None
@@ -185,9 +186,24 @@ class RegistrationReview:
             self._templates[key] = node
         return node
 
+    def transform_node(self, sid: str):
+        """The stack's linear transform node (``<id> to template``, to parent = stack → template), made once."""
+        from INFANiTECommonLib.mrml import set_transform
+
+        node = self._transforms.get(sid)
+        if node is None or self.scene.GetNodeByID(node.GetID()) is None:
+            node = self.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", f"{sid} to template")
+            set_transform(node, np.linalg.inv(self._stacks[sid].template_to_stack))
+            self._transforms[sid] = node
+        return node
+
+    def build_transform_nodes(self) -> list:
+        """A transform node for every stack (stack volumes are loaded only when shown)."""
+        return [self.transform_node(sid) for sid in self._stacks]
+
     def nodes(self, sid: str) -> StackNodes:
         """The stack's volume node under its transform node, and its template node (created on first use)."""
-        from INFANiTECommonLib.mrml import load_volume, set_transform
+        from INFANiTECommonLib.mrml import load_volume
 
         if sid not in self._stacks:
             raise ValueError(f"unknown stack {sid!r}; stacks: {', '.join(self._stacks)}")
@@ -195,8 +211,7 @@ class RegistrationReview:
         if nodes is None or self.scene.GetNodeByID(nodes.volume.GetID()) is None:
             stack = self._stacks[sid]
             volume = load_volume(self.scene, stack.record.t2w, f"{sid} T2w")
-            transform = self.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", f"{sid} to template")
-            set_transform(transform, np.linalg.inv(stack.template_to_stack))
+            transform = self.transform_node(sid)
             volume.SetAndObserveTransformNodeID(transform.GetID())
             nodes = StackNodes(volume, transform, self.template_node(self._template_ga(sid)))
             self._nodes[sid] = nodes
@@ -206,9 +221,9 @@ class RegistrationReview:
         """The current pose of a stack, read from its transform node when it has one (manual edits included)."""
         from INFANiTECommonLib.mrml import get_transform
 
-        nodes = self._nodes.get(sid)
-        if nodes is not None and self.scene.GetNodeByID(nodes.transform.GetID()) is not None:
-            return np.linalg.inv(get_transform(nodes.transform))
+        node = self._transforms.get(sid)
+        if node is not None and self.scene.GetNodeByID(node.GetID()) is not None:
+            return np.linalg.inv(get_transform(node))
         return self._stacks[sid].template_to_stack.copy()
 
     def brain_centre(self, sid: str) -> np.ndarray:
@@ -317,8 +332,9 @@ class RegistrationReview:
         """Remove every node this review created (stacks, transforms, templates, table)."""
         from INFANiTECommonLib.mrml import remove_nodes
 
-        nodes = [n for s in self._nodes.values() for n in (s.volume, s.transform)]
+        nodes = [s.volume for s in self._nodes.values()] + list(self._transforms.values())
         remove_nodes(self.scene, nodes + list(self._templates.values()) + [self.table])
         self._nodes.clear()
+        self._transforms.clear()
         self._templates.clear()
         self.table = None
