@@ -20,6 +20,7 @@ from INFANiTEAtlasLib import (TissueDisplay, TissueVolumePlot, add_generated_ga,
 from INFANiTEAtlasLib.export import export_paths, labels_on_t2_grid
 from INFANiTECommonLib.dependencies import ensure_dependencies
 from INFANiTECommonLib.process import BackgroundProcess, infanite_env
+from INFANiTECommonLib.logic import BackgroundProcessLogicMixin
 from INFANiTECommonLib.widget import ParameterNodeWidgetMixin
 
 
@@ -56,24 +57,8 @@ class INFANiTEAtlasParameterNode:
 
 
 class INFANiTEAtlasWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
-    def __init__(self, parent=None):
-        ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
-        self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self._timer = qt.QTimer()
-
     def setup(self):
-        ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/INFANiTEAtlas.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = INFANiTEAtlasLogic()
-        self.observeSceneClose(slicer.mrmlScene)
-        self._timer.setInterval(100)
-        self._timer.connect("timeout()", self.logic.poll)
+        self.setupModuleUi("INFANiTEAtlas", INFANiTEAtlasLogic())
         for button, handler in ((self.ui.openButton, self.onOpen),
                                 (self.ui.generateButton, lambda: self._start(self.logic.generate)),
                                 (self.ui.exactGaButton, lambda: self._start(self.logic.generateExactGa)),
@@ -190,7 +175,7 @@ class INFANiTEAtlasWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget
             self.logic.export(self._parameterNode, overwrite=bool(existing))
 
 
-class INFANiTEAtlasLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
+class INFANiTEAtlasLogic(BackgroundProcessLogicMixin, ScriptedLoadableModuleLogic, VTKObservationMixin):
     """GUI-free logic taking the parameter node and values; MRML work is in the Lib.  The open atlas is ``loaded``
     (LoadedAtlas) and ``plot`` (TissueVolumePlot); ``process`` runs ``infanite atlas``, ``pending`` is its output."""
 
@@ -205,16 +190,6 @@ class INFANiTEAtlasLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
 
     def getParameterNode(self):
         return INFANiTEAtlasParameterNode(super().getParameterNode())
-
-    def isRunning(self):
-        return self.process is not None and self.process.running
-
-    def poll(self):
-        return self.process.poll() if self.process is not None else False
-
-    def cancel(self):
-        if self.isRunning():
-            self.process.cancel(grace_s=5.0)
 
     @staticmethod
     def _folder(path, message):

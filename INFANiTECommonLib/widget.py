@@ -1,7 +1,7 @@
 """Parameter-node plumbing shared by the three module widgets (desktop Slicer only; no state of its own).
 
-A widget class mixes this in after ``ScriptedLoadableModuleWidget`` and ``VTKObservationMixin`` and implements
-``_onParameterNodeModified`` (enable/disable buttons).  The GUI is bound once with ``connectGui``.
+A widget class lists this mixin first, then ``ScriptedLoadableModuleWidget`` and ``VTKObservationMixin``, and
+implements ``_onParameterNodeModified`` (enable/disable buttons).  The GUI is bound once with ``connectGui``.
 """
 from __future__ import annotations
 
@@ -9,7 +9,36 @@ import vtk
 
 
 class ParameterNodeWidgetMixin:
-    """``initializeParameterNode`` / ``setParameterNode`` / ``enter`` / ``exit`` and scene-close handling."""
+    """Construction, UI loading, ``initializeParameterNode`` / ``setParameterNode`` / ``enter`` / ``exit`` and
+    scene-close handling; a 100 ms timer polls the logic's background process."""
+
+    def __init__(self, parent=None):
+        import qt
+        from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
+        from slicer.util import VTKObservationMixin
+
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._timer = qt.QTimer()
+
+    def setupModuleUi(self, name: str, logic, poll=None) -> None:
+        """Load ``Resources/UI/<name>.ui`` into the panel as ``self.ui``, set the logic, observe scene close and
+        make the timer call ``poll`` (default ``logic.poll``) every 100 ms while it runs."""
+        import slicer
+        from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
+
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath(f"UI/{name}.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = logic
+        self.observeSceneClose(slicer.mrmlScene)
+        self._timer.setInterval(100)
+        self._timer.connect("timeout()", poll or logic.poll)
 
     def observeSceneClose(self, scene) -> None:
         self.addObserver(scene, scene.StartCloseEvent, self.onSceneStartClose)

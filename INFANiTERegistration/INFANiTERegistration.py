@@ -15,6 +15,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
+from INFANiTECommonLib.logic import BackgroundProcessLogicMixin
 from INFANiTECommonLib.widget import ParameterNodeWidgetMixin
 
 
@@ -58,24 +59,11 @@ class INFANiTERegistrationParameterNode:
 
 class INFANiTERegistrationWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None):
-        ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
-        self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self._timer = qt.QTimer()
+        ParameterNodeWidgetMixin.__init__(self, parent)
         self._shortcuts = []
 
     def setup(self):
-        ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/INFANiTERegistration.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = INFANiTERegistrationLogic()
-        self.observeSceneClose(slicer.mrmlScene)
-        self._timer.setInterval(100)
-        self._timer.connect("timeout()", self.logic.poll)
+        self.setupModuleUi("INFANiTERegistration", INFANiTERegistrationLogic())
         for button, handler in ((self.ui.addStackButton, self.onAddStack), (self.ui.registerButton, self.onRegister),
                                 (self.ui.cancelButton, self.logic.cancel), (self.ui.openReviewButton, self.onOpenReview),
                                 (self.ui.getTemplatesButton, self.onGetTemplates),
@@ -169,7 +157,7 @@ class INFANiTERegistrationWidget(ParameterNodeWidgetMixin, ScriptedLoadableModul
         self.logic.accept(self._parameterNode, self.logic.review.stack_ids)
 
 
-class INFANiTERegistrationLogic(ScriptedLoadableModuleLogic):
+class INFANiTERegistrationLogic(BackgroundProcessLogicMixin, ScriptedLoadableModuleLogic):
     """GUI-free logic: every method takes the parameter node and values; MRML work is delegated to the Lib."""
 
     def __init__(self, processFactory=None):
@@ -182,16 +170,6 @@ class INFANiTERegistrationLogic(ScriptedLoadableModuleLogic):
 
     def getParameterNode(self):
         return INFANiTERegistrationParameterNode(super().getParameterNode())
-
-    def isRunning(self):
-        return self.process is not None and self.process.running
-
-    def poll(self):
-        return self.process.poll() if self.process is not None else False
-
-    def cancel(self):
-        if self.isRunning():
-            self.process.cancel(grace_s=5.0)
 
     def addInputStack(self, p):
         if p.t2Volume is None or (p.maskVolume is None and p.segVolume is None):
@@ -298,16 +276,14 @@ class INFANiTERegistrationTest(ScriptedLoadableModuleTest):
 
     def test_register_review_accept(self):
         import numpy as np
-        from infanite.phantom import phantom_library, write_phantom_templates
-        from infanite.simulate import SimulationConfig, simulate_cohort
+        from infanite.simulate import tiny_phantom_cohort
 
         work = pathlib.Path(slicer.util.tempDirectory())
-        simulate_cohort(SimulationConfig(n_subjects=1, stacks_per_subject=2, ga_range=(27.0, 28.0),
-                                         inplane_spacing_mm=2.0, seed=3), work / "sim", library=phantom_library(1.6))
+        cohort = tiny_phantom_cohort(work, weeks=(27, 28), n_subjects=1, seed=3)
         logic = INFANiTERegistrationLogic()
         p = logic.getParameterNode()
-        p.manifestPath = work / "sim" / "cohort.tsv"
-        p.templatesPath = write_phantom_templates(work / "tpl", (27, 28), 1.6)
+        p.manifestPath = cohort["manifest"]
+        p.templatesPath = cohort["templates"]
         p.outputPath = work / "out"
         p.spacingMm = 1.6
         logic.startRegistration(p).wait(timeout=600)

@@ -9,7 +9,6 @@ import logging
 import pathlib
 from typing import Annotated
 
-import qt
 import slicer
 from slicer import vtkMRMLPlotViewNode, vtkMRMLTableNode
 from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
@@ -72,24 +71,8 @@ def _path(value):
 
 
 class INFANiTETrainingWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
-    def __init__(self, parent=None):
-        ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
-        self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self._timer = qt.QTimer()
-
     def setup(self):
-        ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/INFANiTETraining.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = INFANiTETrainingLogic()
-        self.observeSceneClose(slicer.mrmlScene)
-        self._timer.setInterval(100)
-        self._timer.connect("timeout()", self.onPoll)
+        self.setupModuleUi("INFANiTETraining", INFANiTETrainingLogic(), poll=self.onPoll)
         for button, handler in ((self.ui.loadCohortButton, lambda: self.logic.loadCohort(self._parameterNode)),
                                 (self.ui.startButton, lambda: self.onStart(resume=False)),
                                 (self.ui.resumeButton, lambda: self.onStart(resume=True)),
@@ -346,19 +329,13 @@ class INFANiTETrainingTest(ScriptedLoadableModuleTest):
         self.test_train_tiny_model()
 
     def test_train_tiny_model(self):
-        from infanite.phantom import phantom_library, write_phantom_templates
-        from infanite.register import register_cohort
-        from infanite.simulate import SimulationConfig, simulate_cohort
+        from infanite.simulate import tiny_phantom_cohort
 
         work = pathlib.Path(slicer.util.tempDirectory())
-        simulate_cohort(SimulationConfig(n_subjects=2, stacks_per_subject=2, ga_range=(27.0, 29.0),
-                                         inplane_spacing_mm=2.0, seed=1), work / "sim", library=phantom_library(1.6))
-        templates = write_phantom_templates(work / "tpl", (27, 28, 29), 1.6)
-        register_cohort(work / "sim" / "cohort.tsv", templates, work / "reg",
-                        fixed_transforms=work / "sim" / "truth.json")
+        cohort = tiny_phantom_cohort(work, weeks=(27, 28, 29), register=True)
         logic = INFANiTETrainingLogic()
         p = logic.getParameterNode()
-        p.manifestPath = work / "reg" / "registered.tsv"
+        p.manifestPath = cohort["registered"]
         summary = logic.loadCohort(p)
         self.assertTrue(summary.ok, summary.message())
         self.assertEqual(p.cohortTable.GetNumberOfRows(), 4)

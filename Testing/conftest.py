@@ -40,15 +40,11 @@ def mial_dir() -> Path:
 def phantom_registered(tmp_path_factory) -> dict:
     """A 2-fetus × 2-stack phantom cohort (GA 27–29, 2 mm in-plane) registered with its true transforms onto
     1.6 mm phantom templates of weeks 27–29: ``{"root", "registered" (registered.tsv), "templates"}``."""
-    from infanite.phantom import phantom_library, write_phantom_templates
-    from infanite.register import register_cohort
-    from infanite.simulate import SimulationConfig, simulate_cohort
+    from infanite.simulate import tiny_phantom_cohort
 
     root = tmp_path_factory.mktemp("phantom-registered")
-    simulate_cohort(SimulationConfig(n_subjects=2, stacks_per_subject=2, ga_range=(27.0, 29.0),
-                                     inplane_spacing_mm=2.0, seed=1), root / "sim", library=phantom_library(1.6))
-    folder = write_phantom_templates(root / "tpl", (27, 28, 29), 1.6)
-    register_cohort(root / "sim" / "cohort.tsv", folder, root / "reg", fixed_transforms=root / "sim" / "truth.json")
+    cohort = tiny_phantom_cohort(root, weeks=(27, 28, 29), register=True)
+    folder = cohort["templates"]
     return {"root": root, "registered": root / "reg" / "registered.tsv", "templates": folder}
 
 

@@ -271,3 +271,25 @@ def test_cancel_after_the_end_changes_nothing():
     finally:
         sleeper.cancel(grace_s=5.0)
     assert not sleeper.running and sleeper.cancelled
+
+
+def test_module_logic_mixin_runs_polls_and_cancels_without_blocking():
+    from INFANiTECommonLib.logic import BackgroundProcessLogicMixin
+
+    class Logic(BackgroundProcessLogicMixin):
+        cancel_grace_s = 2.0
+
+    logic = Logic()
+    assert not logic.isRunning() and logic.poll() is False and logic.cancel() is None   # nothing started yet
+    ended = []
+    logic.process = BackgroundProcess([sys.executable, "-c", "import time; print('up', flush=True); time.sleep(600)"],
+                                      on_finished=lambda code, cancelled, lines: ended.append((code, cancelled)))
+    logic.process.start()
+    assert logic.isRunning()
+    logic.cancel()                                # returns at once; the GUI's timer polls the end
+    deadline = time.monotonic() + 60
+    while logic.poll() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not logic.isRunning() and ended and ended[0][1] is True
+    pid = logic.process.pid
+    assert not Path(f"/proc/{pid}").exists() or "zombie" not in Path(f"/proc/{pid}/status").read_text()
