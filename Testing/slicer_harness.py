@@ -75,3 +75,19 @@ def headless_scene():
     app_logic.SetSliceLogics(slice_logics)
     logics.update(layout=layout, slice_logics=slice_logics)
     return scene, logics
+
+
+def group_members(pgid: int) -> list:
+    """Live (non-zombie) processes of process group ``pgid``, read from ``/proc`` (Linux)."""
+    from pathlib import Path
+
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+                members.append(int(entry.name))
+    return members

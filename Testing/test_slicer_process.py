@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from slicer_harness import group_members
 
 from INFANiTECommonLib.process import BackgroundProcess, infanite_env, infanite_root, parse_progress, python_command
 
@@ -44,20 +45,6 @@ def wait_until(predicate, seconds: float = 20.0) -> bool:
             return True
         time.sleep(0.02)
     return predicate()
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of process group ``pgid``."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-                members.append(int(entry.name))
-    return members
 
 
 class Recorder:

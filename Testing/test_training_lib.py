@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from slicer_harness import group_members
 
 from INFANiTETrainingLib import (CANCELLED, CANCELLING, FAILED, FINISHED, IDLE, LOSS_COLUMNS, RUNNING,
                                  TrainingController, TrainingParameters, TrainingParametersError, can_resume,
@@ -25,20 +26,6 @@ def tiny(**kw) -> TrainingParameters:
 
 def log_records(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of process group ``pgid`` (from /proc)."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-                members.append(int(entry.name))
-    return members
 
 
 class Events:
