@@ -98,6 +98,10 @@ class INFANiTERegistrationWidget(ParameterNodeWidgetMixin, ScriptedLoadableModul
         self.ui.registerButton.enabled = bool(p and haveInput and not running)
         self.ui.cancelButton.enabled = running
         reviewing = self.logic.review is not None
+        if reviewing and p is not None:
+            from INFANiTERegistrationLib import set_foreground_opacity
+
+            set_foreground_opacity(slicer.mrmlScene, p.foregroundOpacity)
         for button in (self.ui.refineButton, self.ui.acceptButton, self.ui.acceptAllButton, self.ui.adjustButton,
                        self.ui.previousButton, self.ui.nextButton):
             button.enabled = reviewing and not running
@@ -238,8 +242,11 @@ class INFANiTERegistrationLogic(BackgroundProcessLogicMixin, ScriptedLoadableMod
         return self.review
 
     def showStack(self, p):
+        from INFANiTERegistrationLib import centre_slice_views
+
         nodes = self.review.show(p.currentStack, p.foregroundOpacity)
-        slicer.util.resetSliceViews()
+        slicer.util.resetSliceViews()                    # fit the field of view to the template …
+        centre_slice_views(slicer.mrmlScene, self.review.brain_centre(p.currentStack))   # … through the brain
         return nodes
 
     def step(self, p, step):

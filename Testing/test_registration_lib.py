@@ -75,6 +75,10 @@ def test_review_rows_table_and_nodes(mrml, searched):
         assert c.GetForegroundVolumeID() == nodes.volume.GetID()
         assert c.GetForegroundOpacity() == pytest.approx(0.5)
         assert c.GetLinkedControl() == 1
+    from INFANiTERegistrationLib import set_foreground_opacity
+
+    set_foreground_opacity(scene, 0.8)
+    assert all(composites.GetItemAsObject(i).GetForegroundOpacity() == pytest.approx(0.8) for i in range(3))
     # the stack sits under its transform: stack → template = inv(template_to_stack of transforms.json)
     assert nodes.volume.GetParentTransformNode().GetID() == nodes.transform.GetID()
     t2s = read_transforms_json(searched["search"] / "transforms.json")[sid]

@@ -3,7 +3,7 @@ command, and the review session (stack under its transform over the template, ma
 acceptance)."""
 from .inputs import StackInput, manifest_from_nodes, registration_command
 from .review import RegistrationReview, ReviewRow
-from .views import centre_slice_views, set_transform_handles, show_in_slice_views
+from .views import centre_slice_views, set_foreground_opacity, set_transform_handles, show_in_slice_views
 
 __all__ = ["StackInput", "manifest_from_nodes", "registration_command", "RegistrationReview", "ReviewRow",
-           "centre_slice_views", "set_transform_handles", "show_in_slice_views"]
+           "centre_slice_views", "set_foreground_opacity", "set_transform_handles", "show_in_slice_views"]

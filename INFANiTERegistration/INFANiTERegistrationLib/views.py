@@ -22,6 +22,13 @@ def show_in_slice_views(scene, background, foreground, foreground_opacity: float
     return len(composites)
 
 
+def set_foreground_opacity(scene, opacity: float) -> None:
+    """Opacity (0–1) of the foreground layer (the stack) in every slice view."""
+    for composite in _nodes(scene, "vtkMRMLSliceCompositeNode"):
+        if abs(composite.GetForegroundOpacity() - float(opacity)) > 1e-9:
+            composite.SetForegroundOpacity(float(opacity))
+
+
 def centre_slice_views(scene, centre_ras) -> None:
     """Move every slice view so that it passes through and is centred on ``centre_ras`` (RAS mm)."""
     x, y, z = (float(v) for v in np.asarray(centre_ras, dtype=np.float64)[:3])
