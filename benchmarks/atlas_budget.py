@@ -11,7 +11,9 @@ its ``full_40x3_1.6mm`` subfolder, or give ``--cohort`` for another one) and add
   a      the quality benchmark's INFANiTE run (hidden 128, 3,000 steps), reused;
   a4x    the same model trained 4× longer (12,000 steps ≈ 5.6 epochs);
   a256   a wider, deeper model (hidden 256, 4 layers, modulated [1, 3], latents [64, 3, 3, 3]) for 6,000 steps;
-  b, c   the GKR means of the quality benchmark, reused.
+  b, c   the GKR means of the quality benchmark, reused;
+  b_truth, c_truth  the same means of the stacks resampled with their TRUE poses (the simulator's truth.json,
+         ``register_cohort(..., fixed_transforms=truth.json)``): what the means reach with perfect registration.
 
 Each row also gives the PSNR after the best affine intensity map of the atlas onto the truth (least squares over
 the region) — the part of the PSNR gap that is only intensity mapping, not structure — and the final training
@@ -112,10 +114,20 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(max(1, args.threads))
+    from infanite.register import RegisterOptions, register_cohort
+
     timer = aq.Timer()
     atlases = {"grid": work / "atlases" / "grid_ceiling", "a": work / "atlases" / "a",
                "b": work / "atlases" / "b", "c": work / "atlases" / "c"}
     timer.run("grid ceiling", lambda: grid_ceiling(work / "runs" / "a", args.atlas_dir, atlases["grid"], GAS))
+    reg_truth = work / "reg_truth"
+    timer.run("truth poses: resample", lambda: register_cohort(
+        work / "sim" / "cohort.tsv", args.atlas_dir, reg_truth, RegisterOptions(spacing_mm=1.6, jobs=1),
+        fixed_transforms=work / "sim" / "truth.json"))
+    for name, use_w in (("b_truth", False), ("c_truth", True)):
+        atlases[name] = work / "atlases" / name
+        timer.run(f"{name}: atlas", lambda: aq.mean_variant(reg_truth / "registered.tsv", GAS, atlases[name], use_w),
+                  reused_if=lambda r: not r["generated"])
     train_info = {}
     for name, (label, overrides) in RUNS.items():
         if args.only is not None and name not in args.only:
