@@ -2270,3 +2270,43 @@ def test_checker_test_file_itself_runs_on_39():
     """This file must run on the CI's oldest Python too."""
     here = Path(__file__)
     _report(check_runtime_compat(REPO, [here]), "test_slicer_static.py on 3.9")
+
+
+def check_catalog_entry(repo: Path) -> Problems:
+    """The Extensions Index catalog entry ``<Extension>.json`` (what the Index takes today) agrees with CMake and the
+    s4ext: required keys, category, build dependencies = EXTENSION_DEPENDS, scm url = the s4ext's."""
+    repo = Path(repo)
+    path = repo / f"{EXTENSION_NAME}.json"
+    if not path.is_file():
+        return [f"{path.name}:1: missing (the Extensions Index catalog entry)"]
+    try:
+        entry = json.loads(path.read_text())
+    except ValueError as exc:
+        return [f"{path.name}:1: not JSON ({exc})"]
+    problems: Problems = [f"{path.name}:1: missing key {key!r}" for key in ("$schema", "category", "scm_url")
+                          if key not in entry]
+    cm = parse_cmake(repo / "CMakeLists.txt")
+    if entry.get("category") != (cm.var_string("EXTENSION_CATEGORY") or "").strip():
+        problems.append(f"{path.name}:1: category {entry.get('category')!r} differs from EXTENSION_CATEGORY")
+    if set(entry.get("build_dependencies", [])) != _depends(cm.var_string("EXTENSION_DEPENDS") or ""):
+        problems.append(f"{path.name}:1: build_dependencies {entry.get('build_dependencies')} differ from "
+                        f"EXTENSION_DEPENDS")
+    entries, _ = parse_s4ext(repo / f"{EXTENSION_NAME}.s4ext")
+    if "scmurl" in entries and entry.get("scm_url") != entries["scmurl"][0].strip():
+        problems.append(f"{path.name}:1: scm_url {entry.get('scm_url')!r} differs from the s4ext's scmurl")
+    return problems
+
+
+def test_catalog_entry_matches_cmake_and_s4ext():
+    _report(check_catalog_entry(REPO), f"{EXTENSION_NAME}.json")
+
+
+def test_catalog_checker_catches_a_wrong_category(tmp_path):
+    for name in ("CMakeLists.txt", f"{EXTENSION_NAME}.s4ext", f"{EXTENSION_NAME}.json"):
+        (tmp_path / name).write_text((REPO / name).read_text())
+    assert check_catalog_entry(tmp_path) == []
+    entry = json.loads((tmp_path / f"{EXTENSION_NAME}.json").read_text())
+    entry["category"], entry["build_dependencies"] = "Segmentation", []
+    (tmp_path / f"{EXTENSION_NAME}.json").write_text(json.dumps(entry))
+    problems = check_catalog_entry(tmp_path)
+    assert any("category" in p for p in problems) and any("build_dependencies" in p for p in problems)
