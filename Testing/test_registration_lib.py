@@ -290,3 +290,34 @@ def test_dependency_list_names_what_the_core_imports():
     assert names and set(names) == set(IMPORT_NAMES)
     assert "torch" not in " ".join(requirement_lines())           # torch only through the PyTorch extension
     assert missing_packages() == []                              # this environment has the core's dependencies
+
+
+def test_stacks_loaded_by_slicer_are_written_with_their_world_geometry(mrml, mial_dir, tmp_path):
+    """Slicer's own reader flips the slice axis of left-handed files (ForceRightHandedIJKCoordinateSystem): the
+    stacks a user loads that way must still be written with the same world geometry (same image in RAS)."""
+    from infanite.imageio import load_nifti
+    from infanite.resample import resample
+
+    from INFANiTECommonLib.mrml import save_volume
+
+    scene = mrml["scene"]
+    # the MIAL stacks are right-handed; a left-handed copy of run 1 (i axis reversed: the same image in RAS)
+    image = nib.load(str(mial_dir / "sub-01_run-1_T2w.nii.gz"))
+    reverse_i = np.diag([-1.0, 1.0, 1.0, 1.0])
+    reverse_i[0, 3] = image.shape[0] - 1
+    left = image.affine @ reverse_i
+    assert np.linalg.det(left[:3, :3]) < 0
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[::-1], left), str(tmp_path / "left.nii.gz"))
+    paths = [mial_dir / f"sub-01_run-{run}_T2w.nii.gz" for run in (1, 3, 5)] + [tmp_path / "left.nii.gz"]
+    flipped = 0
+    for run, path in enumerate(paths):                       # one stack per orientation (RAS, IRP, IAR) + LAS
+        node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"run{run}")
+        storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+        storage.SetFileName(str(path))                        # Slicer's defaults, as "Add data" uses them
+        assert storage.ReadData(node)
+        written = save_volume(node, tmp_path / f"run{run}.nii.gz")
+        original, copy = load_nifti(path), load_nifti(written)
+        flipped += not np.allclose(copy.voxel_to_ras, original.voxel_to_ras, atol=1e-3)
+        same_world = resample(copy, original.grid, None, "nearest")
+        np.testing.assert_array_equal(same_world.array, original.array)
+    assert flipped == 1      # Slicer's reader reversed the left-handed copy's k axis, and only that one
