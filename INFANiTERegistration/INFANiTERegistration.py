@@ -158,7 +158,15 @@ class INFANiTERegistrationWidget(ParameterNodeWidgetMixin, ScriptedLoadableModul
         self.onStep(1)
 
     def onAcceptAll(self):
-        self.logic.accept(self._parameterNode, self.logic.review.stack_ids)
+        self.logic.acceptAll(self._parameterNode, onProgress=self.onProgress,
+                             onFinished=lambda *a: self._run(self.onAcceptAllFinished))
+        self._timer.start()
+        self._onParameterNodeModified()
+
+    def onAcceptAllFinished(self):
+        self._timer.stop()
+        self.logic.finishAcceptAll(self._parameterNode)
+        self._onParameterNodeModified()
 
 
 class INFANiTERegistrationLogic(BackgroundProcessLogicMixin, ScriptedLoadableModuleLogic):
@@ -265,10 +273,27 @@ class INFANiTERegistrationLogic(BackgroundProcessLogicMixin, ScriptedLoadableMod
         return result
 
     def accept(self, p, stackIds):
+        """Accept a few stacks in this process (resampling only: about a second each)."""
         result = self.review.accept(stackIds, self._output(p))
         p.status = f"accepted {len(self.review.accepted)} stack(s) → {self._output(p) / 'registered.tsv'}" + (
             f"; failed: {', '.join(result['failed'])}" if result["failed"] else "")
         return result
+
+    def acceptAll(self, p, onProgress=None, onFinished=None):
+        """Accept every stack in a background process (``infanite register --fixed-transforms``)."""
+        from INFANiTECommonLib.process import infanite_env
+
+        command = self.review.accept_command(self.review.stack_ids, self._output(p))
+        self.process = self.processFactory(command, env=infanite_env(), on_progress=onProgress,
+                                           on_log=logging.info, on_finished=onFinished).start()
+        p.status = "writing the accepted stacks…"
+        return self.process
+
+    def finishAcceptAll(self, p):
+        missing = self.review.finish_accept(self._output(p))
+        p.status = f"accepted {len(self.review.accepted)} stack(s) → {self._output(p) / 'registered.tsv'}" + (
+            f"; not written: {', '.join(missing)}" if missing else "")
+        return missing
 
 
 class INFANiTERegistrationTest(ScriptedLoadableModuleTest):
@@ -301,7 +326,9 @@ class INFANiTERegistrationTest(ScriptedLoadableModuleTest):
         nodes = review.nodes(p.currentStack)
         self.assertEqual(nodes.volume.GetParentTransformNode().GetID(), nodes.transform.GetID())
         logic.refineCurrent(p)
-        logic.accept(p, review.stack_ids)
+        logic.accept(p, [p.currentStack])
+        logic.acceptAll(p).wait(timeout=600)
+        self.assertEqual(logic.finishAcceptAll(p), [])
         self.assertTrue((work / "out" / "registered.tsv").is_file())
         self.assertTrue(np.isfinite(review.rows()[0].nmi))
         self.delayDisplay("INFANiTERegistration test passed")

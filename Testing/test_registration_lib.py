@@ -171,7 +171,12 @@ def test_accept_writes_what_the_command_line_writes(mrml, searched, tmp_path):
     assert result["done"] == [first] and not result["failed"]
     rows = list(csv.DictReader(open(out / "registered.tsv"), delimiter="\t"))
     assert [r["subject_id"] for r in rows] == [first]
-    review.accept(review.stack_ids, out)                                           # "Accept all"
+    # "Accept all": the same command line in a background process, as the module runs it
+    from INFANiTECommonLib.process import BackgroundProcess, infanite_env
+
+    process = BackgroundProcess(review.accept_command(review.stack_ids, out), env=infanite_env()).start()
+    assert process.wait(timeout=600) == 0, process.last_lines()
+    assert review.finish_accept(out) == []
     rows = list(csv.DictReader(open(out / "registered.tsv"), delimiter="\t"))
     assert sorted(r["subject_id"] for r in rows) == sorted(review.stack_ids)
     assert all(r.status == "accepted" for r in review.rows())

@@ -294,15 +294,12 @@ class RegistrationReview:
             self.update_table()
         return result
 
-    def accept(self, sids, out_dir, progress=None) -> dict:
-        """Write the accepted stacks exactly as ``infanite register --fixed-transforms`` does, into ``out_dir``.
-
-        The accepted poses (read from the transform nodes) of these and of every stack accepted before go to
-        ``out_dir/accepted_transforms.json``; a stack accepted again is re-resampled with its new pose.  Returns
-        the core's ``register_cohort`` result; ``out_dir/registered.tsv`` lists every accepted stack.
-        """
+    def prepare_accept(self, sids, out_dir) -> tuple:
+        """Record ``sids`` as accepted with their current poses and write what ``infanite register
+        --fixed-transforms`` reads: ``out_dir/accepted_transforms.json`` (every stack accepted so far) and
+        ``out_dir/accepted_input.tsv`` (their rows of the input manifest).  A stack accepted again is written again
+        (its finished-marker is removed).  Returns ``(manifest, transforms_json)``."""
         from infanite.cohort import write_manifest
-        from infanite.register import register_cohort
         from infanite.transforms_io import write_transforms_json
 
         sids = list(sids)
@@ -319,14 +316,39 @@ class RegistrationReview:
                 marker.unlink()
         fixed = write_transforms_json(out / "accepted_transforms.json", self.accepted)
         records = [s.record for sid, s in self._stacks.items() if sid in self.accepted]
-        manifest = write_manifest(records, out / "accepted_input.tsv")
-        result = register_cohort(manifest, self.templates, out, self.options, fixed_transforms=fixed,
+        return write_manifest(records, out / "accepted_input.tsv"), fixed
+
+    def accept(self, sids, out_dir, progress=None) -> dict:
+        """Write the accepted stacks exactly as ``infanite register --fixed-transforms`` does, into ``out_dir``, in
+        this process (see :meth:`accept_command` for a background process).  Returns the core's
+        ``register_cohort`` result; ``out_dir/registered.tsv`` lists every accepted stack."""
+        from infanite.register import register_cohort
+
+        manifest, fixed = self.prepare_accept(sids, out_dir)
+        result = register_cohort(manifest, self.templates, Path(out_dir), self.options, fixed_transforms=fixed,
                                  progress=progress)
-        for sid in result["failed"]:
+        self.finish_accept(out_dir)
+        return result
+
+    def accept_command(self, sids, out_dir, python: str | None = None) -> list:
+        """:meth:`prepare_accept`, then the ``python -m infanite register --fixed-transforms`` command line that
+        writes them (for a background process); call :meth:`finish_accept` when it has ended."""
+        from .inputs import registration_command
+
+        manifest, fixed = self.prepare_accept(sids, out_dir)
+        return registration_command(manifest, self.templates, out_dir, spacing_mm=self.options.spacing_mm,
+                                    jobs=self.options.jobs, n4=self.options.n4, fixed_transforms=fixed,
+                                    python=python)
+
+    def finish_accept(self, out_dir) -> list:
+        """After an accept: stacks without their finished-marker in ``out_dir`` (failed or cancelled) are no longer
+        accepted; returns their ids.  Updates the table."""
+        missing = [sid for sid in self.accepted if not (Path(out_dir) / "stacks" / f"{sid}.json").is_file()]
+        for sid in missing:
             self.accepted.pop(sid, None)
         if self.table is not None:
             self.update_table()
-        return result
+        return missing
 
     def remove_nodes(self) -> None:
         """Remove every node this review created (stacks, transforms, templates, table)."""
