@@ -455,17 +455,23 @@ def _montage_selection(keys: list[str]) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------- generation
 
-def _read_manifest(out_dir: Path) -> dict | None:
-    path = out_dir / MANIFEST
+def read_atlas_manifest(folder, hint: str = "") -> dict | None:
+    """``folder/atlas_manifest.json`` (None when absent); ``ValueError`` naming the file, followed by ``hint``, when
+    it is unreadable or not an infanite atlas manifest."""
+    path = Path(folder) / MANIFEST
     if not path.exists():
         return None
     try:
         manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} is unreadable ({exc}); use another output folder or --overwrite") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: unreadable atlas manifest ({exc}){hint}") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise ValueError(f"{path} is not an infanite atlas manifest; use another output folder or --overwrite")
+        raise ValueError(f"{path}: not an infanite atlas manifest (format {MANIFEST_FORMAT!r} expected){hint}")
     return manifest
+
+
+def _read_manifest(out_dir: Path) -> dict | None:
+    return read_atlas_manifest(out_dir, "; use another output folder or --overwrite")
 
 
 def _remove_previous(out_dir: Path, manifest: dict | None) -> None:

@@ -269,6 +269,26 @@ def _parse_row(line: int, cells: dict[str, str], base: Path, manifest: str,
     return record, problems
 
 
+def manifest_rows(text: str) -> tuple[list[str] | None, int, list[tuple[int, list[str]]]]:
+    """The header, its 1-based line and the ``(line, cells)`` of every data row of a manifest's text (cells
+    stripped, blank lines skipped; ``line`` is where the row starts, quoted multi-line cells included)."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t")
+    header: list[str] | None = None
+    header_line = 1
+    rows: list[tuple[int, list[str]]] = []
+    last_line = 0
+    for cells in reader:
+        line, last_line = last_line + 1, reader.line_num
+        cells = [cell.strip() for cell in cells]
+        if not any(cells):
+            continue
+        if header is None:
+            header, header_line = cells, line
+        else:
+            rows.append((line, cells))
+    return header, header_line, rows
+
+
 def read_manifest(path, subject_ids_yaml=None, dataset_name: str | None = None,
                   registration_input: bool = False) -> tuple[Cohort, list[Problem]]:
     """Parse a manifest TSV (no image is opened) into a :class:`Cohort` and the list of table problems.
@@ -288,20 +308,7 @@ def read_manifest(path, subject_ids_yaml=None, dataset_name: str | None = None,
     except (OSError, UnicodeDecodeError) as exc:
         return Cohort(path, []), [Problem(None, None, str(path), "unreadable",
                                           f"cannot read the manifest as UTF-8 text ({exc})", name)]
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t")
-    header: list[str] | None = None
-    header_line = 1
-    rows: list[tuple[int, list[str]]] = []
-    last_line = 0
-    for cells in reader:
-        line, last_line = last_line + 1, reader.line_num
-        cells = [cell.strip() for cell in cells]
-        if not any(cells):
-            continue
-        if header is None:
-            header, header_line = cells, line
-        else:
-            rows.append((line, cells))
+    header, header_line, rows = manifest_rows(text)
     if header is None:
         return Cohort(path, []), [Problem(None, None, None, "empty_manifest", "file is empty (no header row)", name)]
 

@@ -19,7 +19,6 @@ manifest names a ``label_table`` file or the caller passes another table.
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,18 +67,9 @@ class AtlasFiles:
 # ------------------------------------------------------------------------------------------------ the folder
 
 def _read_manifest(folder: Path) -> dict | None:
-    from infanite.atlas import MANIFEST, MANIFEST_FORMAT
+    from infanite.atlas import read_atlas_manifest
 
-    path = folder / MANIFEST
-    if not path.exists():
-        return None
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: unreadable atlas manifest ({exc})") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise ValueError(f"{path}: not an infanite atlas manifest (format {MANIFEST_FORMAT!r} expected)")
-    return manifest
+    return read_atlas_manifest(folder)
 
 
 def _files_from_manifest(folder: Path, manifest: dict) -> list[AtlasFiles]:

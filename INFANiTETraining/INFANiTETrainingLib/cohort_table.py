@@ -7,8 +7,6 @@ is in :attr:`CohortSummary.errors`.
 """
 from __future__ import annotations
 
-import csv
-import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,22 +70,15 @@ class CohortSummary:
 
 def _raw_rows(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
     """Header and ``(line, cells)`` of every data row, numbered as :func:`infanite.cohort.read_manifest` does."""
+    from infanite.cohort import manifest_rows
+
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError):
         return [], []
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t")
-    header, rows, last_line = None, [], 0
-    for cells in reader:
-        line, last_line = last_line + 1, reader.line_num
-        cells = [cell.strip() for cell in cells]
-        if not any(cells):
-            continue
-        if header is None:
-            header = cells
-        else:
-            rows.append((line, dict(zip(header, cells + [""] * max(0, len(header) - len(cells))))))
-    return header or [], rows
+    header, _, rows = manifest_rows(text)
+    header = header or []
+    return header, [(line, dict(zip(header, cells + [""] * max(0, len(header) - len(cells))))) for line, cells in rows]
 
 
 def read_cohort(manifest, check_images: bool = True, ga_range=(21.0, 39.0)) -> CohortSummary:
