@@ -2,7 +2,6 @@
 a background process).  MRML work is in :mod:`INFANiTEAtlasLib` (tested with slicer-core).  The sequence browser is
 the single source of truth for the GA shown: the GA slider, play/seek widgets and the chart's GA marker follow it.
 """
-import logging
 import math
 import pathlib
 from typing import Annotated
@@ -19,8 +18,7 @@ from INFANiTEAtlasLib import (TissueDisplay, TissueVolumePlot, add_generated_ga,
                               exact_ga_command, exact_ga_target, export_current, load_atlas, write_sample_atlas)
 from INFANiTEAtlasLib.export import export_paths, labels_on_t2_grid
 from INFANiTECommonLib.dependencies import ensure_dependencies
-from INFANiTECommonLib.process import BackgroundProcess, infanite_env
-from INFANiTECommonLib.logic import BackgroundProcessLogicMixin
+from INFANiTECommonLib.logic import BackgroundProcessLogicMixin, given_path
 from INFANiTECommonLib.widget import ParameterNodeWidgetMixin
 
 
@@ -33,10 +31,6 @@ class INFANiTEAtlas(ScriptedLoadableModule):
         self.parent.helpText = ("Open (or generate from a training run) a fetal atlas; browse it by gestational age "
                                 "with its tissues; chart tissue volumes against norms; add an exact GA; export.")
         self.parent.acknowledgementText = "Method: INFANiTE (implicit neural fetal atlases). Norms: Ren et al. 2022."
-
-
-def _given(path):  # an unset pathlib.Path parameter reads "."
-    return path is not None and str(path) not in ("", ".")
 
 
 @parameterNodeWrapper
@@ -57,6 +51,8 @@ class INFANiTEAtlasParameterNode:
 
 
 class INFANiTEAtlasWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+    errorMessage = "INFANiTE atlas failed."
+
     def setup(self):
         self.setupModuleUi("INFANiTEAtlas", INFANiTEAtlasLogic())
         for button, handler in ((self.ui.openButton, self.onOpen),
@@ -67,38 +63,32 @@ class INFANiTEAtlasWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget
                                 (self.ui.showAllButton, lambda: self.logic.setAllTissuesVisible(True)),
                                 (self.ui.hideAllButton, lambda: self.logic.setAllTissuesVisible(False))):
             button.connect("clicked(bool)", lambda _=False, h=handler: self._run(h))
-        self.ui.gaSlider.connect("valueChanged(int)", self.onGaSlider)
-        self.ui.gaSlider.connect("sliderReleased()", self.onBrowserModified)
+        self.ui.gaSlider.connect("valueChanged(int)", lambda value: self._run(lambda: self.onGaSlider(value),
+                                                                              waitCursor=False))
+        self.ui.gaSlider.connect("sliderReleased()", lambda: self._run(self.onBrowserModified, waitCursor=False))
         self.initializeParameterNode()
         self.showAtlas()
 
     def cleanup(self):
-        self._stop()
-        self.removeObservers()
+        ParameterNodeWidgetMixin.cleanup(self)      # stops the generation's process tree
+        self.logic.close(removeNodes=False)        # leaves the nodes to the scene
 
     def onSceneStartClose(self, caller, event):
-        self._stop()
-        self.showAtlas()
-        ParameterNodeWidgetMixin.onSceneStartClose(self, caller, event)
-
-    def _stop(self):
         self._timer.stop()
         self.logic.cancel()
-        self.logic.close(removeNodes=False)       # leaves the nodes to the scene
-
-    def _run(self, handler):
-        with slicer.util.tryWithErrorDisplay("INFANiTE atlas failed.", waitCursor=True):
-            handler()
+        self.logic.close(removeNodes=False)
+        self.showAtlas()
+        ParameterNodeWidgetMixin.onSceneStartClose(self, caller, event)
 
     def _onParameterNodeModified(self, caller=None, event=None):
         p = self._parameterNode
         running = self.logic.isRunning()
         loaded = self.logic.loaded is not None
-        self.ui.openButton.enabled = bool(p and _given(p.atlasPath) and not running)
-        self.ui.generateButton.enabled = bool(p and _given(p.runPath) and _given(p.atlasPath) and not running)
+        self.ui.openButton.enabled = bool(p and given_path(p.atlasPath) and not running)
+        self.ui.generateButton.enabled = bool(p and given_path(p.runPath) and given_path(p.atlasPath) and not running)
         self.ui.cancelButton.enabled = running
         self.ui.exactGaButton.enabled = loaded and not running
-        self.ui.exportButton.enabled = bool(p and loaded and _given(p.exportPath))
+        self.ui.exportButton.enabled = bool(p and loaded and given_path(p.exportPath))
         for widget in (self.ui.gaSlider, self.ui.showAllButton, self.ui.hideAllButton):
             widget.enabled = loaded
         if p and loaded:
@@ -138,7 +128,7 @@ class INFANiTEAtlasWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget
 
     def onOpen(self):
         self.ui.progressBar.setValue(0)
-        self.logic.openAtlas(self._parameterNode, onItem=self.onLoadItem)
+        self.logic.openAtlas(self.logic.getParameterNode(), onItem=self.onLoadItem)
         self.showAtlas()
 
     def onLoadItem(self, done, total):
@@ -148,10 +138,7 @@ class INFANiTEAtlasWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget
 
     def _start(self, method):
         self.ui.progressBar.setValue(0)
-        method(self._parameterNode, onProgress=self.onProgress,
-               onFinished=lambda *args: self._run(lambda: self.onFinished(*args)))
-        self._timer.start()
-        self._onParameterNodeModified()
+        self.startInBackground(method, self.onProgress, self.onFinished)
 
     def onProgress(self, event):
         self.ui.progressBar.setMaximum(max(1, int(event.get("total") or 1)))
@@ -161,18 +148,14 @@ class INFANiTEAtlasWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget
         self.logic.getParameterNode().status = message + (f" (about {eta:.0f} s left)" if eta else "")
 
     def onFinished(self, returncode, cancelled, lines):
-        self._timer.stop()
-        try:
-            if self.logic.finish(self.logic.getParameterNode(), returncode, cancelled, lines):
-                self.showAtlas()
-        finally:
-            self._onParameterNodeModified()
+        if self.logic.finish(self.logic.getParameterNode(), returncode, cancelled, lines):
+            self.showAtlas()
 
     def onExport(self):
-        existing = [str(path) for path in self.logic.exportPaths(self._parameterNode).values() if path.exists()]
+        existing = [str(path) for path in self.logic.exportPaths(self.logic.getParameterNode()).values() if path.exists()]
         question = "These files already exist:\n\n" + "\n".join(existing) + "\n\nReplace them?"
         if not existing or slicer.util.confirmYesNoDisplay(question, "INFANiTE atlas: export"):
-            self.logic.export(self._parameterNode, overwrite=bool(existing))
+            self.logic.export(self.logic.getParameterNode(), overwrite=bool(existing))
 
 
 class INFANiTEAtlasLogic(BackgroundProcessLogicMixin, ScriptedLoadableModuleLogic, VTKObservationMixin):
@@ -182,7 +165,7 @@ class INFANiTEAtlasLogic(BackgroundProcessLogicMixin, ScriptedLoadableModuleLogi
     def __init__(self, processFactory=None):
         ScriptedLoadableModuleLogic.__init__(self)
         VTKObservationMixin.__init__(self)
-        self.processFactory = processFactory or BackgroundProcess
+        self.processFactory = processFactory
         self.process = None
         self.pending = None          # ("atlas", folder) or ("exact", folder, GA in weeks)
         self.loaded = None
@@ -193,7 +176,7 @@ class INFANiTEAtlasLogic(BackgroundProcessLogicMixin, ScriptedLoadableModuleLogi
 
     @staticmethod
     def _folder(path, message):
-        if not _given(path):
+        if not given_path(path):
             raise ValueError(message)
         return pathlib.Path(path)
 
@@ -260,9 +243,7 @@ class INFANiTEAtlasLogic(BackgroundProcessLogicMixin, ScriptedLoadableModuleLogi
 
     def _start(self, command, pending, onProgress, onFinished):
         self.pending = pending
-        self.process = self.processFactory(command, env=infanite_env(), on_progress=onProgress,
-                                           on_log=logging.info, on_finished=onFinished).start()
-        return self.process
+        return self.startProcess(command, onProgress, onFinished)
 
     def generate(self, p, onProgress=None, onFinished=None):
         """``infanite atlas`` from ``p.runPath`` at ``p.gaStart``..``p.gaStop`` (weeks); :meth:`finish` opens it."""
@@ -326,6 +307,7 @@ class INFANiTEAtlasTest(ScriptedLoadableModuleTest):
     """A tiny atlas written with the core writers (no model): open, browse two GAs, add a GA, export."""
 
     def setUp(self):
+        ensure_dependencies(need_torch=False)
         slicer.mrmlScene.Clear()
 
     def runTest(self):

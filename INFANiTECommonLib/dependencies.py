@@ -49,13 +49,23 @@ def ensure_torch(ask: bool = True) -> bool:
     return True
 
 
+def slicer_packaging():
+    """Slicer's ``slicer.packaging`` module (Slicer ≥ 5.12), or None.  It is a submodule that ``import slicer`` does
+    not import, so ``getattr(slicer, "packaging", None)`` would be None even where it exists."""
+    try:
+        import slicer.packaging as packaging
+    except ImportError:
+        return None
+    return packaging
+
+
 def ensure_dependencies(need_torch: bool = True, ask: bool = True) -> None:
     """Make sure the core can be imported; asks before installing anything.  ``RuntimeError`` if declined."""
     import slicer
 
     missing = missing_packages()
     if missing:
-        packaging = getattr(slicer, "packaging", None)
+        packaging = slicer_packaging()
         if packaging is not None and hasattr(packaging, "pip_ensure"):         # Slicer ≥ 5.12
             packaging.pip_ensure(missing, requester="INFANiTE")
         else:                                                                   # Slicer 5.8 / 5.10

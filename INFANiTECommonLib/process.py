@@ -57,17 +57,64 @@ def infanite_root() -> Path:
     return Path(infanite.__file__).resolve().parent.parent
 
 
-def infanite_env(extra: dict | None = None) -> dict:
-    """A copy of this process' environment for a ``python -m infanite`` child: ``PYTHONPATH`` starts with
-    :func:`infanite_root` (so the core package is found where the extension ships it, e.g. inside Slicer's
-    ``qt-scripted-modules``), ``PYTHONUNBUFFERED=1``, then ``extra`` (str values) on top."""
-    env = dict(os.environ)
+#: variables with which Slicer's launcher points Python at Slicer's own interpreter: an external Python (a conda or
+#: venv interpreter chosen to train on its GPU) must not inherit them, or it loads Slicer's standard library
+SLICER_PYTHON_VARIABLES = ("PYTHONHOME", "PYTHONPATH", "PYTHONNOUSERSITE", "PYTHONSTARTUP", "PYTHONEXECUTABLE")
+#: Windows process-creation flags (the constants of ``subprocess`` exist only on Windows' Python)
+CREATE_NEW_PROCESS_GROUP = 0x00000200
+CREATE_NO_WINDOW = 0x08000000
+
+
+def is_external_python(python: str | None) -> bool:
+    """True when ``python`` is another interpreter than the one running this code (Slicer's own)."""
+    if not python:
+        return False
+    try:
+        return Path(python).resolve() != Path(sys.executable).resolve()
+    except OSError:
+        return True
+
+
+def infanite_env(extra: dict | None = None, python: str | None = None, startup_environment=None) -> dict:
+    """The environment of a ``python -m infanite`` child.
+
+    For Slicer's own interpreter (``python`` None or ``sys.executable``): a copy of this process' environment.  For
+    an external interpreter: the environment Slicer was started from (``startup_environment``, a dict or a
+    callable returning one, e.g. ``slicer.util.startupEnvironment``; without it, this environment minus
+    :data:`SLICER_PYTHON_VARIABLES`), so that it does not load Slicer's ``PYTHONHOME``/``PYTHONPATH``.  Either way
+    ``PYTHONPATH`` starts with :func:`infanite_root` (the core package where the extension ships it, e.g. inside
+    Slicer's ``qt-scripted-modules``), ``PYTHONUNBUFFERED=1``, then ``extra`` (str values) on top."""
+    if is_external_python(python):
+        startup = startup_environment() if callable(startup_environment) else startup_environment
+        if startup is None:
+            env = {k: v for k, v in os.environ.items() if k not in SLICER_PYTHON_VARIABLES}
+        else:
+            env = {str(k): str(v) for k, v in dict(startup).items()}
+    else:
+        env = dict(os.environ)
     root = str(infanite_root())
     parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
     env["PYTHONPATH"] = os.pathsep.join([root, *parts])
     env["PYTHONUNBUFFERED"] = "1"
     env.update({str(k): str(v) for k, v in (extra or {}).items()})
     return env
+
+
+def popen_platform_kwargs(windows: bool) -> dict:
+    """``subprocess.Popen`` keywords that put the child in its own process group / session.  On Windows the child
+    also gets no console window (as ``slicer.util.launchConsoleProcess`` hides it): closing such a window would
+    kill the job."""
+    if windows:
+        return {"creationflags": CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW}
+    return {"start_new_session": True}
+
+
+def windows_kill_tree_call(pid: int) -> tuple[list, dict]:
+    """The ``subprocess.run`` arguments and keywords that kill process ``pid`` and its descendants on Windows,
+    without a console window."""
+    return (["taskkill", "/T", "/F", "/PID", str(int(pid))],
+            {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "check": False,
+             "creationflags": CREATE_NO_WINDOW})
 
 
 def parse_progress(line: str) -> dict | None:
@@ -94,7 +141,7 @@ class BackgroundProcess:
     def __init__(self, args: Sequence[str], cwd=None, env: dict | None = None,
                  on_progress: Callable[[dict], None] | None = None, on_log: Callable[[str], None] | None = None,
                  on_finished: Callable[[int, bool, list], None] | None = None, stop_file=None,
-                 popen=subprocess.Popen):
+                 popen=subprocess.Popen, windows: bool | None = None, run=subprocess.run):
         if isinstance(args, (str, bytes)):
             raise TypeError("args must be a list of arguments (no shell command line)")
         self.args = [str(a) for a in args]
@@ -104,6 +151,9 @@ class BackgroundProcess:
         self.on_progress, self.on_log, self.on_finished = on_progress, on_log, on_finished
         self.stop_file = None if stop_file is None else Path(stop_file)
         self._popen = popen
+        self._run_command = run
+        #: Windows behaviour (no console window, ``taskkill``); set explicitly by tests that simulate Windows
+        self.windows = (os.name == "nt") if windows is None else bool(windows)
         self._proc = None
         self._queue: queue.Queue = queue.Queue()
         self._reader: threading.Thread | None = None
@@ -161,10 +211,7 @@ class BackgroundProcess:
         self._remove_stop_file(stale=True)
         kwargs = dict(cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                       stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace", bufsize=1)
-        if os.name == "nt":
-            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
-        else:
-            kwargs["start_new_session"] = True
+        kwargs.update(popen_platform_kwargs(self.windows))
         self._proc = self._popen(self.args, **kwargs)
         self._reader = threading.Thread(target=self._read, args=(self._proc.stdout,),
                                         name=f"BackgroundProcess-{self._proc.pid}", daemon=True)
@@ -196,7 +243,7 @@ class BackgroundProcess:
             self._kill_tree()                            # the polite request was not honoured in time
         if not self._done(now):
             return True
-        if self._cancelled and os.name != "nt":
+        if self._cancelled and not self.windows:
             self._signal_group(signal.SIGKILL)           # stragglers of a stopped tree; no-op when empty
         self._drain()
         self._finished = True
@@ -246,8 +293,10 @@ class BackgroundProcess:
         except Exception:                                # a GUI callback's bug must not stop the delivery
             logger.exception("BackgroundProcess callback %r failed", callback)
 
-    def wait(self, timeout: float | None = None, interval: float = 0.05) -> int:
-        """Loop :meth:`poll` until the end (scripts, tests); returns the exit status.  Raises
+    def wait(self, timeout: float | None = None, interval: float = 0.05, on_idle: Callable[[], None] | None = None
+             ) -> int:
+        """Loop :meth:`poll` until the end (scripts, self-tests); returns the exit status.  ``on_idle`` is called
+        between polls (in Slicer: ``slicer.app.processEvents``, so that the application stays responsive).  Raises
         ``subprocess.TimeoutExpired`` after ``timeout`` seconds (the process keeps running)."""
         if self._proc is None:
             raise RuntimeError("the process was not started")
@@ -255,6 +304,8 @@ class BackgroundProcess:
         while self.poll():
             if deadline is not None and time.monotonic() > deadline:
                 raise subprocess.TimeoutExpired(self.args, timeout)
+            if on_idle is not None:
+                on_idle()
             time.sleep(interval)
         return self._returncode
 
@@ -278,7 +329,7 @@ class BackgroundProcess:
                     self._created_stop_file = True
                 except OSError as exc:
                     logger.warning("cannot create the stop file %s: %s", self.stop_file, exc)
-            if os.name != "nt":
+            if not self.windows:
                 self._signal_group(signal.SIGTERM)
             self._kill_at = deadline
         else:
@@ -294,9 +345,9 @@ class BackgroundProcess:
 
     def _kill_tree(self) -> None:
         self._killed = True
-        if os.name == "nt":
-            subprocess.run(["taskkill", "/T", "/F", "/PID", str(self._proc.pid)], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, check=False)
+        if self.windows:
+            args, kwargs = windows_kill_tree_call(self._proc.pid)
+            self._run_command(args, **kwargs)
             if self._proc.poll() is None:
                 self._proc.kill()
         else:

@@ -15,7 +15,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from INFANiTECommonLib.logic import BackgroundProcessLogicMixin
+from INFANiTECommonLib.logic import BackgroundProcessLogicMixin, given_path
 from INFANiTECommonLib.widget import ParameterNodeWidgetMixin
 
 
@@ -58,44 +58,72 @@ class INFANiTERegistrationParameterNode:
 
 
 class INFANiTERegistrationWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+    errorMessage = "INFANiTE registration failed."
+
     def __init__(self, parent=None):
         ParameterNodeWidgetMixin.__init__(self, parent)
         self._shortcuts = []
 
     def setup(self):
         self.setupModuleUi("INFANiTERegistration", INFANiTERegistrationLogic())
-        for button, handler in ((self.ui.addStackButton, self.onAddStack), (self.ui.registerButton, self.onRegister),
-                                (self.ui.cancelButton, self.logic.cancel), (self.ui.openReviewButton, self.onOpenReview),
-                                (self.ui.getTemplatesButton, self.onGetTemplates),
-                                (self.ui.refineButton, self.onRefine), (self.ui.acceptButton, self.onAccept),
-                                (self.ui.acceptAllButton, self.onAcceptAll),
-                                (self.ui.previousButton, lambda: self.onStep(-1)),
-                                (self.ui.nextButton, lambda: self.onStep(1))):
+        logic, background = self.logic, self.startInBackground
+        for button, handler in (
+                (self.ui.addStackButton, lambda: logic.addInputStack(logic.getParameterNode())),
+                (self.ui.registerButton, lambda: background(logic.startRegistration, self.onProgress,
+                                                            self.onRegistrationFinished)),
+                (self.ui.cancelButton, logic.cancel),
+                (self.ui.openReviewButton, self.onOpenReview),
+                (self.ui.getTemplatesButton, self.onGetTemplates),
+                (self.ui.refineButton, lambda: background(logic.startRefine, self.onProgress, self._finish(
+                    logic.finishRefine))),
+                (self.ui.acceptButton, lambda: background(logic.startAccept, self.onProgress, self._finish(
+                    logic.finishAccept, then=lambda: self.onStep(1)))),
+                (self.ui.acceptAllButton, lambda: background(logic.startAcceptAll, self.onProgress, self._finish(
+                    logic.finishAccept))),
+                (self.ui.previousButton, lambda: self.onStep(-1)),
+                (self.ui.nextButton, lambda: self.onStep(1))):
             button.connect("clicked(bool)", lambda _=False, h=handler: self._run(h))
-        self.ui.adjustButton.connect("toggled(bool)", lambda on: self._run(lambda: self.logic.setAdjust(on)))
-        self.ui.reviewTableView.connect("selectionChanged()", self.onTableSelection)
-        for keys, step in (("Ctrl+]", 1), ("Ctrl+[", -1)):
+        self.ui.adjustButton.connect("toggled(bool)", lambda on: self._run(
+            lambda: logic.setAdjust(logic.getParameterNode(), on)))
+        self.ui.reviewTableView.connect("selectionChanged()", lambda: self._run(self.onTableSelection))
+        for keys, step in (("Ctrl+]", 1), ("Ctrl+[", -1)):          # active only while this module is shown
             shortcut = qt.QShortcut(qt.QKeySequence(keys), slicer.util.mainWindow())
+            shortcut.setEnabled(False)
             shortcut.connect("activated()", lambda s=step: self._run(lambda: self.onStep(s)))
             self._shortcuts.append(shortcut)
         self.initializeParameterNode()
 
+    def enter(self):
+        ParameterNodeWidgetMixin.enter(self)
+        for shortcut in self._shortcuts:
+            shortcut.setEnabled(True)
+
+    def exit(self):
+        for shortcut in self._shortcuts:
+            shortcut.setEnabled(False)
+        ParameterNodeWidgetMixin.exit(self)
+
     def cleanup(self):
-        self._timer.stop()
-        self.logic.cancel()
+        ParameterNodeWidgetMixin.cleanup(self)
         for shortcut in self._shortcuts:
             shortcut.setParent(None)
-        self.removeObservers()
+        self._shortcuts = []
 
-    def _run(self, handler):
-        with slicer.util.tryWithErrorDisplay("INFANiTE registration failed.", waitCursor=True):
-            handler()
+    def _finish(self, finish, then=None):
+        """An ``onFinished`` callback: ``finish(parameterNode, returncode, cancelled, lastLines)``, then ``then()``
+        after a success."""
+        def finished(returncode, cancelled, lines):
+            finish(self.logic.getParameterNode(), returncode, cancelled, lines)
+            if then is not None and returncode == 0 and not cancelled:
+                then()
+        return finished
 
     def _onParameterNodeModified(self, caller=None, event=None):
         p = self._parameterNode
         running = self.logic.isRunning()
-        haveInput = bool(p and (str(p.manifestPath) not in ("", ".") or p.inputStacks))
-        self.ui.registerButton.enabled = bool(p and haveInput and not running)
+        haveInput = bool(p and (given_path(p.manifestPath) or p.inputStacks))
+        self.ui.registerButton.enabled = bool(haveInput and not running)
+        self.ui.getTemplatesButton.enabled = not running
         self.ui.cancelButton.enabled = running
         reviewing = self.logic.review is not None
         if reviewing and p is not None:
@@ -106,29 +134,19 @@ class INFANiTERegistrationWidget(ParameterNodeWidgetMixin, ScriptedLoadableModul
                        self.ui.previousButton, self.ui.nextButton):
             button.enabled = reviewing and not running
 
-    def onAddStack(self):
-        self.logic.addInputStack(self._parameterNode)
-
-    def onRegister(self):
-        self.logic.startRegistration(self._parameterNode, onProgress=self.onProgress,
-                                     onFinished=lambda *a: self._run(self.onRegistrationFinished))
-        self._timer.start()
-        self._onParameterNodeModified()
-
     def onProgress(self, event):
         self.ui.progressBar.setMaximum(max(1, int(event.get("total") or 1)))
         self.ui.progressBar.setValue(int(event.get("step") or 0))
         eta = event.get("eta_s")
-        self._parameterNode.status = f"{event.get('message', '')}" + (f" (about {eta:.0f} s left)" if eta else "")
+        self.logic.getParameterNode().status = f"{event.get('message', '')}" + (
+            f" (about {eta:.0f} s left)" if eta else "")
 
-    def onRegistrationFinished(self):
-        self._timer.stop()
-        self._onParameterNodeModified()
-        if self.logic.process is not None and self.logic.process.returncode == 0:
-            self.onOpenReview()
+    def onRegistrationFinished(self, returncode, cancelled, lines):
+        self.logic.finishRegistration(self.logic.getParameterNode(), returncode, cancelled, lines)
+        self.onOpenReview()
 
     def onOpenReview(self):
-        review = self.logic.openReview(self._parameterNode)
+        review = self.logic.openReview(self.logic.getParameterNode())
         self.ui.reviewTableView.setMRMLTableNode(review.table)
         self.onStep(0)
         self._onParameterNodeModified()
@@ -137,46 +155,30 @@ class INFANiTERegistrationWidget(ParameterNodeWidgetMixin, ScriptedLoadableModul
         from infanite.template_download import LICENCE_TEXT
 
         if slicer.util.confirmOkCancelDisplay(LICENCE_TEXT, "CRL fetal atlas: licence"):
-            self.logic.downloadTemplates(self._parameterNode, onProgress=self.onProgress)
-            self._timer.start()
+            self.startInBackground(self.logic.downloadTemplates, self.onProgress,
+                                   self._finish(self.logic.finishDownload))
 
     def onTableSelection(self):
-        rows = self.ui.reviewTableView.selectedMRMLTableRows() if self.logic.review else []
-        if rows:
-            self._parameterNode.currentStack = self.logic.review.stack_ids[rows[0]]
-            self._run(lambda: self.logic.showStack(self._parameterNode))
+        view = self.ui.reviewTableView
+        indexes = view.selectionModel().selectedIndexes() if self.logic.review is not None else []
+        if indexes:                                   # view row -> table row (the header is the column names)
+            row = view.sortFilterProxyModel().mapToSource(indexes[0]).row()
+            self.logic.selectStack(self.logic.getParameterNode(), self.logic.review.stack_at_row(row))
 
     def onStep(self, step):
-        self.logic.step(self._parameterNode, step)
-        self.ui.adjustButton.checked = False
-
-    def onRefine(self):
-        self.logic.refineCurrent(self._parameterNode)
-
-    def onAccept(self):
-        self.logic.accept(self._parameterNode, [self._parameterNode.currentStack])
-        self.onStep(1)
-
-    def onAcceptAll(self):
-        self.logic.acceptAll(self._parameterNode, onProgress=self.onProgress,
-                             onFinished=lambda *a: self._run(self.onAcceptAllFinished))
-        self._timer.start()
-        self._onParameterNodeModified()
-
-    def onAcceptAllFinished(self):
-        self._timer.stop()
-        self.logic.finishAcceptAll(self._parameterNode)
-        self._onParameterNodeModified()
+        if self.logic.review is None:
+            return
+        self.ui.adjustButton.checked = False          # handles off on the stack being left, before moving
+        self.logic.step(self.logic.getParameterNode(), step)
 
 
 class INFANiTERegistrationLogic(BackgroundProcessLogicMixin, ScriptedLoadableModuleLogic):
-    """GUI-free logic: every method takes the parameter node and values; MRML work is delegated to the Lib."""
+    """GUI-free logic: every method takes the parameter node and values; MRML work is delegated to the Lib; long
+    work (registration, refine, accept, template download) runs in a background process (``startProcess``)."""
 
     def __init__(self, processFactory=None):
         ScriptedLoadableModuleLogic.__init__(self)
-        from INFANiTECommonLib.process import BackgroundProcess
-
-        self.processFactory = processFactory or BackgroundProcess
+        self.processFactory = processFactory
         self.process = None
         self.review = None
 
@@ -194,7 +196,7 @@ class INFANiTERegistrationLogic(BackgroundProcessLogicMixin, ScriptedLoadableMod
         """The cohort TSV to register: the given one, or one written from the stacks added as nodes."""
         from INFANiTERegistrationLib import StackInput, manifest_from_nodes
 
-        if str(p.manifestPath) not in ("", "."):
+        if given_path(p.manifestPath):
             return p.manifestPath
         node = slicer.mrmlScene.GetNodeByID
         stacks = []
@@ -206,35 +208,53 @@ class INFANiTERegistrationLogic(BackgroundProcessLogicMixin, ScriptedLoadableMod
 
     @staticmethod
     def _output(p):
-        if str(p.outputPath) in ("", "."):
+        if not given_path(p.outputPath):
             raise ValueError("choose an output folder")
         return pathlib.Path(p.outputPath)
 
+    @staticmethod
+    def _failed(what, returncode, lines):
+        return RuntimeError(f"{what} failed (exit status {returncode}):\n" + "\n".join(list(lines)[-10:]))
+
     def startRegistration(self, p, onProgress=None, onFinished=None):
         from INFANiTECommonLib.dependencies import ensure_dependencies
-        from INFANiTECommonLib.process import infanite_env
         from INFANiTERegistrationLib import registration_command
 
-        ensure_dependencies()
-        if str(p.templatesPath) in ("", "."):
+        ensure_dependencies(need_torch=True)
+        if not given_path(p.templatesPath):
             raise ValueError("choose the template folder (the CRL atlas: 'Get CRL templates' downloads it)")
         command = registration_command(self.manifest(p), p.templatesPath, self._output(p) / "search",
                                        spacing_mm=p.spacingMm or None, jobs=p.jobs)
-        self.process = self.processFactory(command, env=infanite_env(), on_progress=onProgress,
-                                           on_log=logging.info, on_finished=onFinished).start()
         p.status = "registering…"
-        return self.process
+        return self.startProcess(command, onProgress, onFinished)
+
+    def finishRegistration(self, p, returncode, cancelled, lines=()):
+        if cancelled:
+            p.status = "registration cancelled; Register again resumes it"
+            raise RuntimeError(p.status)
+        if returncode != 0:
+            p.status = "registration failed"
+            raise self._failed("'infanite register'", returncode, lines)
+        p.status = "registered: review the stacks"
 
     def downloadTemplates(self, p, onProgress=None, onFinished=None):
-        from INFANiTECommonLib.process import infanite_env, python_command
+        from INFANiTECommonLib.process import python_command
 
-        folder = pathlib.Path(p.templatesPath) if str(p.templatesPath) not in ("", ".") else \
+        folder = pathlib.Path(p.templatesPath) if given_path(p.templatesPath) else \
             pathlib.Path(slicer.app.cachePath) / "INFANiTE" / "crl-templates"
         p.templatesPath = folder
+        p.status = f"downloading the CRL templates into {folder}…"
         command = python_command(["get-templates", "--out", str(folder), "--accept-licence", "--progress-json", "-"])
-        self.process = self.processFactory(command, env=infanite_env(), on_progress=onProgress,
-                                           on_log=logging.info, on_finished=onFinished).start()
-        return self.process
+        return self.startProcess(command, onProgress, onFinished)
+
+    def finishDownload(self, p, returncode, cancelled, lines=()):
+        if cancelled:
+            p.status = "template download cancelled; Get CRL templates again resumes it"
+        elif returncode != 0:
+            p.status = "template download failed"
+            raise self._failed("'infanite get-templates'", returncode, lines)
+        else:
+            p.status = f"CRL templates ready in {p.templatesPath}"
 
     def openReview(self, p):
         from infanite.register import RegisterOptions
@@ -249,6 +269,10 @@ class INFANiTERegistrationLogic(BackgroundProcessLogicMixin, ScriptedLoadableMod
         self.review.update_table()
         return self.review
 
+    def selectStack(self, p, stackId):
+        p.currentStack = stackId
+        return self.showStack(p)
+
     def showStack(self, p):
         from INFANiTERegistrationLib import centre_slice_views
 
@@ -262,49 +286,64 @@ class INFANiTERegistrationLogic(BackgroundProcessLogicMixin, ScriptedLoadableMod
             (p.currentStack if p.currentStack in self.review.stack_ids else self.review.stack_ids[0])
         return self.showStack(p)
 
-    def setAdjust(self, on):
-        p = self.getParameterNode()
+    def setAdjust(self, p, on):
         if self.review is not None and p.currentStack:
             self.review.set_adjust(p.currentStack, on)
 
-    def refineCurrent(self, p):
-        result = self.review.refine(p.currentStack)
-        p.status = f"{p.currentStack}: refined, NMI {result.nmi:.4f}"
-        return result
+    def startRefine(self, p, onProgress=None, onFinished=None):
+        """"Refine from here": the fine registration of the current stack from its current pose, in the
+        background; :meth:`finishRefine` applies it."""
+        command = self.review.refine_command(p.currentStack, self._output(p) / "refine")
+        p.status = f"{p.currentStack}: refining from the current pose…"
+        return self.startProcess(command, onProgress, onFinished)
 
-    def accept(self, p, stackIds):
-        """Accept a few stacks in this process (resampling only: about a second each)."""
-        result = self.review.accept(stackIds, self._output(p))
-        p.status = f"accepted {len(self.review.accepted)} stack(s) → {self._output(p) / 'registered.tsv'}" + (
-            f"; failed: {', '.join(result['failed'])}" if result["failed"] else "")
-        return result
+    def finishRefine(self, p, returncode, cancelled, lines=()):
+        if cancelled:
+            p.status = f"{p.currentStack}: refinement cancelled (pose unchanged)"
+            return None
+        if returncode != 0:
+            raise self._failed("the refinement", returncode, lines)
+        qc = self.review.finish_refine(p.currentStack, self._output(p) / "refine")
+        p.status = f"{p.currentStack}: refined, NMI {qc['nmi']:.4f}"
+        return qc
 
-    def acceptAll(self, p, onProgress=None, onFinished=None):
-        """Accept every stack in a background process (``infanite register --fixed-transforms``)."""
-        from INFANiTECommonLib.process import infanite_env
+    def startAccept(self, p, onProgress=None, onFinished=None):
+        """Accept the current stack: write it aligned, as ``infanite register --fixed-transforms``, in the
+        background; :meth:`finishAccept` records it."""
+        return self.startAcceptAll(p, onProgress, onFinished, stackIds=[p.currentStack])
 
-        command = self.review.accept_command(self.review.stack_ids, self._output(p))
-        self.process = self.processFactory(command, env=infanite_env(), on_progress=onProgress,
-                                           on_log=logging.info, on_finished=onFinished).start()
+    def startAcceptAll(self, p, onProgress=None, onFinished=None, stackIds=None):
+        """Accept ``stackIds`` (default: every stack) in a background process (``infanite register
+        --fixed-transforms``: the same files as the command line)."""
+        command = self.review.accept_command(stackIds or self.review.stack_ids, self._output(p))
         p.status = "writing the accepted stacks…"
-        return self.process
+        return self.startProcess(command, onProgress, onFinished)
 
-    def finishAcceptAll(self, p):
+    def finishAccept(self, p, returncode=0, cancelled=False, lines=()):
         missing = self.review.finish_accept(self._output(p))
         p.status = f"accepted {len(self.review.accepted)} stack(s) → {self._output(p) / 'registered.tsv'}" + (
             f"; not written: {', '.join(missing)}" if missing else "")
+        if returncode != 0 and not cancelled:
+            raise self._failed("writing the accepted stacks", returncode, lines)
         return missing
 
 
 class INFANiTERegistrationTest(ScriptedLoadableModuleTest):
-    """End to end on a tiny phantom cohort (no download): register in a background process, review, refine, accept."""
+    """End to end on a tiny phantom cohort (no download): register, refine and accept in background processes."""
 
     def setUp(self):
+        from INFANiTECommonLib.dependencies import ensure_dependencies
+
+        ensure_dependencies()
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
         self.test_register_review_accept()
+
+    def _wait(self, process):
+        self.assertEqual(process.wait(timeout=600, on_idle=slicer.app.processEvents), 0,
+                         "\n".join(process.last_lines()))
 
     def test_register_review_accept(self):
         import numpy as np
@@ -318,17 +357,19 @@ class INFANiTERegistrationTest(ScriptedLoadableModuleTest):
         p.templatesPath = cohort["templates"]
         p.outputPath = work / "out"
         p.spacingMm = 1.6
-        logic.startRegistration(p).wait(timeout=600)
-        self.assertEqual(logic.process.returncode, 0, "\n".join(logic.process.last_lines()))
+        self._wait(logic.startRegistration(p))
+        logic.finishRegistration(p, logic.process.returncode, False)
         review = logic.openReview(p)
         self.assertEqual(review.table.GetNumberOfRows(), 2)
         logic.step(p, 0)
         nodes = review.nodes(p.currentStack)
         self.assertEqual(nodes.volume.GetParentTransformNode().GetID(), nodes.transform.GetID())
-        logic.refineCurrent(p)
-        logic.accept(p, [p.currentStack])
-        logic.acceptAll(p).wait(timeout=600)
-        self.assertEqual(logic.finishAcceptAll(p), [])
+        self._wait(logic.startRefine(p))
+        self.assertTrue(np.isfinite(logic.finishRefine(p, 0, False)["nmi"]))
+        self._wait(logic.startAccept(p))
+        self.assertEqual(logic.finishAccept(p), [])
+        self._wait(logic.startAcceptAll(p))
+        self.assertEqual(logic.finishAccept(p), [])
         self.assertTrue((work / "out" / "registered.tsv").is_file())
         self.assertTrue(np.isfinite(review.rows()[0].nmi))
         self.delayDisplay("INFANiTERegistration test passed")

@@ -16,9 +16,10 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
+from INFANiTECommonLib.logic import given_path
 from INFANiTECommonLib.widget import ParameterNodeWidgetMixin
 from INFANiTETrainingLib import (CANCELLED, CANCELLING, FAILED, FINISHED, IDLE, RUNNING, TrainingController,
-                                 TrainingParameters, cohort_table_node, describe_devices, detect_devices,
+                                 TrainingParameters, cohort_table_node, device_detection_command, devices_from_event,
                                  parse_int_list, progress_text)
 
 #: parameter-node field -> :class:`INFANiTETrainingLib.TrainingParameters` field (same meaning and unit)
@@ -65,12 +66,9 @@ class INFANiTETrainingParameterNode:
     status: str = ""
 
 
-def _path(value):
-    """``value`` as a ``pathlib.Path``, or None when empty (an empty path parameter reads back as ``.``)."""
-    return None if value is None or str(value).strip() in ("", ".") else pathlib.Path(value)
-
-
 class INFANiTETrainingWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+    errorMessage = "INFANiTE training:"
+
     def setup(self):
         self.setupModuleUi("INFANiTETraining", INFANiTETrainingLogic(), poll=self.onPoll)
         for button, handler in ((self.ui.loadCohortButton, lambda: self.logic.loadCohort(self._parameterNode)),
@@ -80,39 +78,32 @@ class INFANiTETrainingWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWid
                                 (self.ui.defaultsButton, lambda: self.logic.applyDefaults(self._parameterNode)),
                                 (self.ui.openInAtlasButton, lambda: self.logic.openInAtlas(self._parameterNode))):
             button.connect("clicked(bool)", lambda _=False, h=handler: self._run(h))
-        self.ui.deviceComboBox.connect("currentTextChanged(QString)",
-                                       lambda text: self._setParameter("device", text.strip()))
-        self.ui.advancedYamlTextEdit.connect(
-            "textChanged()", lambda: self._setParameter("advancedYaml", self.ui.advancedYamlTextEdit.toPlainText()))
+        self.ui.deviceComboBox.connect("currentTextChanged(QString)", lambda text: self._run(
+            lambda: self._setParameter("device", text.strip()), waitCursor=False))
+        self.ui.advancedYamlTextEdit.connect("textChanged()", lambda: self._run(lambda: self._setParameter(
+            "advancedYaml", self.ui.advancedYamlTextEdit.toPlainText()), waitCursor=False))
         self.initializeParameterNode()
 
     def enter(self):
         ParameterNodeWidgetMixin.enter(self)
-        if self.ui.deviceComboBox.count == 0:           # detect once, when the module is first shown
-            self._run(self.fillDevices)
-
-    def cleanup(self):
-        self._timer.stop()
-        self.logic.cancel()                              # asks the run to stop; never blocks
-        self.removeObservers()
+        if self.ui.deviceComboBox.count == 0 and not self.logic.detectingDevices():   # once, in the background
+            self._run(lambda: self.logic.detectDevices(self.fillDevices, python=given_path(
+                self.logic.getParameterNode().pythonExecutable)))
+            self._timer.start()
 
     def onSceneStartClose(self, caller, event):
         self.logic.cancel()
         ParameterNodeWidgetMixin.onSceneStartClose(self, caller, event)
 
-    def _run(self, handler):
-        with slicer.util.tryWithErrorDisplay("INFANiTE training:", waitCursor=True):
-            handler()
-
     def _setParameter(self, name, value):
         if self._parameterNode is not None and getattr(self._parameterNode, name) != value:
             setattr(self._parameterNode, name, value)
 
-    def fillDevices(self):
-        devices = detect_devices()
-        wanted = (self._parameterNode.device if self._parameterNode else "") or devices[0]
+    def fillDevices(self, devices, description):
+        p = self.logic.getParameterNode()
+        wanted = p.device or devices[0]
         self.ui.deviceComboBox.addItems(devices)
-        self.ui.deviceInfoLabel.text = describe_devices()
+        self.ui.deviceInfoLabel.text = description
         self._setParameter("device", wanted)
         self.ui.deviceComboBox.setCurrentText(wanted)
 
@@ -120,8 +111,8 @@ class INFANiTETrainingWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWid
         p = self._parameterNode
         running = self.logic.isRunning()
         state = self.logic.state()
-        haveCohort = bool(p and _path(p.manifestPath))
-        ready = bool(haveCohort and _path(p.outputPath) and not running)
+        haveCohort = bool(p and given_path(p.manifestPath))
+        ready = bool(haveCohort and given_path(p.outputPath) and not running)
         self.ui.loadCohortButton.enabled = haveCohort and not running
         self.ui.startButton.enabled = ready
         self.ui.resumeButton.enabled = ready and self.logic.hasCheckpoint(p)
@@ -152,7 +143,7 @@ class INFANiTETrainingWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWid
         self._onParameterNodeModified()
 
     def onPoll(self):
-        if not self.logic.poll():
+        if not self.logic.poll():                        # the training run and the device detection
             self._timer.stop()
             self._onParameterNodeModified()
 
@@ -182,6 +173,8 @@ class INFANiTETrainingLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self.processFactory = processFactory
         self.controller = None
+        self.deviceProcess = None
+        self.devices = []
 
     def getParameterNode(self):
         return INFANiTETrainingParameterNode(super().getParameterNode())
@@ -193,24 +186,53 @@ class INFANiTETrainingLogic(ScriptedLoadableModuleLogic):
         return self.controller.state if self.controller is not None else IDLE
 
     def poll(self):
-        return self.controller.poll() if self.controller is not None else False
+        detecting = self.deviceProcess.poll() if self.deviceProcess is not None else False
+        training = self.controller.poll() if self.controller is not None else False
+        return detecting or training
 
     def cancel(self):
         if self.controller is not None:
             self.controller.cancel()
 
+    def shutdown(self):
+        """Slicer exits: the training saves a checkpoint if it can within a few seconds, then its tree is killed."""
+        if self.deviceProcess is not None and self.deviceProcess.running:
+            self.deviceProcess.cancel(grace_s=0.0)
+        if self.controller is not None:
+            self.controller.shutdown()
+
+    def detectingDevices(self):
+        return self.deviceProcess is not None and self.deviceProcess.running
+
+    def detectDevices(self, onDetected, python=None):
+        """``python -m infanite devices`` in a background process (PyTorch and CUDA start there, not in Slicer);
+        ``onDetected(devices, description)`` from :meth:`poll` when it has answered."""
+        from INFANiTECommonLib.process import BackgroundProcess, infanite_env
+
+        def found(event):
+            detected = devices_from_event(event)
+            if detected is not None:
+                self.devices = detected[0]
+                onDetected(*detected)
+
+        command = device_detection_command(str(python) if python else None)
+        env = infanite_env(python=command[0], startup_environment=slicer.util.startupEnvironment)
+        self.deviceProcess = (self.processFactory or BackgroundProcess)(
+            command, env=env, on_progress=found, on_log=logging.info).start()
+        return self.deviceProcess
+
     def lastError(self):
         return self.controller.parameter_node.GetParameter("LastError") if self.controller is not None else ""
 
     def hasCheckpoint(self, p):
-        output = _path(p.outputPath) if p is not None else None
+        output = given_path(p.outputPath) if p is not None else None
         return output is not None and (output / "checkpoint.pt").is_file()      # as TrainingController writes
 
     @staticmethod
     def _required(value, what):
-        if _path(value) is None:
+        if given_path(value) is None:
             raise ValueError(f"choose {what}")
-        return _path(value)
+        return given_path(value)
 
     def _manifest(self, p):
         return self._required(p.manifestPath, "the registered cohort (registered.tsv of INFANiTE Registration)")
@@ -218,9 +240,9 @@ class INFANiTETrainingLogic(ScriptedLoadableModuleLogic):
     def _output(self, p):
         return self._required(p.outputPath, "a run folder")
 
-    @staticmethod
-    def device(p):
-        return p.device.strip() or detect_devices()[0]
+    def device(self, p):
+        """The chosen device; before the detection has answered, the best one it found, else the CPU."""
+        return p.device.strip() or (self.devices[0] if self.devices else "cpu")
 
     def loadCohort(self, p):
         """Fill ``p.cohortTable`` from ``registered.tsv``, one row per stack with its problems; returns the summary."""
@@ -249,7 +271,8 @@ class INFANiTETrainingLogic(ScriptedLoadableModuleLogic):
             not slicer.mrmlScene.IsNodePresent(self.controller.parameter_node)
         if self.controller is None or stale:
             kwargs = {"process_factory": self.processFactory} if self.processFactory is not None else {}
-            self.controller = TrainingController(slicer.mrmlScene, **kwargs)
+            self.controller = TrainingController(slicer.mrmlScene, startup_environment=slicer.util.startupEnvironment,
+                                                 **kwargs)
         return self.controller
 
     def start(self, p, **callbacks):
@@ -264,7 +287,7 @@ class INFANiTETrainingLogic(ScriptedLoadableModuleLogic):
         """``onLog(line)``, ``onProgress(event)``, ``onState(state)`` are called from :meth:`poll`."""
         from INFANiTECommonLib.dependencies import ensure_dependencies
 
-        python = _path(p.pythonExecutable)
+        python = given_path(p.pythonExecutable)
         ensure_dependencies(need_torch=python is None)   # another environment brings its own PyTorch
         controller = self._controllerForRun()
         if controller.running:
@@ -275,17 +298,10 @@ class INFANiTETrainingLogic(ScriptedLoadableModuleLogic):
         device = self.device(p)
         process = controller.start(self._manifest(p), self._output(p), None if resume else self.trainingParameters(p),
                                    device=device, python=str(python) if python else None, resume=resume)
-        p.lossPlotView = self._plotView(p, controller.loss_chart_node)
+        p.lossPlotView = controller.plot.view_node(p.lossPlotView)      # not replaced by other modules' charts
         p.status = f"{'resumed' if resume else 'training'} on {device} → {controller.out_dir}"
         return process
 
-    @staticmethod
-    def _plotView(p, chart):
-        view = p.lossPlotView
-        if view is None or not slicer.mrmlScene.IsNodePresent(view):
-            view = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotViewNode", "INFANiTE training loss view")
-        view.SetPlotChartNodeID(chart.GetID())
-        return view
 
     def _onState(self, p, state, callback):
         node = self.controller.parameter_node
@@ -303,17 +319,13 @@ class INFANiTETrainingLogic(ScriptedLoadableModuleLogic):
             callback(state)
 
     def openInAtlas(self, p):
-        """Switch to INFANiTE Atlas with this run folder as its ``runPath``; returns the folder."""
+        """Switch to INFANiTE Atlas with this run folder as its ``runPath`` (through the Atlas logic's parameter
+        node, never its widget's internals); returns the folder."""
         run = self.controller.out_dir if self.controller is not None and self.controller.out_dir else self._output(p)
-        module = getattr(slicer.modules, "infaniteatlas", None)
-        if module is None:
+        if getattr(slicer.modules, "infaniteatlas", None) is None:
             raise RuntimeError(f"the INFANiTE Atlas module is not available in this Slicer; the run is in {run}")
+        slicer.util.getModuleLogic("INFANiTEAtlas").getParameterNode().runPath = pathlib.Path(run)
         slicer.util.selectModule("INFANiTEAtlas")
-        atlas = module.widgetRepresentation().self()
-        parameters = getattr(atlas, "_parameterNode", None) or atlas.logic.getParameterNode()
-        if "runPath" not in getattr(parameters, "allParameters", {}):
-            raise RuntimeError(f"INFANiTE Atlas does not take a run folder here; choose {run} in it")
-        parameters.runPath = pathlib.Path(run)
         return run
 
 
@@ -322,6 +334,9 @@ class INFANiTETrainingTest(ScriptedLoadableModuleTest):
     process, follow it to the end, check the loss table, the chart and the checkpoint."""
 
     def setUp(self):
+        from INFANiTECommonLib.dependencies import ensure_dependencies
+
+        ensure_dependencies()
         slicer.mrmlScene.Clear()
 
     def runTest(self):
@@ -346,7 +361,8 @@ class INFANiTETrainingTest(ScriptedLoadableModuleTest):
         p.lrInr, p.lrLatent = 1e-3, 1e-2
         logic.start(p)
         self.assertTrue(logic.isRunning())
-        self.assertEqual(logic.controller.wait(timeout=900), FINISHED, logic.lastError())
+        self.assertEqual(logic.controller.wait(timeout=900, on_idle=slicer.app.processEvents), FINISHED,
+                         logic.lastError())
         self.assertFalse(logic.isRunning())
         self.assertGreater(logic.controller.loss_table_node.GetNumberOfRows(), 0)
         self.assertEqual(p.lossPlotView.GetPlotChartNodeID(), logic.controller.loss_chart_node.GetID())

@@ -35,6 +35,17 @@ def searched(tmp_path_factory, phantom_registered):
             "truth": root / "sim" / "truth.json"}
 
 
+#: what ``benchmarks/registration.py`` counts as a successful registration (README, "Registration benchmark")
+REGISTRATION_SUCCESS_DEG, REGISTRATION_SUCCESS_MM = 5.0, 3.0
+
+
+def _pose_error(truth: np.ndarray, pose: np.ndarray) -> tuple:
+    """Rotation (degrees) and translation (mm) of ``inv(truth) @ pose`` (both template → stack)."""
+    error = np.linalg.inv(truth) @ pose
+    angle = np.degrees(np.arccos(np.clip((np.trace(error[:3, :3]) - 1) / 2, -1, 1)))
+    return float(angle), float(np.linalg.norm(error[:3, 3]))
+
+
 def _review(mrml, searched):
     from INFANiTERegistrationLib import RegistrationReview
 
@@ -59,22 +70,31 @@ def test_review_rows_table_and_nodes(mrml, searched):
     assert table.GetNumberOfRows() == len(rows)
     assert [table.GetCellText(i, 0) for i in range(len(rows))] == review.stack_ids
     assert table.GetCellText(0, 2) == f"{rows[0].nmi:.4f}"
+    # column names are the header (else qMRMLTableModel shows them as an editable first row and every view row is
+    # one off its table row); the review is read-only; a selected view row names its stack
+    assert table.GetUseColumnTitleAsColumnHeader() and table.GetLocked()
+    assert [review.stack_at_row(i) for i in range(len(rows))] == review.stack_ids
+    with pytest.raises(ValueError, match="row 99"):
+        review.stack_at_row(99)
 
     scene = mrml["scene"]
     transforms = review.build_transform_nodes()                 # one transform node per stack, volumes later
     assert [t.GetName() for t in transforms] == [f"{s} to template" for s in review._stacks]
     assert scene.GetNodesByClass("vtkMRMLScalarVolumeNode").GetNumberOfItems() == 0
     sid = review.stack_ids[0]
-    nodes = review.show(sid)
-    assert nodes.transform.GetID() == transforms[list(review._stacks).index(sid)].GetID()
     composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
     assert composites.GetNumberOfItems() == 3
+    links = [0, 1, 0]                                           # the user's own view-link settings …
+    for i, link in enumerate(links):
+        composites.GetItemAsObject(i).SetLinkedControl(link)
+    nodes = review.show(sid)
+    assert nodes.transform.GetID() == transforms[list(review._stacks).index(sid)].GetID()
     for i in range(3):
         c = composites.GetItemAsObject(i)
         assert c.GetBackgroundVolumeID() == nodes.template.GetID()
         assert c.GetForegroundVolumeID() == nodes.volume.GetID()
         assert c.GetForegroundOpacity() == pytest.approx(0.5)
-        assert c.GetLinkedControl() == 1
+        assert c.GetLinkedControl() == links[i]                # … are left as they were
     from INFANiTERegistrationLib import set_foreground_opacity
 
     set_foreground_opacity(scene, 0.8)
@@ -121,37 +141,55 @@ def test_adjust_turns_on_rigid_handles(mrml, searched):
     assert not display.GetEditorVisibility()
 
 
-def test_manual_change_then_refine_starts_from_that_pose(mrml, searched):
-    from infanite.stack_registration import register_stack
+def test_showing_another_stack_turns_the_previous_handles_off(mrml, searched):
+    """Next/Previous while Adjust is on: the handles of the stack left behind must not stay on."""
+    review = _review(mrml, searched)
+    first, second = review.stack_ids[:2]
+    review.show(first)
+    review.set_adjust(first, True)
+    assert review.transform_node(first).GetDisplayNode().GetEditorVisibility()
+    review.show(second)
+    assert not review.transform_node(first).GetDisplayNode().GetEditorVisibility()
+    review.set_adjust(second, True)
+    review.show(second)                                           # showing the same stack again keeps them
+    assert review.transform_node(second).GetDisplayNode().GetEditorVisibility()
+
+
+def test_refine_in_a_background_process_starts_from_the_manual_pose(mrml, searched, tmp_path):
+    """"Refine from here" as the module runs it: ``infanite register --init-transforms`` in a background process
+    (the GUI never blocks), started from the pose of the transform node, its result applied to the node."""
     from infanite.transforms_io import read_transforms_json
 
     from INFANiTECommonLib.mrml import set_transform
+    from INFANiTECommonLib.process import BackgroundProcess, infanite_env
 
     review = _review(mrml, searched)
+    review.update_table()
     sid = review.stack_ids[0]
     truth = read_transforms_json(searched["truth"])[sid]
-    nodes = review.nodes(sid)
-    # the user drags the stack 6° and 3 mm off (a change of the transform node, as the handles make)
-    offset = _rotation(6.0, 2) @ np.array([[1, 0, 0, 3.0], [0, 1, 0, -2.0], [0, 0, 1, 1.0], [0, 0, 0, 1]])
-    manual = offset @ np.linalg.inv(truth)
-    set_transform(nodes.transform, manual)
-    starts = []
-
-    def spy(*args, **kwargs):
-        starts.append(np.array(kwargs["initial_template_to_stack"]))
-        return register_stack(*args, **kwargs)
-
-    result = review.refine(sid, register=spy)
-    assert len(starts) == 1
-    np.testing.assert_allclose(starts[0], np.linalg.inv(manual), atol=1e-9)        # from the manual pose
-    # the core registration brought it back to the truth, and the transform node shows its result
-    final = np.linalg.inv(_matrix(nodes.transform))
-    np.testing.assert_allclose(final, result.template_to_stack, atol=1e-9)
-    error = np.linalg.inv(truth) @ final
-    angle = np.degrees(np.arccos(np.clip((np.trace(error[:3, :3]) - 1) / 2, -1, 1)))
-    assert angle < 1.5 and np.linalg.norm(error[:3, 3]) < 1.5
+    manual = _rotation(6.0, 1) @ np.array([[1, 0, 0, -2.0], [0, 1, 0, 3.0], [0, 0, 1, 1.0], [0, 0, 0, 1]]) \
+        @ np.linalg.inv(truth)
+    set_transform(review.transform_node(sid), manual)
+    work = tmp_path / "refine"
+    command = review.refine_command(sid, work)
+    np.testing.assert_allclose(read_transforms_json(work / sid / "start_transforms.json")[sid],
+                               np.linalg.inv(manual), atol=1e-9)                    # from the manual pose
+    assert "--init-transforms" in command and command[command.index("--manifest") + 1] == str(work / sid /
+                                                                                             "input.tsv")
+    with pytest.raises(ValueError, match="wrote no pose"):
+        review.finish_refine(sid, work)                           # nothing yet (as after a cancel)
+    process = BackgroundProcess(command, env=infanite_env()).start()
+    assert process.wait(timeout=600) == 0, process.last_lines()
+    qc = review.finish_refine(sid, work)
+    final = np.linalg.inv(_matrix(review.transform_node(sid)))
+    np.testing.assert_allclose(final, read_transforms_json(work / sid / "out" / "transforms.json")[sid], atol=1e-9)
+    start_angle, start_mm = _pose_error(truth, np.linalg.inv(manual))
+    angle, mm = _pose_error(truth, final)
+    assert angle < start_angle and mm < start_mm, (angle, mm, start_angle, start_mm)
+    assert angle < REGISTRATION_SUCCESS_DEG and mm < REGISTRATION_SUCCESS_MM, (angle, mm)
     row = next(r for r in review.rows() if r.stack_id == sid)
-    assert row.status == "refined" and row.confidence == "manual" and row.nmi == pytest.approx(result.nmi)
+    assert row.status == "refined" and row.confidence == "manual" and row.nmi == pytest.approx(qc["nmi"])
+    assert review.table.GetCellText(review.stack_ids.index(sid), 6) == "refined"
 
 
 def _files(folder: Path) -> list[Path]:
@@ -167,13 +205,16 @@ def test_accept_writes_what_the_command_line_writes(mrml, searched, tmp_path):
     corrected = _rotation(2.0, 0) @ _matrix(review.nodes(first).transform)
     set_transform(review.nodes(first).transform, corrected)
     out = tmp_path / "accepted"
-    result = review.accept([first], out)
-    assert result["done"] == [first] and not result["failed"]
-    rows = list(csv.DictReader(open(out / "registered.tsv"), delimiter="\t"))
-    assert [r["subject_id"] for r in rows] == [first]
-    # "Accept all": the same command line in a background process, as the module runs it
+    # "Accept": the stack's command line in a background process, as the module runs it
     from INFANiTECommonLib.process import BackgroundProcess, infanite_env
 
+    process = BackgroundProcess(review.accept_command([first], out), env=infanite_env()).start()
+    assert process.wait(timeout=600) == 0, process.last_lines()
+    assert review.finish_accept(out) == []
+    rows = list(csv.DictReader(open(out / "registered.tsv"), delimiter="\t"))
+    assert [r["subject_id"] for r in rows] == [first]
+    assert [r.stack_id for r in review.rows() if r.status == "accepted"] == [first]
+    # "Accept all": the same command line for every stack
     process = BackgroundProcess(review.accept_command(review.stack_ids, out), env=infanite_env()).start()
     assert process.wait(timeout=600) == 0, process.last_lines()
     assert review.finish_accept(out) == []
@@ -227,9 +268,11 @@ def _assert_geometry_round_trip(scene, path: Path, expected_affine: np.ndarray) 
 def test_accept_refuses_the_search_folder_and_unknown_stacks(mrml, searched):
     review = _review(mrml, searched)
     with pytest.raises(ValueError, match="other than the registration"):
-        review.accept(review.stack_ids[:1], searched["search"])
+        review.accept_command(review.stack_ids[:1], searched["search"])
     with pytest.raises(ValueError, match="unknown stack"):
-        review.accept(["nope"], searched["search"].parent / "x")
+        review.accept_command(["nope"], searched["search"].parent / "x")
+    with pytest.raises(ValueError, match="unknown stack"):
+        review.refine_command("nope", searched["search"].parent / "x")
 
 
 def test_missing_registration_is_a_clear_error(mrml, searched, tmp_path):
@@ -268,24 +311,38 @@ def test_manifest_from_nodes_keeps_geometry_and_checks_inputs(mrml, searched, tm
     assert command[command.index("--spacing") + 1] == "1.6"
 
 
-def test_sample_data_sources_match_the_shipped_files():
+def test_sample_data_sources_match_the_shipped_files(mrml):
+    """One source per file (SampleData applies ONE loadFileProperties dict to all files of a source and writes
+    ``fileName`` into a copy of it): the T2 stacks load as scalar volumes, the masks as label maps."""
     import hashlib
 
     from INFANiTECommonLib.sampledata import sample_sources
 
     folder = Path(__file__).resolve().parents[1] / "INFANiTERegistration" / "Resources" / "SampleData"
     sources = sample_sources(folder)
-    assert len(sources) == 6
+    assert len(sources) == 12
+    masks = [s for s in sources if s["sampleName"].endswith("brain mask")]
+    assert len(masks) == 6
+    scene = mrml["scene"]
+    volumes = mrml["logics"]["volumes"]
     for source in sources:
-        assert len(source["uris"]) == len(source["fileNames"]) == len(source["checksums"]) == 2
-        for uri, name, checksum in zip(source["uris"], source["fileNames"], source["checksums"]):
-            path = folder / name
-            assert uri == path.as_uri()
-            assert checksum == "SHA256:" + hashlib.sha256(path.read_bytes()).hexdigest()
-        image = nib.load(str(folder / source["fileNames"][0]))
-        mask = nib.load(str(folder / source["fileNames"][1]))
-        np.testing.assert_allclose(image.affine, mask.affine, atol=1e-4)     # mask on the stack's grid
-        assert float(np.asarray(mask.dataobj).sum()) > 1000
+        assert len(source["uris"]) == len(source["fileNames"]) == len(source["checksums"]) == 1
+        uri, name, checksum = source["uris"][0], source["fileNames"][0], source["checksums"][0]
+        path = folder / name
+        assert uri == path.as_uri()
+        assert checksum == "SHA256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+        properties = dict(source["loadFileProperties"])            # what SampleData.loadNode does with it
+        properties["fileName"] = str(path)
+        labelmap = source in masks
+        assert properties["labelmap"] is labelmap
+        node = volumes.AddArchetypeVolume(str(path), source["nodeNames"][0], 1 if properties["labelmap"] else 0)
+        assert bool(node.IsA("vtkMRMLLabelMapVolumeNode")) is labelmap
+        scene.RemoveNode(node)
+    for mask in masks:
+        t2_name = mask["fileNames"][0].replace("_desc-brain_mask", "")
+        image, labels = nib.load(str(folder / t2_name)), nib.load(str(folder / mask["fileNames"][0]))
+        np.testing.assert_allclose(image.affine, labels.affine, atol=1e-4)     # mask on the stack's grid
+        assert float(np.asarray(labels.dataobj).sum()) > 1000
 
 
 def test_dependency_list_names_what_the_core_imports():

@@ -280,3 +280,119 @@ def test_module_logic_mixin_runs_polls_and_cancels_without_blocking():
     assert not logic.isRunning() and ended and ended[0][1] is True
     pid = logic.process.pid
     assert not Path(f"/proc/{pid}").exists() or "zombie" not in Path(f"/proc/{pid}/status").read_text()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# An external Python (Training's "Python" field) and Windows, simulated where a real test is impossible here
+# --------------------------------------------------------------------------------------------------------------------
+SLICER_LAUNCHER_ENV = {"PYTHONHOME": "/opt/Slicer/lib/Python", "PYTHONNOUSERSITE": "1",
+                       "PYTHONPATH": "/opt/Slicer/lib/Python/lib/python3.12", "PATH": "/opt/Slicer/bin:/usr/bin",
+                       "HOME": "/home/user"}
+
+
+def test_an_external_python_gets_the_environment_slicer_was_started_from(monkeypatch):
+    """Slicer's launcher sets PYTHONHOME/PYTHONPATH/PYTHONNOUSERSITE for its own interpreter; a conda or venv Python
+    that inherits them loads Slicer's standard library.  An external interpreter gets the startup environment
+    (``slicer.util.startupEnvironment()`` in Slicer), plus the core package path."""
+    for key, value in SLICER_LAUNCHER_ENV.items():
+        monkeypatch.setenv(key, value)
+    startup = {"PATH": "/usr/bin", "HOME": "/home/user", "PYTHONPATH": "/home/user/lib"}
+    external = "/opt/conda/envs/gpu/bin/python"
+    env = infanite_env({"X": 1}, python=external, startup_environment=lambda: dict(startup))
+    assert "PYTHONHOME" not in env and "PYTHONNOUSERSITE" not in env
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(infanite_root()), "/home/user/lib"]
+    assert env["PATH"] == "/usr/bin" and env["X"] == "1" and env["PYTHONUNBUFFERED"] == "1"
+    # without a startup environment (outside Slicer): this environment without the launcher's Python variables
+    env = infanite_env(python=external)
+    assert not {"PYTHONHOME", "PYTHONNOUSERSITE"} & set(env)
+    assert env["PYTHONPATH"] == str(infanite_root()) and env["PATH"] == SLICER_LAUNCHER_ENV["PATH"]
+    # Slicer's own interpreter keeps Slicer's environment
+    for own in (None, sys.executable):
+        env = infanite_env(python=own, startup_environment=lambda: dict(startup))
+        assert env["PYTHONHOME"] == SLICER_LAUNCHER_ENV["PYTHONHOME"]
+        assert env["PYTHONPATH"].split(os.pathsep)[1:] == [SLICER_LAUNCHER_ENV["PYTHONPATH"]]
+
+
+def test_the_training_controller_hands_an_external_python_the_startup_environment(mrml, tmp_path, monkeypatch):
+    from INFANiTETrainingLib import TrainingController, TrainingParameters
+
+    for key, value in SLICER_LAUNCHER_ENV.items():
+        monkeypatch.setenv(key, value)
+    seen = []
+
+    def factory(command, **kwargs):
+        seen.append((command, kwargs["env"]))
+        return BackgroundProcess(script("pass"), **{k: v for k, v in kwargs.items() if k != "env"})
+
+    manifest = tmp_path / "registered.tsv"
+    manifest.write_text("subject_id\n")
+    controller = TrainingController(mrml["scene"], process_factory=factory,
+                                    startup_environment=lambda: {"PATH": "/usr/bin"})
+    params = TrainingParameters(epochs=1, n_samples=10, hidden_size=8, num_hidden_layers=1, latent_channels=2,
+                                psf_samples=[1], max_steps=1)
+    controller.start(manifest, tmp_path / "run", params, device="cpu", python="/opt/conda/bin/python")
+    controller.wait(timeout=60)
+    command, env = seen[0]
+    assert command[0] == "/opt/conda/bin/python" and "PYTHONHOME" not in env and env["PATH"] == "/usr/bin"
+    controller.start(manifest, tmp_path / "run2", params, device="cpu")              # Slicer's own Python
+    controller.wait(timeout=60)
+    assert seen[1][1]["PYTHONHOME"] == SLICER_LAUNCHER_ENV["PYTHONHOME"]
+
+
+def test_windows_children_get_no_console_window_and_a_hidden_tree_kill(tmp_path):
+    """Windows, simulated: the child is created in its own process group WITHOUT a console window (closing such a
+    window would kill the job), and the tree kill (taskkill /T /F) opens no console either."""
+    from INFANiTECommonLib.process import (CREATE_NEW_PROCESS_GROUP, CREATE_NO_WINDOW, popen_platform_kwargs,
+                                           windows_kill_tree_call)
+
+    assert popen_platform_kwargs(True) == {"creationflags": CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW}
+    assert popen_platform_kwargs(False) == {"start_new_session": True}
+    args, kwargs = windows_kill_tree_call(1234)
+    assert args == ["taskkill", "/T", "/F", "/PID", "1234"] and kwargs["creationflags"] & CREATE_NO_WINDOW
+    created, ran = [], []
+
+    def popen(args, **kwargs):                     # records what Windows would get, runs it the POSIX way here
+        created.append(dict(kwargs))
+        kwargs.pop("creationflags")
+        return subprocess.Popen(args, start_new_session=True, **kwargs)
+
+    def run(args, **kwargs):
+        ran.append((args, kwargs))
+        return subprocess.CompletedProcess(args, 0)
+
+    rec = Recorder()
+    stop = tmp_path / "STOP"
+    proc = BackgroundProcess(script("import time; print('up', flush=True); time.sleep(600)"), popen=popen,
+                             windows=True, run=run, stop_file=stop, **rec.kwargs()).start()
+    assert created[0]["creationflags"] == CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW
+    assert "start_new_session" not in created[0]
+    assert wait_until(lambda: (proc.poll(), rec.log == ["up"])[1])
+    proc.cancel(grace_s=0.3)                       # Windows: the stop file, no signal; then the tree kill
+    assert ran == [windows_kill_tree_call(proc.pid)]
+    assert proc.killed and proc.finished and rec.finished[0][1] is True
+    assert not stop.exists()
+
+
+def test_shutdown_stops_a_process_tree_that_ignores_the_stop_request(tmp_path):
+    """Slicer exits (module ``cleanup``): the logic's process and its descendants are gone within the grace time
+    on every platform, even when the command does not honour the stop file (register, atlas)."""
+    from INFANiTECommonLib.logic import BackgroundProcessLogicMixin
+
+    class Logic(BackgroundProcessLogicMixin):
+        shutdown_grace_s = 0.5
+
+    logic = Logic()
+    grandchild = []
+    logic.startProcess(script(TREE), stopFile=tmp_path / "STOP",
+                       onProgress=None, onFinished=lambda *a: grandchild.append("finished"))
+    assert wait_until(lambda: (logic.poll(), logic.process.last_lines(1))[1] != [])
+    pid = int(logic.process.last_lines(1)[0].split()[1])
+    start = time.monotonic()
+    logic.shutdown()
+    assert time.monotonic() - start < 10 and not logic.isRunning() and grandchild == ["finished"]
+    if sys.platform.startswith("linux"):
+        assert wait_until(lambda: proc_state(pid) in (None, "Z"), 10)
+    with pytest.raises(RuntimeError, match="cancel it"):
+        logic.startProcess(script("import time; time.sleep(5)"))
+        logic.startProcess(script("pass"))
+    logic.shutdown()

@@ -13,7 +13,8 @@ from slicer_harness import group_members
 
 from INFANiTETrainingLib import (CANCELLED, CANCELLING, FAILED, FINISHED, IDLE, LOSS_COLUMNS, RUNNING,
                                  TrainingController, TrainingParameters, TrainingParametersError, can_resume,
-                                 checkpoint_progress, cohort_table_node, detect_devices, read_cohort)
+                                 checkpoint_progress, cohort_table_node, device_detection_command,
+                                 devices_from_event, read_cohort)
 
 
 def tiny(**kw) -> TrainingParameters:
@@ -78,6 +79,41 @@ def test_a_run_fills_the_parameter_node_and_the_loss_table_and_plot(mrml, regist
     assert sorted(s.GetYColumnName() for s in series) == sorted(LOSS_COLUMNS)
     assert all(s.GetXColumnName() == "step" and s.GetTableNode() is table for s in series)
     assert not can_resume(run) and checkpoint_progress(run) == (40, 40)
+    # the run's state node is not a second "parameter node" of the module (ScriptedLoadableModuleLogic finds the
+    # module's own by its ModuleName attribute)
+    assert node.GetAttribute("ModuleName") is None and node.GetHideFromEditors()
+
+
+def test_the_loss_chart_is_not_replaced_by_another_modules_chart(mrml):
+    """Opening the Atlas module shows its volume chart with ShowChartInLayout, which propagates the active chart to
+    every plot view whose DoPropagatePlotChartSelection is on (vtkMRMLApplicationLogic): the loss view opts out."""
+    scene, app = mrml["scene"], mrml["logics"]["app"]
+    controller = TrainingController(scene)
+    loss_view = controller.plot.view_node()
+    assert not loss_view.GetDoPropagatePlotChartSelection()
+    assert loss_view.GetPlotChartNodeID() == controller.loss_chart_node.GetID()
+    assert controller.plot.view_node(loss_view) is loss_view                    # reused, not duplicated
+    layout_view = scene.AddNewNodeByClass("vtkMRMLPlotViewNode", "the layout's plot view")
+    other = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", "tissue volumes")
+    selection = scene.GetNodeByID("vtkMRMLSelectionNodeSingleton") or app.GetSelectionNode()
+    selection.SetActivePlotChartID(other.GetID())
+    app.PropagatePlotChartSelection()
+    assert layout_view.GetPlotChartNodeID() == other.GetID()                    # what happens to a plain view
+    assert loss_view.GetPlotChartNodeID() == controller.loss_chart_node.GetID()
+
+
+def test_shutdown_stops_the_run_and_its_tree_within_seconds(mrml, registered, tmp_path):
+    """Slicer exits (module cleanup): the run gets a few seconds to checkpoint, then its tree is killed."""
+    controller = TrainingController(mrml["scene"])
+    run = tmp_path / "run"
+    process = controller.start(registered, run, tiny(max_steps=100000), device="cpu")
+    while controller.poll() and int(controller.parameter_node.GetParameter("Step") or 0) < 3:
+        time.sleep(0.02)
+    start = time.monotonic()
+    controller.shutdown(grace_s=5.0)
+    assert time.monotonic() - start < 15 and not controller.running
+    assert controller.state == CANCELLED and group_members(process.pid) == []
+    assert can_resume(run)
 
 
 def test_cancel_stops_with_a_checkpoint_leaves_no_process_and_resume_continues(mrml, registered, tmp_path):
@@ -166,11 +202,23 @@ def test_the_form_round_trips_through_the_core_loader():
     assert params.to_cli_args()[0] == "--set" and params.to_cli_args()[1] == "epochs.train=50"
 
 
-def test_detect_devices():
+def test_device_detection_runs_in_a_child_process():
+    """The GUI never initialises PyTorch/CUDA itself: ``infanite devices`` runs as a background process and its
+    one progress event lists the devices, best first."""
     import torch
 
-    devices = detect_devices()
+    from INFANiTECommonLib.process import BackgroundProcess, infanite_env
+
+    events = []
+    process = BackgroundProcess(device_detection_command(), env=infanite_env(), on_progress=events.append).start()
+    assert process.wait(timeout=120) == 0, process.last_lines()
+    found = [devices_from_event(e) for e in events if devices_from_event(e) is not None]
+    assert len(found) == 1
+    devices, description = found[0]
     assert devices == (["cuda", "cpu"] if torch.cuda.is_available() else ["cpu"])
+    assert description and (torch.__version__ in description or "cuda:0" in description)
+    assert devices_from_event({"stage": "train", "devices": ["cpu"]}) is None
+    assert devices_from_event({"stage": "devices", "devices": []}) is None
 
 
 def _write_tsv(path: Path, header: list[str], rows: list[dict]) -> Path:
@@ -238,7 +286,7 @@ def test_progress_text_and_durations():
 def test_describe_devices(monkeypatch):
     import torch
 
-    from INFANiTETrainingLib import describe_devices
+    from infanite.devices import describe_devices, detect_devices
 
     text = describe_devices()
     if torch.cuda.is_available():
@@ -247,3 +295,4 @@ def test_describe_devices(monkeypatch):
         assert "no CUDA GPU" in text and torch.__version__ in text
     monkeypatch.setitem(sys.modules, "torch", None)                  # import torch -> ImportError
     assert describe_devices().startswith("PyTorch is not installed")
+    assert detect_devices() == ["cpu"]

@@ -90,6 +90,23 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_devices(args) -> int:
+    import json
+
+    from .devices import devices_record
+
+    record = devices_record()
+    if args.progress_json == "-":
+        print(json.dumps(record), flush=True)
+    else:
+        if args.progress_json:
+            with ProgressReporter(args.progress_json) as progress:
+                progress.start("devices", 1)
+                progress.update(1, record["message"], devices=record["devices"])
+        print(f"devices: {', '.join(record['devices'])}\n{record['message']}")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -256,6 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--atlas-dir", default=None, help="use a real template folder instead of the phantom")
     _add_progress(p)
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("devices", help="list the compute devices this Python's PyTorch can train on",
+                       description="Prints the devices (best first: cuda when a GPU is visible, then cpu) and each "
+                                   "GPU's name and memory.  With --progress-json - one JSON line (stage 'devices').")
+    _add_progress(p)
+    p.set_defaults(func=_cmd_devices)
 
     from .template_download import add_arguments as get_templates_arguments, command as get_templates_command
 

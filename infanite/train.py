@@ -21,9 +21,7 @@ import json
 import logging
 import math
 import os
-import resource
 import signal
-import sys
 import tempfile
 import threading
 import time
@@ -102,12 +100,18 @@ def build_model(config: TrainConfig, n_stacks: int, halo_label: int, centre_mm, 
                           rigid=dec.tf_dim == 6, naive=naive)
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory so far (MiB): CUDA allocator peak on a GPU, the process's peak resident set on CPU."""
+def peak_memory_mb(device: torch.device) -> float | None:
+    """Peak memory so far (MiB): CUDA allocator peak on a GPU, the process's peak resident set on CPU (None where
+    the platform does not tell)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2 ** 20 if sys.platform == "darwin" else peak / 2 ** 10
+    from .devices import peak_resident_mb
+
+    return peak_resident_mb()
+
+
+def _rounded(value: float | None) -> int | None:
+    return None if value is None else round(value)
 
 
 def _psf_factors(config: TrainConfig, data: PackedCohort) -> torch.Tensor:
@@ -246,7 +250,7 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
             last = {"step": global_step, "epoch": epoch, "loss": loss.item(), "loss_intensity": l_int.item(),
                     "loss_seg": l_seg.item(), "psf_samples": samples, "lr_decoder": scheduler.get_last_lr()[0],
                     "samples_per_s": round(len(idx) * samples / dt, 1),
-                    "memory_mb": round(peak_memory_mb(device))}
+                    "memory_mb": _rounded(peak_memory_mb(device))}
             log.write(json.dumps(last) + "\n")
             log.flush()
             progress.update(global_step, f"epoch {epoch} loss {last['loss']:.4f}",

@@ -5,6 +5,11 @@ stack RAS, the resampling direction); a stack volume node shows aligned when it 
 whose *to parent* matrix is ``stack_to_template = inv(template_to_stack)``.  A manual correction of that transform
 node is therefore read back as ``template_to_stack = inv(matrix)``, used as the start of "Refine from here", and
 written by "Accept" as a fixed transform of ``infanite register --fixed-transforms``.
+
+Long work never runs here (the GUI's process): "Refine from here" and "Accept" build the ``python -m infanite
+register`` command that a background process runs (:meth:`RegistrationReview.refine_command`,
+:meth:`RegistrationReview.accept_command`), and read its result back when it has ended
+(:meth:`RegistrationReview.finish_refine`, :meth:`RegistrationReview.finish_accept`).
 """
 from __future__ import annotations
 
@@ -138,6 +143,10 @@ class RegistrationReview:
             self.table = self.scene.AddNewNodeByClass("vtkMRMLTableNode", name)
         table = self.table
         was = table.StartModify()
+        # column names as the header: otherwise qMRMLTableModel shows them in an editable first row, and every
+        # view row is one off its table row (qMRMLTableModel::mrmlTableRowIndex); the user reviews, not edits
+        table.SetUseColumnTitleAsColumnHeader(True)
+        table.SetLocked(True)
         table.RemoveAllColumns()
         rows = self.rows()
         for column in TABLE_COLUMNS:
@@ -152,6 +161,12 @@ class RegistrationReview:
                 table.SetCellText(index, column, value)
         table.EndModify(was)
         return table
+
+    def stack_at_row(self, row: int) -> str:
+        """The stack id in table row ``row`` (a view row: the table's header is its column names)."""
+        if self.table is None or not 0 <= int(row) < self.table.GetNumberOfRows():
+            raise ValueError(f"no stack in review table row {row}")
+        return self.table.GetCellText(int(row), TABLE_COLUMNS.index("Stack"))
 
     # -------------------------------------------------------------------------------------------- nodes
 
@@ -235,9 +250,14 @@ class RegistrationReview:
 
     def show(self, sid: str, opacity: float = 0.5) -> StackNodes:
         """Template as background, the stack (under its transform) as foreground at ``opacity``, in all slice
-        views, linked and centred on the brain."""
+        views, centred on the brain.  Every other stack's transform handles are turned off (only the shown stack
+        can be adjusted)."""
         from .views import centre_slice_views, show_in_slice_views
 
+        for other, transform in self._transforms.items():
+            display = transform.GetDisplayNode() if other != sid else None
+            if display is not None and display.GetEditorVisibility():
+                self.set_adjust(other, False)
         nodes = self.nodes(sid)
         show_in_slice_views(self.scene, nodes.template, nodes.volume, opacity)
         centre_slice_views(self.scene, self.brain_centre(sid))
@@ -247,7 +267,7 @@ class RegistrationReview:
         """Interaction handles on the stack's transform (rotate/translate in 2-D and 3-D; no scaling)."""
         from .views import set_transform_handles
 
-        set_transform_handles(self.nodes(sid).transform, enabled)
+        set_transform_handles(self.transform_node(sid), enabled)
         if enabled:
             self._stacks[sid].qc["status"] = "adjusting"
 
@@ -260,39 +280,57 @@ class RegistrationReview:
 
     # -------------------------------------------------------------------------------------------- actions
 
-    def refine(self, sid: str, register=None):
-        """"Refine from here": the core's fine registration started from the stack's current (manual) pose.
-
-        ``register`` is :func:`infanite.stack_registration.register_stack` (injectable); it receives
-        ``initial_template_to_stack`` = the pose read from the transform node.  The transform node, the QC values
-        and the table are updated; returns the core's result.
-        """
-        from infanite.imageio import load_labels, load_nifti
-        from infanite.stack_registration import register_stack
-
+    def _apply_refined(self, sid: str, template_to_stack, nmi: float, template_ga: float) -> None:
+        """A refined pose: into the stack's record, its transform node, its QC (confidence "manual") and the
+        table; a stack accepted before must be accepted again."""
         from INFANiTECommonLib.mrml import set_transform
 
-        register = register or register_stack
         stack = self._stacks[sid]
-        start = self.template_to_stack(sid)
-        t2 = load_nifti(stack.record.t2w)
-        mask = load_labels(stack.record.mask or stack.record.seg)
-        mask = mask.with_array((mask.array > 0).astype(np.uint8))
-        if self.options.n4:                       # the registration saw the bias-corrected stack
-            from infanite.bias import n4_correct
-
-            t2 = n4_correct(t2, mask)
-        template = self.library.for_ga(self._template_ga(sid), self.options.template_mode)
-        result = register(t2, mask, template, self.options.settings, initial_template_to_stack=start)
-        stack.template_to_stack = np.asarray(result.template_to_stack, dtype=np.float64)
+        stack.template_to_stack = np.asarray(template_to_stack, dtype=np.float64)
         stack.failed = ""
-        stack.qc.update(nmi=float(result.nmi), margin=None, confidence="manual", status="refined",
-                        template_ga=self._template_ga(sid))
-        set_transform(self.nodes(sid).transform, np.linalg.inv(stack.template_to_stack))
+        stack.qc.update(nmi=float(nmi), margin=None, confidence="manual", status="refined",
+                        template_ga=float(template_ga))
+        set_transform(self.transform_node(sid), np.linalg.inv(stack.template_to_stack))
         self.accepted.pop(sid, None)
         if self.table is not None:
             self.update_table()
-        return result
+
+    def refine_command(self, sid: str, work_dir, python: str | None = None) -> list:
+        """"Refine from here" in a background process: writes ``work_dir/<sid>/`` (the stack's manifest row and its
+        current pose, read from the transform node, as ``--init-transforms``) and returns the ``python -m infanite
+        register`` command that runs the fine NMI registration from that pose (no orientation search).  Call
+        :meth:`finish_refine` when it has ended.  A refine of the same stack before is discarded."""
+        import shutil
+
+        from infanite.cohort import write_manifest
+        from infanite.transforms_io import write_transforms_json
+
+        from .inputs import registration_command
+
+        if sid not in self._stacks:
+            raise ValueError(f"unknown stack {sid!r}")
+        folder = Path(work_dir) / sid
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        manifest = write_manifest([self._stacks[sid].record], folder / "input.tsv")
+        start = write_transforms_json(folder / "start_transforms.json", {sid: self.template_to_stack(sid)})
+        return registration_command(manifest, self.templates, folder / "out", spacing_mm=self.options.spacing_mm,
+                                    jobs=1, n4=self.options.n4, init_transforms=start, python=python)
+
+    def finish_refine(self, sid: str, work_dir) -> dict:
+        """After :meth:`refine_command`'s process: apply its pose (transform node, QC, table); returns the stack's
+        QC (``nmi`` …).  ``ValueError`` naming the folder when the process wrote no result (failed, cancelled)."""
+        from infanite.transforms_io import read_transforms_json, read_transforms_qc
+
+        result = Path(work_dir) / sid / "out" / "transforms.json"
+        poses = read_transforms_json(result) if result.is_file() else {}
+        if sid not in poses:
+            raise ValueError(f"{sid}: the refinement wrote no pose into {result.parent} (failed or cancelled)")
+        qc = read_transforms_qc(result).get(sid, {})
+        self._apply_refined(sid, poses[sid], qc.get("nmi", float("nan")),
+                            qc.get("template_ga", self._template_ga(sid)))
+        return dict(self._stacks[sid].qc)
 
     def prepare_accept(self, sids, out_dir) -> tuple:
         """Record ``sids`` as accepted with their current poses and write what ``infanite register
@@ -317,18 +355,6 @@ class RegistrationReview:
         fixed = write_transforms_json(out / "accepted_transforms.json", self.accepted)
         records = [s.record for sid, s in self._stacks.items() if sid in self.accepted]
         return write_manifest(records, out / "accepted_input.tsv"), fixed
-
-    def accept(self, sids, out_dir, progress=None) -> dict:
-        """Write the accepted stacks exactly as ``infanite register --fixed-transforms`` does, into ``out_dir``, in
-        this process (see :meth:`accept_command` for a background process).  Returns the core's
-        ``register_cohort`` result; ``out_dir/registered.tsv`` lists every accepted stack."""
-        from infanite.register import register_cohort
-
-        manifest, fixed = self.prepare_accept(sids, out_dir)
-        result = register_cohort(manifest, self.templates, Path(out_dir), self.options, fixed_transforms=fixed,
-                                 progress=progress)
-        self.finish_accept(out_dir)
-        return result
 
     def accept_command(self, sids, out_dir, python: str | None = None) -> list:
         """:meth:`prepare_accept`, then the ``python -m infanite register --fixed-transforms`` command line that

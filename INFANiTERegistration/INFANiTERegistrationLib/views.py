@@ -11,14 +11,13 @@ def _nodes(scene, class_name: str) -> list:
 
 def show_in_slice_views(scene, background, foreground, foreground_opacity: float = 0.5, label=None) -> int:
     """Template as background, stack as foreground (``foreground_opacity``), optional label layer, in every slice
-    view; the views' controls are linked.  Returns the number of views set."""
+    view.  The views' link setting is the user's and is left as it is.  Returns the number of views set."""
     composites = _nodes(scene, "vtkMRMLSliceCompositeNode")
     for composite in composites:
         composite.SetBackgroundVolumeID(background.GetID() if background is not None else None)
         composite.SetForegroundVolumeID(foreground.GetID() if foreground is not None else None)
         composite.SetForegroundOpacity(float(foreground_opacity))
         composite.SetLabelVolumeID(label.GetID() if label is not None else None)
-        composite.SetLinkedControl(1)
     return len(composites)
 
 

@@ -3,11 +3,12 @@ controller of the background ``python -m infanite train`` run (progress → para
 from .cohort_table import COLUMNS, CohortRow, CohortSummary, cohort_table_node, fill_cohort_table, read_cohort
 from .config_form import FIELDS, TrainingParameters, TrainingParametersError, advanced_overrides, parse_int_list
 from .controller import (CANCELLED, CANCELLING, FAILED, FINISHED, IDLE, LOSS_COLUMNS, RUNNING, STATES, LossPlot,
-                         TrainingController, can_resume, checkpoint_progress, detect_devices)
-from .display import describe_devices, format_duration, progress_text
+                         TrainingController, can_resume, checkpoint_progress, device_detection_command,
+                         devices_from_event)
+from .display import format_duration, progress_text
 
 __all__ = ["COLUMNS", "CohortRow", "CohortSummary", "cohort_table_node", "fill_cohort_table", "read_cohort",
            "FIELDS", "TrainingParameters", "TrainingParametersError", "advanced_overrides", "parse_int_list",
-           "TrainingController", "LossPlot", "detect_devices", "can_resume", "checkpoint_progress", "STATES",
-           "IDLE", "RUNNING", "CANCELLING", "FINISHED", "FAILED", "CANCELLED", "LOSS_COLUMNS", "describe_devices",
+           "TrainingController", "LossPlot", "device_detection_command", "devices_from_event", "can_resume",
+           "checkpoint_progress", "STATES", "IDLE", "RUNNING", "CANCELLING", "FINISHED", "FAILED", "CANCELLED", "LOSS_COLUMNS",
            "format_duration", "progress_text"]

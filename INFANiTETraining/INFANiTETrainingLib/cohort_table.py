@@ -139,7 +139,7 @@ def fill_cohort_table(node, summary: CohortSummary):
     node.SetColumnUnitLabel("GA", "weeks")
     node.SetColumnDescription("Row", "line of the manifest (header = 1)")
     node.SetColumnDescription("Status", "ok, or the row's problems naming the column")
-    node.SetUseColumnNameAsColumnHeader(True)
+    node.SetUseColumnTitleAsColumnHeader(True)
     node.SetAttribute("INFANiTE.Manifest", str(summary.manifest))
     node.GetTable().Modified()
     node.Modified()

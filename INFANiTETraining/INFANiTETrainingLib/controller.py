@@ -27,21 +27,26 @@ LOSS_COLUMNS = ("loss", "loss_intensity", "loss_seg")
 CHECKPOINT = "checkpoint.pt"       # as infanite.train (not imported: it imports torch)
 STOP_FILE = "STOP"
 TRAIN_LOG = "train_log.jsonl"
-MODULE_NAME = "INFANiTETraining"
+#: name and attribute of the node holding a run's state (``ModuleName`` is left to the module's own parameter
+#: node: ScriptedLoadableModuleLogic.getParameterNode finds that one by it)
+RUN_NODE_NAME = "INFANiTE training run"
+RUN_NODE_ATTRIBUTE = "INFANiTE.TrainingRun"
 #: lines of the child's output kept in ``LastError`` after a failure
 ERROR_LINES = 15
 
 
-def detect_devices() -> list[str]:
-    """``["cuda", "cpu"]`` when this Python's PyTorch sees a CUDA GPU, else ``["cpu"]`` (also without torch)."""
-    try:
-        import torch
-    except ImportError:
-        return ["cpu"]
-    try:
-        return ["cuda", "cpu"] if torch.cuda.is_available() else ["cpu"]
-    except Exception:                                    # a broken CUDA install must not break the GUI
-        return ["cpu"]
+def device_detection_command(python: str | None = None) -> list[str]:
+    """``python -m infanite devices --progress-json -``: PyTorch (and CUDA) initialised in a child process, so that
+    the GUI never waits for it; its one progress event (stage ``devices``) lists the devices, best first, and
+    describes them (:func:`devices_from_event`)."""
+    return python_command(["devices", "--progress-json", "-"], python=python)
+
+
+def devices_from_event(event: dict) -> tuple[list[str], str] | None:
+    """``(devices, description)`` from the progress event of :func:`device_detection_command`, else None."""
+    if event.get("stage") != "devices" or not isinstance(event.get("devices"), list) or not event["devices"]:
+        return None
+    return [str(d) for d in event["devices"]], str(event.get("message", ""))
 
 
 def checkpoint_progress(out_dir) -> tuple[int, int] | None:
@@ -86,7 +91,7 @@ class LossPlot:
                 array = vtk.vtkDoubleArray()
                 array.SetName(column)
                 self.table.AddColumn(array)
-            self.table.SetUseColumnNameAsColumnHeader(True)
+            self.table.SetUseColumnTitleAsColumnHeader(True)
             self.series = {}
         if self.chart is None or not self.scene.IsNodePresent(self.chart):
             self.chart = self.scene.AddNewNodeByClass("vtkMRMLPlotChartNode", self.name)
@@ -105,6 +110,17 @@ class LossPlot:
                 series.SetMarkerStyle(series.MarkerStyleNone)
                 self.chart.AddAndObservePlotSeriesNodeID(series.GetID())
                 self.series[column] = series
+
+    def view_node(self, view=None):
+        """A plot view node showing the loss chart (``view`` reused when it is in the scene).  Its chart is never
+        replaced by another module's: ``DoPropagatePlotChartSelection`` is off, so ``ShowChartInLayout`` (e.g. the
+        Atlas module's volume chart) does not reach it (``vtkMRMLApplicationLogic::PropagatePlotChartSelection``)."""
+        self.ensure()
+        if view is None or not self.scene.IsNodePresent(view):
+            view = self.scene.AddNewNodeByClass("vtkMRMLPlotViewNode", f"{self.name} view")
+        view.SetDoPropagatePlotChartSelection(False)
+        view.SetPlotChartNodeID(self.chart.GetID())
+        return view
 
     def clear(self) -> None:
         self.ensure()
@@ -142,13 +158,17 @@ class TrainingController:
 
     def __init__(self, scene, parameter_node=None, process_factory=BackgroundProcess,
                  on_log: Callable[[str], None] | None = None, on_state: Callable[[str], None] | None = None,
-                 on_progress: Callable[[dict], None] | None = None):
+                 on_progress: Callable[[dict], None] | None = None, startup_environment=None):
         self.scene = scene
         self.process_factory = process_factory
+        #: the environment Slicer was started from (a dict, or a callable returning one: in Slicer
+        #: ``slicer.util.startupEnvironment``), given to an external Python instead of Slicer's own
+        self.startup_environment = startup_environment
         self.on_log, self.on_state, self.on_progress = on_log, on_state, on_progress
-        if parameter_node is None:
-            parameter_node = scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode", MODULE_NAME)
-            parameter_node.SetAttribute("ModuleName", MODULE_NAME)
+        if parameter_node is None:                   # the run's state, NOT tagged as the module's parameter node
+            parameter_node = scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode", RUN_NODE_NAME)
+            parameter_node.SetAttribute(RUN_NODE_ATTRIBUTE, "1")
+            parameter_node.SetHideFromEditors(True)
         self.parameter_node = parameter_node
         self.plot = LossPlot(scene)
         self.process: BackgroundProcess | None = None
@@ -235,7 +255,8 @@ class TrainingController:
             self._load_previous_losses()
         self._set(Step=0, Total=0, EtaSeconds="", Loss="", Message="starting", LastError="",
                   OutputDirectory=self.out_dir)
-        self.process = self.process_factory(command, cwd=self.out_dir, env=infanite_env(),
+        env = infanite_env(python=python, startup_environment=self.startup_environment)
+        self.process = self.process_factory(command, cwd=self.out_dir, env=env,
                                             on_progress=self._on_progress, on_log=self._on_log,
                                             on_finished=self._on_finished, stop_file=self.out_dir / STOP_FILE)
         self.process.start()
@@ -279,17 +300,29 @@ class TrainingController:
         self._set(Message="stopping: saving the checkpoint")
         self.process.cancel(grace_s=grace_s, wait=False)
 
-    def wait(self, timeout: float | None = None, interval: float = 0.05) -> str:
-        """Loop :meth:`poll` until the run ends (scripts, tests); returns the final state.  ``TimeoutError``
-        after ``timeout`` seconds."""
+    def wait(self, timeout: float | None = None, interval: float = 0.05, on_idle: Callable[[], None] | None = None
+             ) -> str:
+        """Loop :meth:`poll` until the run ends (scripts, self-tests); returns the final state.  ``on_idle`` is
+        called between polls (in Slicer ``slicer.app.processEvents``).  ``TimeoutError`` after ``timeout`` s."""
         import time
 
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.poll():
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"training still {self._state} after {timeout} s")
+            if on_idle is not None:
+                on_idle()
             time.sleep(interval)
         return self._state
+
+    def shutdown(self, grace_s: float = 5.0, on_idle: Callable[[], None] | None = None) -> None:
+        """Slicer exits: ask the run to stop (it saves a checkpoint at the next step), wait up to ``grace_s``
+        seconds, then kill its process tree; ``--resume`` continues from the last checkpoint."""
+        if self._state == RUNNING and self.process is not None:
+            self._set_state(CANCELLING)
+            self.process.cancel(grace_s=grace_s, wait=False)
+        if self.running:
+            self.wait(on_idle=on_idle)
 
     # -- child output ---------------------------------------------------------------------------
     def _on_progress(self, event: dict) -> None:
@@ -326,5 +359,5 @@ class TrainingController:
             self._set_state(FAILED)
 
 
-__all__ = ["TrainingController", "LossPlot", "detect_devices", "can_resume", "checkpoint_progress", "STATES",
+__all__ = ["TrainingController", "LossPlot", "device_detection_command", "devices_from_event", "can_resume", "checkpoint_progress", "STATES",
            "IDLE", "RUNNING", "CANCELLING", "FINISHED", "FAILED", "CANCELLED", "LOSS_COLUMNS"]

@@ -1,4 +1,4 @@
-"""Text shown by the Training module (no Qt): the progress bar's format and the detected compute devices."""
+"""Text shown by the Training module (no Qt): the progress bar's format."""
 from __future__ import annotations
 
 
@@ -33,24 +33,4 @@ def progress_text(event: dict) -> str:
     return " · ".join(parts).replace("%", "")
 
 
-def describe_devices() -> str:
-    """One line on what this Python's PyTorch can train on: each CUDA GPU's name and memory, or why only the CPU.
-    Imports torch (call it when the module is shown, not at import)."""
-    try:
-        import torch
-    except ImportError:
-        return ("PyTorch is not installed in this Python: CPU only here (a Python environment with CUDA PyTorch "
-                "can be chosen below to train on its GPU)")
-    try:
-        if not torch.cuda.is_available():
-            return f"PyTorch {torch.__version__}: no CUDA GPU visible, training runs on the CPU (slow)"
-        gpus = []
-        for index in range(torch.cuda.device_count()):
-            props = torch.cuda.get_device_properties(index)
-            gpus.append(f"cuda:{index} {props.name}, {props.total_memory / 2 ** 30:.1f} GiB")
-        return "; ".join(gpus)
-    except Exception as exc:                             # a broken CUDA install must not break the GUI
-        return f"PyTorch {getattr(torch, '__version__', '?')}: the CUDA check failed ({exc}); CPU only"
-
-
-__all__ = ["format_duration", "progress_text", "describe_devices"]
+__all__ = ["format_duration", "progress_text"]

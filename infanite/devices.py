@@ -1,0 +1,86 @@
+"""The compute devices this Python's PyTorch can train on, for people and for GUIs (``infanite devices``).
+
+Importing this module imports nothing heavy; :func:`detect_devices` imports torch and initialises CUDA, which can
+take seconds: the Slicer modules run ``python -m infanite devices --progress-json -`` in a background process
+rather than call it in the application.
+"""
+from __future__ import annotations
+
+
+def detect_devices() -> list[str]:
+    """``["cuda", "cpu"]`` when this Python's PyTorch sees a CUDA GPU, else ``["cpu"]`` (also without torch, or
+    with a broken CUDA install)."""
+    try:
+        import torch
+    except ImportError:
+        return ["cpu"]
+    try:
+        return ["cuda", "cpu"] if torch.cuda.is_available() else ["cpu"]
+    except Exception:                                    # a broken CUDA install must not break the caller
+        return ["cpu"]
+
+
+def describe_devices() -> str:
+    """One line on what this Python's PyTorch can train on: each CUDA GPU's name and memory, or why only the
+    CPU."""
+    try:
+        import torch
+    except ImportError:
+        return ("PyTorch is not installed in this Python: CPU only here (a Python environment with CUDA PyTorch "
+                "can be chosen to train on its GPU)")
+    try:
+        if not torch.cuda.is_available():
+            return f"PyTorch {torch.__version__}: no CUDA GPU visible, training runs on the CPU (slow)"
+        gpus = []
+        for index in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(index)
+            gpus.append(f"cuda:{index} {props.name}, {props.total_memory / 2 ** 30:.1f} GiB")
+        return "; ".join(gpus)
+    except Exception as exc:                             # a broken CUDA install must not break the caller
+        return f"PyTorch {getattr(torch, '__version__', '?')}: the CUDA check failed ({exc}); CPU only"
+
+
+def devices_record() -> dict:
+    """The progress event ``infanite devices`` reports: ``stage "devices"``, ``devices`` (best first) and a
+    human-readable ``message``."""
+    return {"stage": "devices", "step": 1, "total": 1, "devices": detect_devices(), "message": describe_devices()}
+
+
+def peak_resident_mb() -> float | None:
+    """This process's peak resident memory (MiB), on Linux, macOS and Windows; None where it cannot be read.
+
+    The platform modules (``resource`` on POSIX, ``ctypes.windll`` on Windows) are imported here, never at file
+    scope, so that the core imports on every platform."""
+    import sys
+
+    if sys.platform == "win32":
+        return _peak_working_set_mb_windows()
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss          # KiB on Linux, bytes on macOS
+    return peak / 2 ** 20 if sys.platform == "darwin" else peak / 2 ** 10
+
+
+def _peak_working_set_mb_windows() -> float | None:
+    """Windows: ``PeakWorkingSetSize`` of ``GetProcessMemoryInfo`` (psapi) for this process."""
+    import ctypes
+    from ctypes import wintypes
+
+    class ProcessMemoryCounters(ctypes.Structure):
+        _fields_ = [("cb", wintypes.DWORD), ("PageFaultCount", wintypes.DWORD),
+                    ("PeakWorkingSetSize", ctypes.c_size_t), ("WorkingSetSize", ctypes.c_size_t),
+                    ("QuotaPeakPagedPoolUsage", ctypes.c_size_t), ("QuotaPagedPoolUsage", ctypes.c_size_t),
+                    ("QuotaPeakNonPagedPoolUsage", ctypes.c_size_t), ("QuotaNonPagedPoolUsage", ctypes.c_size_t),
+                    ("PagefileUsage", ctypes.c_size_t), ("PeakPagefileUsage", ctypes.c_size_t)]
+
+    try:
+        counters = ProcessMemoryCounters()
+        counters.cb = ctypes.sizeof(counters)
+        process = ctypes.windll.kernel32.GetCurrentProcess()
+        if not ctypes.windll.psapi.GetProcessMemoryInfo(process, ctypes.byref(counters), counters.cb):
+            return None
+        return counters.PeakWorkingSetSize / 2 ** 20
+    except (AttributeError, OSError):
+        return None
