@@ -52,9 +52,5 @@ def register_sample_data(folder) -> int:
 
     sources = sample_sources(folder)
     for source in sources:
-        SampleData.SampleDataLogic.registerCustomSampleDataSource(
-            category=source["category"], sampleName=source["sampleName"], uris=source["uris"],
-            fileNames=source["fileNames"], nodeNames=source["nodeNames"], checksums=source["checksums"],
-            loadFileTypes=source["loadFileTypes"], loadFileProperties=source["loadFileProperties"],
-            thumbnailFileName=source["thumbnailFileName"])
+        SampleData.SampleDataLogic.registerCustomSampleDataSource(**source)
     return len(sources)

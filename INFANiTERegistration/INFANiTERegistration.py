@@ -159,10 +159,10 @@ class INFANiTERegistrationWidget(ParameterNodeWidgetMixin, ScriptedLoadableModul
                                    self._finish(self.logic.finishDownload))
 
     def onTableSelection(self):
-        view = self.ui.reviewTableView
-        indexes = view.selectionModel().selectedIndexes() if self.logic.review is not None else []
-        if indexes:                                   # view row -> table row (the header is the column names)
-            row = view.sortFilterProxyModel().mapToSource(indexes[0]).row()
+        view = self.ui.reviewTableView               # whole rows, one at a time (.ui: selectionBehavior, -Mode)
+        rows = view.selectionModel().selectedRows() if self.logic.review is not None else []
+        if rows:                                      # view row -> table row (the header is the column names)
+            row = view.sortFilterProxyModel().mapToSource(rows[0]).row()
             self.logic.selectStack(self.logic.getParameterNode(), self.logic.review.stack_at_row(row))
 
     def onStep(self, step):

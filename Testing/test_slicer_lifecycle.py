@@ -343,8 +343,40 @@ TRAIN = "INFANiTETraining/INFANiTETraining.py"
 ATLAS = "INFANiTEAtlas/INFANiTEAtlas.py"
 MIXIN = "INFANiTECommonLib/widget.py"
 
+_API_INDEXES: dict = {}
+
+
+def check_slicer_api(root: Path) -> Problems:
+    """The API check of ``test_slicer_api.py`` (calls against what Slicer 5.8.1 / 5.10.0 expose to Python)."""
+    from slicer_api.checker import check_extension, load_indexes
+
+    if not _API_INDEXES:
+        _API_INDEXES.update(load_indexes(Path(__file__).resolve().parent / "slicer_api" / "index"))
+    return check_extension(root, _API_INDEXES).problems
+
+
+SAMPLES = "INFANiTECommonLib/sampledata.py"
+PACKAGING_FIXED = ("    try:\n        import slicer.packaging as packaging\n    except ImportError:\n        return None\n"
+                   "    return packaging")
+
 # (issue-12 defect, mutation re-introducing it, rule, text the problem must contain)
 DEFECTS = [
+    ("1-review-table-selection", lambda r: _replace(r, REG, "view.selectionModel().selectedRows()",
+                                                    "self.ui.reviewTableView.selectedMRMLTableRows()"),
+     check_slicer_api, [REG, "qMRMLTableView has no Python-visible member 'selectedMRMLTableRows'"]),
+    ("1-selection-property-called", lambda r: _replace(r, REG, "view.selectionModel().selectedRows()",
+                                                       "view.selectionModel().selectedIndexes()"),
+     check_slicer_api, [REG, "'selectedIndexes' is a Q_PROPERTY"]),
+    ("2-sample-data-properties-as-a-list", lambda r: _replace(
+        r, SAMPLES, '"loadFileProperties": {"labelmap": labelmap}', '"loadFileProperties": [{}, {"labelmap": True}]'),
+     check_slicer_api, [SAMPLES, "registerCustomSampleDataSource(loadFileProperties=…): a list literal"]),
+    ("11-deprecated-column-header", lambda r: _replace(
+        r, "INFANiTETraining/INFANiTETrainingLib/controller.py", "SetUseColumnTitleAsColumnHeader(True)",
+        "SetUseColumnNameAsColumnHeader(True)"), check_slicer_api, ["SetUseColumnNameAsColumnHeader is deprecated"]),
+    ("11-slicer-packaging-never-imported", lambda r: _replace(
+        r, "INFANiTECommonLib/dependencies.py", PACKAGING_FIXED, '    import slicer\n\n    return getattr(slicer, '
+                                                                 '"packaging", None)'),
+     check_slicer_api, ["dependencies.py:", "slicer.packaging is a submodule that 'import slicer' does not import"]),
     ("3-resource-at-file-scope", lambda r: _replace(r, "infanite/train.py", "import torch\n",
                                                     "import resource\nimport torch\n"),
      check_platform_imports, ["infanite/train.py:", "'resource' exists on POSIX only"]),

@@ -143,12 +143,11 @@ class TissueVolumePlot:
             for band, k in NORMATIVE_BANDS:
                 columns[normative_column(m, band)] = list(mean + k * sd)
         self._fill(self.table, columns)
-        set_title = getattr(self.table, "SetColumnTitle", None) or self.table.SetColumnLongName   # Slicer < 5.10
         self.table.SetColumnUnitLabel(GA_COLUMN, "weeks")
-        set_title(GA_COLUMN, "gestational age")
+        self.table.SetColumnTitle(GA_COLUMN, "gestational age")
         for lab in table.labels:
             self.table.SetColumnUnitLabel(lab.abbrev, "mL")
-            set_title(lab.abbrev, lab.name)
+            self.table.SetColumnTitle(lab.abbrev, lab.name)
         for name in columns:
             if name != GA_COLUMN and name not in self.tissues:
                 self.table.SetColumnUnitLabel(name, "mL")
