@@ -316,8 +316,8 @@ class INFANiTEAtlasTest(ScriptedLoadableModuleTest):
 
     def test_open_browse_export(self):
         import numpy as np
-        from infanite.atlas import atlas_filenames
-        from infanite.imageio import load_labels, load_nifti
+        from infanite.atlas.generate import atlas_filenames
+        from infanite.io.images import load_labels, load_nifti
 
         work = pathlib.Path(slicer.util.tempDirectory())
         logic = INFANiTEAtlasLogic()

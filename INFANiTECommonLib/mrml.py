@@ -1,4 +1,4 @@
-"""MRML nodes ↔ :class:`infanite.imageio.Volume` (RAS, voxel order i, j, k), colour tables and transforms.
+"""MRML nodes ↔ :class:`infanite.io.images.Volume` (RAS, voxel order i, j, k), colour tables and transforms.
 
 World geometry is kept exactly: a node's ``IJKToRAS`` matrix *is* the volume's ``voxel_to_ras`` (both RAS mm), and
 the node's voxel array (numpy order k, j, i) is the volume's array transposed.  Files are read and written by the
@@ -49,11 +49,11 @@ def volume_node(scene, volume, name: str, labelmap: bool = False, node=None):
 
 
 def node_volume(node):
-    """The :class:`~infanite.imageio.Volume` of a volume node (its own grid; parent transforms not applied)."""
+    """The :class:`~infanite.io.images.Volume` of a volume node (its own grid; parent transforms not applied)."""
     import slicer.util
     import vtk
 
-    from infanite.imageio import Volume
+    from infanite.io.images import Volume
 
     if node is None or node.GetImageData() is None:
         raise ValueError(f"volume node {getattr(node, 'GetName', lambda: None)()!r} holds no image data")
@@ -65,7 +65,7 @@ def node_volume(node):
 
 def load_volume(scene, path, name: str | None = None, labelmap: bool = False):
     """Read a NIfTI file with the core reader and add it as a node; the path is kept in an attribute."""
-    from infanite.imageio import load_labels, load_nifti
+    from infanite.io.images import load_labels, load_nifti
 
     path = Path(path)
     volume = load_labels(path) if labelmap else load_nifti(path)
@@ -76,7 +76,7 @@ def load_volume(scene, path, name: str | None = None, labelmap: bool = False):
 
 def save_volume(node, path, dtype=None) -> Path:
     """Write a volume node to NIfTI (atomic; qform = sform = IJKToRAS)."""
-    from infanite.imageio import save_nifti
+    from infanite.io.images import save_nifti
 
     written = save_nifti(node_volume(node), path, dtype=dtype)
     node.SetAttribute(SOURCE_ATTRIBUTE, str(written))

@@ -152,7 +152,7 @@ class INFANiTERegistrationWidget(ParameterNodeWidgetMixin, ScriptedLoadableModul
         self._onParameterNodeModified()
 
     def onGetTemplates(self):
-        from infanite.template_download import LICENCE_TEXT
+        from infanite.reference.download import LICENCE_TEXT
 
         if slicer.util.confirmOkCancelDisplay(LICENCE_TEXT, "CRL fetal atlas: licence"):
             self.startInBackground(self.logic.downloadTemplates, self.onProgress,
@@ -257,7 +257,7 @@ class INFANiTERegistrationLogic(BackgroundProcessLogicMixin, ScriptedLoadableMod
             p.status = f"CRL templates ready in {p.templatesPath}"
 
     def openReview(self, p):
-        from infanite.register import RegisterOptions
+        from infanite.registration.register import RegisterOptions
         from INFANiTERegistrationLib import RegistrationReview
 
         if self.review is not None:
@@ -347,7 +347,7 @@ class INFANiTERegistrationTest(ScriptedLoadableModuleTest):
 
     def test_register_review_accept(self):
         import numpy as np
-        from infanite.simulate import tiny_phantom_cohort
+        from infanite.simulation.stacks import tiny_phantom_cohort
 
         work = pathlib.Path(slicer.util.tempDirectory())
         cohort = tiny_phantom_cohort(work, weeks=(27, 28), n_subjects=1, seed=3)

@@ -344,7 +344,7 @@ class INFANiTETrainingTest(ScriptedLoadableModuleTest):
         self.test_train_tiny_model()
 
     def test_train_tiny_model(self):
-        from infanite.simulate import tiny_phantom_cohort
+        from infanite.simulation.stacks import tiny_phantom_cohort
 
         work = pathlib.Path(slicer.util.tempDirectory())
         cohort = tiny_phantom_cohort(work, weeks=(27, 28, 29), register=True)

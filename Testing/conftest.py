@@ -40,7 +40,7 @@ def mial_dir() -> Path:
 def phantom_registered(tmp_path_factory) -> dict:
     """A 2-fetus × 2-stack phantom cohort (GA 27–29, 2 mm in-plane) registered with its true transforms onto
     1.6 mm phantom templates of weeks 27–29: ``{"root", "registered" (registered.tsv), "templates"}``."""
-    from infanite.simulate import tiny_phantom_cohort
+    from infanite.simulation.stacks import tiny_phantom_cohort
 
     root = tmp_path_factory.mktemp("phantom-registered")
     cohort = tiny_phantom_cohort(root, weeks=(27, 28, 29), register=True)

@@ -12,15 +12,15 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from infanite.atlas import (MANIFEST, add_arguments, atlas_filenames, atlas_grid, clean_labels, command, ga_list,
-                            generate, gkr_weights, load_run, predict_grid, regress_latent)
+from infanite.atlas.generate import (MANIFEST, add_arguments, atlas_filenames, atlas_grid, clean_labels, command,
+                                     ga_list, generate, gkr_weights, load_run, predict_grid, regress_latent)
 from infanite.geometry import apply_matrix, direction_cosines, rotation_matrix, voxel_spacing
-from infanite.imageio import Grid, load_labels, load_nifti
-from infanite.normative import MEASURE_LABELS
-from infanite.phantom import make_phantom
-from infanite.resample import resample
-from infanite.train import build_model, train
-from infanite.train_config import load_train_config
+from infanite.io.images import Grid, load_labels, load_nifti
+from infanite.reference.normative import MEASURE_LABELS
+from infanite.reference.phantom import make_phantom
+from infanite.io.resample import resample
+from infanite.inr.train import build_model, train
+from infanite.inr.config import load_train_config
 
 TINY = ["inr_decoder.hidden_size=64", "inr_decoder.num_hidden_layers=3", "inr_decoder.modulated_layers=[1,3]",
         "inr_decoder.latent_dim=[16,3,3,3]", "n_samples=2000", "epochs.train=2", "checkpoint_every=10",

@@ -2,7 +2,7 @@
 volume table and chart with normative bands, exact-GA insertion, export, and bad folders.
 
 The atlas folder is written directly with the core writers, in the layout and formats of ``infanite atlas``
-(file names from :func:`infanite.atlas.atlas_filenames`, ``volumes.tsv`` from the same volume functions and
+(file names from :func:`infanite.atlas.generate.atlas_filenames`, ``volumes.tsv`` from the same volume functions and
 writer, the manifest in the same format): 3 GAs on an oblique 24×28×20 grid at 1.6 mm with a non-zero origin,
 with tissue shapes that grow with GA.  One test generates a GA with the real command line from an untrained
 tiny run (needs torch).
@@ -16,13 +16,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from infanite.atlas import (GROWTH, MANIFEST, MANIFEST_FORMAT, MONTAGE, VOLUMES, _write_volumes, add_arguments,
-                            atlas_filenames, label_abbrevs)
+from infanite.atlas.generate import (GROWTH, MANIFEST, MANIFEST_FORMAT, MONTAGE, VOLUMES, _write_volumes, add_arguments,
+                                     atlas_filenames, label_abbrevs)
 from infanite.geometry import rotation_matrix
-from infanite.imageio import Volume, atomic_write_text, save_nifti
+from infanite.io.images import Volume, atomic_write_text, save_nifti
 from infanite.labels import default_label_table
-from infanite.metrics import label_volumes_ml, measures_from_tissues
-from infanite.normative import MEASURE_LABELS, ren2022
+from infanite.evaluation.metrics import label_volumes_ml, measures_from_tissues
+from infanite.reference.normative import MEASURE_LABELS, ren2022
 
 pytestmark = pytest.mark.slicer
 
@@ -419,9 +419,9 @@ def test_generated_ga_is_inserted_in_numeric_order_and_replaces_an_existing_one(
 def test_exact_ga_generated_by_infanite_atlas_is_added(mrml, atlas_dir, tmp_path, capsys):
     """The real command line (in-process) on an untrained tiny run with the atlas's training grid."""
     torch = pytest.importorskip("torch")
-    from infanite.cli import main
-    from infanite.train import build_model
-    from infanite.train_config import load_train_config
+    from infanite.cli.main import main
+    from infanite.inr.train import build_model
+    from infanite.inr.config import load_train_config
     from INFANiTEAtlasLib import add_generated_ga, exact_ga_command, load_atlas
 
     tiny = ["inr_decoder.hidden_size=32", "inr_decoder.num_hidden_layers=2", "inr_decoder.modulated_layers=[1]",
@@ -555,7 +555,7 @@ def test_bad_atlas_folders_are_refused_naming_the_file(mrml, atlas_dir, tmp_path
 # ------------------------------------------------------------------------------------------------ module helpers
 
 def test_atlas_range_command_is_a_valid_infanite_atlas_command_line(tmp_path):
-    from infanite.atlas import ga_list
+    from infanite.atlas.generate import ga_list
     from INFANiTEAtlasLib import atlas_range_command
 
     args = atlas_range_command(tmp_path / "run", 21, 24.5, 0.5, tmp_path / "out", spacing_mm=1.2, device="cuda",

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from infanite.baselines import gkr_mean_atlas
-from infanite.imageio import Volume, load_labels, load_nifti, save_nifti
+from infanite.evaluation.baselines import gkr_mean_atlas
+from infanite.io.images import Volume, load_labels, load_nifti, save_nifti
 
 SHAPE = (4, 4, 4)
 AFFINE = np.array([[2.0, 0, 0, -4.0], [0, 2.0, 0, -5.0], [0, 0, 2.0, -6.0], [0, 0, 0, 1]])

@@ -9,8 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from infanite.cli import main
-from infanite.cohort import ManifestError, Problem, StackRecord, load_cohort, read_manifest, write_manifest
+from infanite.cli.main import main
+from infanite.io.cohort import ManifestError, Problem, StackRecord, load_cohort, read_manifest, write_manifest
 
 SHAPE = (12, 12, 6)
 AFFINE = np.diag([1.0, 1.0, 3.0, 1.0])

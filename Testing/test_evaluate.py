@@ -10,16 +10,17 @@ import shutil
 import numpy as np
 import pytest
 
-from infanite import metrics
-from infanite.evaluate import (METRICS_JSON, METRICS_MD, EvaluationInputError, add_arguments, atlas_file_name,
-                               command, evaluate_atlas, evaluate_subject_consistency)
+from infanite.evaluation import metrics
+from infanite.evaluation.against_reference import (METRICS_JSON, METRICS_MD, EvaluationInputError, add_arguments,
+                                                   atlas_file_name, command, evaluate_atlas,
+                                                   evaluate_subject_consistency)
 from infanite.geometry import rigid_matrix, rotation_matrix
-from infanite.imageio import Volume, save_nifti
-from infanite.orientation import pose_distance
-from infanite.phantom import make_phantom
-from infanite.register import output_grid
-from infanite.resample import resample
-from infanite.templates import TemplateLibrary
+from infanite.io.images import Volume, save_nifti
+from infanite.registration.orientation import pose_distance
+from infanite.reference.phantom import make_phantom
+from infanite.registration.register import output_grid
+from infanite.io.resample import resample
+from infanite.reference.templates import TemplateLibrary
 
 WEEKS = (24.0, 26.0)
 SPACING = 2.0

@@ -13,8 +13,8 @@ import SimpleITK as sitk
 from scipy.spatial.transform import Rotation
 
 from infanite import geometry
-from infanite.imageio import Grid, Volume, load_nifti, save_nifti, sitk_to_volume, sitk_voxel_to_ras, volume_to_sitk
-from infanite.resample import FWHM_TO_SIGMA, itk_transform_from_ras, psf_sigma_source_voxels, resample
+from infanite.io.images import Grid, Volume, load_nifti, save_nifti, sitk_to_volume, sitk_voxel_to_ras, volume_to_sitk
+from infanite.io.resample import FWHM_TO_SIGMA, itk_transform_from_ras, psf_sigma_source_voxels, resample
 
 SHAPE = (40, 30, 20)
 MARKER_VOXEL = (17, 11, 6)  # lower corner of a 2x2x2 marker block; its centroid is MARKER_VOXEL + 0.5

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from infanite.inr_data import pack_cohort, psf_jitter, weighted_loss
-from infanite.inr_model import ModulatedSiren, interpolate_latents, interpolate_latents_naive
-from infanite.train import train
-from infanite.train_config import load_train_config
+from infanite.inr.data import pack_cohort, psf_jitter, weighted_loss
+from infanite.inr.model import ModulatedSiren, interpolate_latents, interpolate_latents_naive
+from infanite.inr.train import train
+from infanite.inr.config import load_train_config
 
 TINY = ["inr_decoder.hidden_size=64", "inr_decoder.num_hidden_layers=3", "inr_decoder.modulated_layers=[1,3]",
         "inr_decoder.latent_dim=[16,3,3,3]", "n_samples=2000", "epochs.train=2", "checkpoint_every=10",
@@ -123,7 +123,7 @@ def test_training_lowers_the_loss_and_learns_labels(registered, tmp_path):
     assert np.mean([r["loss"] for r in log[-10:]]) < 0.6 * np.mean([r["loss"] for r in log[:10]])
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     data = pack_cohort(registered, list(range(1, 9)))
-    from infanite.train import build_model
+    from infanite.inr.train import build_model
 
     model = build_model(config, len(data.stack_ids), data.halo_label, data.centre_mm, data.half_extent_mm)
     model.load_state_dict(state["model"])

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from infanite import metrics as M
-from infanite.imageio import Volume
+from infanite.evaluation import metrics as M
+from infanite.io.images import Volume
 from infanite.labels import default_label_table
-from infanite.normative import NormativeTable, ren2022
+from infanite.reference.normative import NormativeTable, ren2022
 
 
 def _sphere(shape, spacing, radius_mm, centre_vox=None):

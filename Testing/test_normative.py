@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from infanite.labels import default_label_table
-from infanite.normative import MEASURE_LABELS, REN2022, REN2022_WEEKS, load_normative_csv, ren2022
+from infanite.reference.normative import MEASURE_LABELS, REN2022, REN2022_WEEKS, load_normative_csv, ren2022
 
 MEASURES = ["TBV", "ICV", "GMV", "SBV", "e-CSFV", "VV", "CBV", "BM"]
 

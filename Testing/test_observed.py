@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from infanite import observed as obs_mod
+from infanite.registration import observed as obs_mod
 from infanite.geometry import apply_matrix, random_rotation, rigid_matrix, world_to_voxel
-from infanite.imageio import Grid
-from infanite.observed import observed_map, reference_mask_sample_name, slice_axis, weight_map
+from infanite.io.images import Grid
+from infanite.registration.observed import observed_map, reference_mask_sample_name, slice_axis, weight_map
 
 
 def affine(linear, origin) -> np.ndarray:

@@ -6,8 +6,8 @@ import pytest
 from scipy import ndimage
 
 from infanite.labels import default_label_table
-from infanite.normative import MEASURE_LABELS, load_normative_csv
-from infanite.phantom import make_phantom, phantom_grid, phantom_library
+from infanite.reference.normative import MEASURE_LABELS, load_normative_csv
+from infanite.reference.phantom import make_phantom, phantom_grid, phantom_library
 
 TABLE = default_label_table()
 V = {lab.abbrev: lab.value for lab in TABLE.labels}

@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from infanite.cli import main
+from infanite.cli.main import main
 from infanite.pipeline import default_atlas_weeks, default_overrides, run_pipeline
-from infanite.register import RegisterOptions
-from infanite.stack_registration import RegistrationSettings
+from infanite.registration.register import RegisterOptions
+from infanite.registration.stack import RegistrationSettings
 
 TINY = ["inr_decoder.hidden_size=64", "inr_decoder.num_hidden_layers=3", "inr_decoder.modulated_layers=[1,3]",
         "inr_decoder.latent_dim=[16,3,3,3]", "n_samples=2000", "max_steps=40", "checkpoint_every=20",

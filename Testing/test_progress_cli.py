@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from infanite.cli import build_parser, main
+from infanite.cli.main import build_parser, main
 from infanite.progress import ProgressReporter
 
 REPO = Path(__file__).resolve().parents[1]

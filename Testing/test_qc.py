@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from infanite.geometry import rigid_matrix
-from infanite.imageio import Volume
+from infanite.io.images import Volume
 from infanite.labels import default_label_table
-from infanite.montage import orthogonal_planes
-from infanite.qc import EDGE_COLOR, label_boundaries, registration_qc_images, save_registration_qc
-from infanite.resample import resample
-from infanite.templates import Template
+from infanite.io.figures import orthogonal_planes
+from infanite.registration.qc import EDGE_COLOR, label_boundaries, registration_qc_images, save_registration_qc
+from infanite.io.resample import resample
+from infanite.reference.templates import Template
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SHAPE = (48, 56, 44)

@@ -9,16 +9,16 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-import infanite.register as register_module
-from infanite.cli import main
-from infanite.cohort import ManifestError, load_cohort
-from infanite.imageio import load_nifti, save_nifti
-from infanite.orientation import pose_distance
-from infanite.phantom import make_phantom
-from infanite.register import RegisterOptions, register_cohort
-from infanite.simulate import SimulationConfig, simulate_cohort
-from infanite.templates import TemplateLibrary
-from infanite.transforms_io import read_itk_tfm, read_transforms_json
+import infanite.registration.register as register_module
+from infanite.cli.main import main
+from infanite.io.cohort import ManifestError, load_cohort
+from infanite.io.images import load_nifti, save_nifti
+from infanite.registration.orientation import pose_distance
+from infanite.reference.phantom import make_phantom
+from infanite.registration.register import RegisterOptions, register_cohort
+from infanite.simulation.stacks import SimulationConfig, simulate_cohort
+from infanite.reference.templates import TemplateLibrary
+from infanite.io.transforms import read_itk_tfm, read_transforms_json
 
 WEEKS = (26, 27, 28, 29, 30)
 
@@ -110,7 +110,7 @@ def test_fixed_and_initial_transforms(cohort, templates, tmp_path):
     assert fixed["qc"][sid]["confidence"] == "fixed"
     # a start 8° and 4 mm away is refined back (the search is skipped)
     from infanite.geometry import rigid_matrix, rotation_matrix
-    from infanite.transforms_io import write_transforms_json
+    from infanite.io.transforms import write_transforms_json
 
     centre = np.asarray(info["brain_centre_template_ras_mm"])
     start = true @ rigid_matrix(rotation_matrix([8.0, 0, 0]), [4.0, 0, 0], centre)
@@ -276,8 +276,8 @@ def test_spacing_jobs_and_cli_exit_codes(cohort, templates, tmp_path, monkeypatc
 
 
 def test_n4_removes_a_smooth_bias_field():
-    from infanite.bias import n4_correct
-    from infanite.imageio import Volume
+    from infanite.registration.bias import n4_correct
+    from infanite.io.images import Volume
 
     t2, mask, _ = make_phantom(30.0, 1.6)
     xyz = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in t2.shape], indexing="ij"), -1)

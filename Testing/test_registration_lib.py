@@ -25,7 +25,7 @@ def _rotation(deg: float, axis: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory, phantom_registered):
     """The phantom cohort registered from its true poses (refined: real NMI values), as ``infanite register``."""
-    from infanite.register import register_cohort
+    from infanite.registration.register import register_cohort
 
     root = phantom_registered["root"]
     out = tmp_path_factory.mktemp("review") / "search"
@@ -59,7 +59,7 @@ def _matrix(node) -> np.ndarray:
 
 
 def test_review_rows_table_and_nodes(mrml, searched):
-    from infanite.transforms_io import read_transforms_json, read_transforms_qc
+    from infanite.io.transforms import read_transforms_json, read_transforms_qc
 
     review = _review(mrml, searched)
     qc = read_transforms_qc(searched["search"] / "transforms.json")
@@ -158,7 +158,7 @@ def test_showing_another_stack_turns_the_previous_handles_off(mrml, searched):
 def test_refine_in_a_background_process_starts_from_the_manual_pose(mrml, searched, tmp_path):
     """"Refine from here" as the module runs it: ``infanite register --init-transforms`` in a background process
     (the GUI never blocks), started from the pose of the transform node, its result applied to the node."""
-    from infanite.transforms_io import read_transforms_json
+    from infanite.io.transforms import read_transforms_json
 
     from INFANiTECommonLib.mrml import set_transform
     from INFANiTECommonLib.process import BackgroundProcess, infanite_env
@@ -233,7 +233,7 @@ def test_accept_writes_what_the_command_line_writes(mrml, searched, tmp_path):
         np.testing.assert_array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
     assert (out / "registered.tsv").read_text() == (cli / "registered.tsv").read_text()
     # the accepted pose is the corrected one, and the written stack lies on the template grid in every library
-    from infanite.transforms_io import read_transforms_json
+    from infanite.io.transforms import read_transforms_json
 
     np.testing.assert_allclose(read_transforms_json(out / "accepted_transforms.json")[first],
                                np.linalg.inv(corrected), atol=1e-9)
@@ -246,7 +246,7 @@ def _assert_geometry_round_trip(scene, path: Path, expected_affine: np.ndarray) 
     import SimpleITK as sitk
     import slicer
 
-    from infanite.imageio import sitk_voxel_to_ras
+    from infanite.io.images import sitk_voxel_to_ras
 
     from INFANiTECommonLib.mrml import numpy_matrix
 
@@ -283,7 +283,7 @@ def test_missing_registration_is_a_clear_error(mrml, searched, tmp_path):
 
 
 def test_manifest_from_nodes_keeps_geometry_and_checks_inputs(mrml, searched, tmp_path):
-    from infanite.cohort import read_manifest
+    from infanite.io.cohort import read_manifest
 
     from INFANiTECommonLib.mrml import load_volume
     from INFANiTERegistrationLib import StackInput, manifest_from_nodes, registration_command
@@ -357,8 +357,8 @@ def test_dependency_list_names_what_the_core_imports():
 def test_stacks_loaded_by_slicer_are_written_with_their_world_geometry(mrml, mial_dir, tmp_path):
     """Slicer's own reader flips the slice axis of left-handed files (ForceRightHandedIJKCoordinateSystem): the
     stacks a user loads that way must still be written with the same world geometry (same image in RAS)."""
-    from infanite.imageio import load_nifti
-    from infanite.resample import resample
+    from infanite.io.images import load_nifti
+    from infanite.io.resample import resample
 
     from INFANiTECommonLib.mrml import save_volume
 

@@ -7,12 +7,12 @@ import shutil
 import numpy as np
 import pytest
 
-from infanite.cohort import load_cohort
+from infanite.io.cohort import load_cohort
 from infanite.geometry import apply_matrix, is_rigid
-from infanite.imageio import Volume, load_labels, load_nifti
-from infanite.phantom import phantom_library
-from infanite.resample import resample
-from infanite.simulate import SimulationConfig, _SubjectSampler, simulate_cohort
+from infanite.io.images import Volume, load_labels, load_nifti
+from infanite.reference.phantom import phantom_library
+from infanite.io.resample import resample
+from infanite.simulation.stacks import SimulationConfig, _SubjectSampler, simulate_cohort
 
 LIB = phantom_library(1.2)   # coarser phantom grid keeps the suite fast
 
@@ -164,7 +164,7 @@ def test_random_poses_and_bad_settings(tmp_path):
 
 def test_cli_simulate_from_the_crl_atlas_validates(crl_atlas_dir, tmp_path):
     """``simulate --atlas-dir <CRL>`` writes a cohort that ``validate`` accepts (licensed data read in place)."""
-    from infanite.cli import main
+    from infanite.cli.main import main
 
     out = tmp_path / "crl"
     assert main(["simulate", "--atlas-dir", str(crl_atlas_dir), "--out", str(out), "--subjects", "2"]) == 0

@@ -377,9 +377,9 @@ DEFECTS = [
         r, "INFANiTECommonLib/dependencies.py", PACKAGING_FIXED, '    import slicer\n\n    return getattr(slicer, '
                                                                  '"packaging", None)'),
      check_slicer_api, ["dependencies.py:", "slicer.packaging is a submodule that 'import slicer' does not import"]),
-    ("3-resource-at-file-scope", lambda r: _replace(r, "infanite/train.py", "import torch\n",
+    ("3-resource-at-file-scope", lambda r: _replace(r, "infanite/inr/train.py", "import torch\n",
                                                     "import resource\nimport torch\n"),
-     check_platform_imports, ["infanite/train.py:", "'resource' exists on POSIX only"]),
+     check_platform_imports, ["infanite/inr/train.py:", "'resource' exists on POSIX only"]),
     ("3-fcntl-in-a-lib", lambda r: _replace(r, "INFANiTECommonLib/process.py", "import json\n",
                                             "import fcntl\nimport json\n"),
      check_platform_imports, ["INFANiTECommonLib/process.py:", "'fcntl'"]),
@@ -421,9 +421,9 @@ DEFECTS = [
         "logic.controller.wait(timeout=900)"), check_background_processes, [TRAIN, "without on_idle"]),
     ("11-refine-in-the-gui-process", lambda r: _replace(
         r, "INFANiTERegistration/INFANiTERegistrationLib/review.py", "    def _apply_refined(",
-        "    def refine(self, sid):\n        from infanite.stack_registration import register_stack\n\n"
+        "    def refine(self, sid):\n        from infanite.registration.stack import register_stack\n\n"
         "        return register_stack\n\n    def _apply_refined("),
-     check_background_processes, ["review.py:", "infanite.stack_registration.register_stack", "blocks the GUI"]),
+     check_background_processes, ["review.py:", "infanite.registration.stack.register_stack", "blocks the GUI"]),
     ("11-cuda-detection-in-the-gui", lambda r: _replace(
         r, "INFANiTETraining/INFANiTETrainingLib/controller.py", "def devices_from_event(",
         "def detect():\n    from infanite.devices import detect_devices\n\n    return detect_devices()\n\n\n"

@@ -1,4 +1,4 @@
-"""CRL atlas download helper (``infanite.template_download``, ``python -m infanite get-templates``).
+"""CRL atlas download helper (``infanite.reference.download``, ``python -m infanite get-templates``).
 
 Everything runs offline against a fake NiftyMIC ``data/templates/`` folder of small phantom images reached
 through ``file://`` URLs.
@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from infanite.cli import main
-from infanite.imageio import save_nifti
-from infanite.phantom import make_phantom
+from infanite.cli.main import main
+from infanite.io.images import save_nifti
+from infanite.reference.phantom import make_phantom
 from infanite.progress import ProgressReporter
-from infanite.template_download import (LICENCE_RECORD, LICENCE_TEXT, TEMPLATE_FILES, TemplateDownloadWarning,
-                                        download_templates, validate_weeks)
-from infanite.templates import TemplateLibrary
+from infanite.reference.download import (LICENCE_RECORD, LICENCE_TEXT, TEMPLATE_FILES, TemplateDownloadWarning,
+                                         download_templates, validate_weeks)
+from infanite.reference.templates import TemplateLibrary
 
 REPO = Path(__file__).resolve().parents[1]
 WEEKS = (27, 31)          # 27: parcellation only as _WMZparc (as in NiftyMIC); 31: as _parc

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from infanite.geometry import apply_matrix
-from infanite.imageio import Volume
-from infanite.templates import Template, TemplateLibrary
+from infanite.io.images import Volume
+from infanite.reference.templates import Template, TemplateLibrary
 
 SHAPE = (20, 24, 20)
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
@@ -198,7 +198,7 @@ def test_nearest_ties_and_clamping(caplog):
     assert lib.nearest(26.1).ga_weeks == 27
     assert lib.for_ga(25.2).ga_weeks == 25
     assert not caplog.records
-    with caplog.at_level(logging.WARNING, logger="infanite.templates"):
+    with caplog.at_level(logging.WARNING, logger="infanite.reference.templates"):
         assert lib.nearest(19.0).ga_weeks == 24
         assert lib.nearest(40.0).ga_weeks == 27
     assert len(caplog.records) == 2 and "outside the template range" in caplog.records[0].getMessage()

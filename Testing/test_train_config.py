@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from infanite.train_config import TrainConfig, TrainConfigError, load_train_config
+from infanite.inr.config import TrainConfig, TrainConfigError, load_train_config
 
 # The reference configs/config_atlas.yaml (method-reference.md section 5), as shipped.
 REFERENCE_CONFIG_ATLAS = textwrap.dedent("""\

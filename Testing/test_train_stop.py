@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from infanite.train import CHECKPOINT, STOP_FILE, train
-from infanite.train_config import load_train_config
+from infanite.inr.train import CHECKPOINT, STOP_FILE, train
+from infanite.inr.config import load_train_config
 
 TINY = ["inr_decoder.hidden_size=32", "inr_decoder.num_hidden_layers=2", "inr_decoder.modulated_layers=[1]",
         "inr_decoder.latent_dim=[4,3,3,3]", "n_samples=500", "epochs.train=50", "checkpoint_every=7",

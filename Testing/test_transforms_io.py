@@ -10,9 +10,9 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from infanite.geometry import apply_matrix, ras_matrix_to_lps, rigid_matrix, rotation_matrix
-from infanite.imageio import Grid, Volume
-from infanite.resample import itk_transform_from_ras, resample
-from infanite.transforms_io import (read_itk_tfm, read_transforms_json, read_transforms_qc, write_itk_tfm,
+from infanite.io.images import Grid, Volume
+from infanite.io.resample import itk_transform_from_ras, resample
+from infanite.io.transforms import (read_itk_tfm, read_transforms_json, read_transforms_qc, write_itk_tfm,
                                     write_transforms_json)
 
 T_A = rigid_matrix(rotation_matrix([12.0, -25.0, 40.0]), [7.5, -3.0, 12.0], center_mm=[1.0, 2.0, -3.0])
@@ -188,8 +188,8 @@ def test_truth_json_is_accepted(tmp_path):
 
 def test_truth_json_written_by_the_simulator_reads_back(tmp_path):
     """A real simulated cohort's truth.json is accepted as transforms (guards against the two drifting apart)."""
-    from infanite.phantom import phantom_library
-    from infanite.simulate import SimulationConfig, simulate_cohort
+    from infanite.reference.phantom import phantom_library
+    from infanite.simulation.stacks import SimulationConfig, simulate_cohort
 
     cfg = SimulationConfig(n_subjects=1, stacks_per_subject=2, ga_range=(30.0, 30.0), inplane_spacing_mm=2.0,
                            seed=4)
@@ -212,7 +212,7 @@ def test_tfm_round_trip_and_sitk_semantics(tmp_path):
     np.testing.assert_allclose(read_itk_tfm(path), T_A, atol=1e-12, rtol=0)
 
     # The file holds the ITK resampling transform: template LPS point -> stack LPS point, the same transform
-    # infanite.resample hands to sitk.Resample.
+    # infanite.io.resample hands to sitk.Resample.
     tx = sitk.ReadTransform(str(path))
     lps = ras_matrix_to_lps(T_A)
     ref = itk_transform_from_ras(T_A)

@@ -47,10 +47,10 @@ def grid_ceiling(run_dir: Path, atlas_dir: Path, out: Path, gas: list[float]) ->
     """The CRL weeks resampled onto the training grid of ``run_dir``, written as an atlas folder."""
     import numpy as np
 
-    from infanite.atlas import atlas_filenames, load_run
-    from infanite.imageio import save_nifti
-    from infanite.resample import resample
-    from infanite.templates import TemplateLibrary
+    from infanite.atlas.generate import atlas_filenames, load_run
+    from infanite.io.images import save_nifti
+    from infanite.io.resample import resample
+    from infanite.reference.templates import TemplateLibrary
 
     grid = load_run(run_dir).training_grid
     library = TemplateLibrary.from_folder(atlas_dir)
@@ -70,11 +70,11 @@ def affine_fit_psnr(atlas_dir: Path, atlas_ref: Path, gas: list[float]) -> dict:
     """PSNR (mask convention) after the least-squares affine intensity map of the atlas onto the truth."""
     import numpy as np
 
-    from infanite import metrics
-    from infanite.atlas import atlas_filenames
-    from infanite.imageio import load_nifti
-    from infanite.resample import resample
-    from infanite.templates import TemplateLibrary
+    from infanite.evaluation import metrics
+    from infanite.atlas.generate import atlas_filenames
+    from infanite.io.images import load_nifti
+    from infanite.io.resample import resample
+    from infanite.reference.templates import TemplateLibrary
 
     library = TemplateLibrary.from_folder(atlas_ref)
     result = {}
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(max(1, args.threads))
-    from infanite.register import RegisterOptions, register_cohort
+    from infanite.registration.register import RegisterOptions, register_cohort
 
     timer = aq.Timer()
     atlases = {"grid": work / "atlases" / "grid_ceiling", "a": work / "atlases" / "a",
@@ -173,7 +173,7 @@ def main(argv=None) -> int:
     for row in timer.rows:
         print(f"| {row['stage']} | {row['seconds']:.1f} | {'reused' if row['reused'] else ''} |")
     if args.json:
-        from infanite.evaluate import jsonable
+        from infanite.evaluation.against_reference import jsonable
 
         args.json.write_text(json.dumps(jsonable({"rows": rows, "losses": losses, "train": train_info,
                                                   "timings": timer.rows}), indent=1) + "\n")

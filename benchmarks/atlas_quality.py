@@ -5,7 +5,7 @@
 
 Everything runs in one call, on one simulated cohort, and every variant is compared with the same ground truth.
 
-Cohort.  ``infanite.simulate`` on the CRL 2017 atlas (``--atlas-dir``, default ``../shared/data/crl2017-fetal-
+Cohort.  ``infanite.simulation.stacks`` on the CRL 2017 atlas (``--atlas-dir``, default ``../shared/data/crl2017-fetal-
 atlas`` next to the repository): ``--subjects`` fetuses (default 40) × 3 stacks (axial, coronal, sagittal), GA
 stratified over 21–38 weeks, simulator defaults otherwise (3 mm slices + 0.3 mm gap, 1 mm in-plane, ±20°
 obliquity, 2°/1 mm per-slice motion, 2 mm deformation, 3 % Rician noise, 20 % bias), seed 0.  The stacks are
@@ -20,7 +20,7 @@ Variants (every atlas at GA 22, 26, 30, 34 and 38 weeks, on the registered grid)
      slice-aware PSF with P = 4 samples, AdamW lr 1e-3 / latents 1e-2 with cosine decay, no rigid refinement,
      3,000 steps (≈ 1.4 epochs of the 40-fetus cohort)); the atlas latent is the GKR of the stack latents
      (σ 0.5 weeks);
-  b  GKR-weighted mean of the aligned stacks (:func:`infanite.baselines.gkr_mean_atlas`, same kernel σ 0.5 weeks;
+  b  GKR-weighted mean of the aligned stacks (:func:`infanite.evaluation.baselines.gkr_mean_atlas`, same kernel σ 0.5 weeks;
      per-stack min–max normalisation over the brain mask; weighted label vote with background; the INR atlas's
      label clean-up and zero intensity outside the labelled brain);
   c  as b, each stack's weight multiplied voxelwise by its observed/interpolated weight map W (1.6 / 0.8; a voxel
@@ -157,8 +157,8 @@ def _mean(values) -> float:
 
 def single_stack_manifest(registered: Path, out: Path) -> Path:
     """``out`` (written next to ``registered``): its header and the first row of each fetus, lines unchanged."""
-    from infanite.cohort import read_manifest
-    from infanite.imageio import atomic_write_text
+    from infanite.io.cohort import read_manifest
+    from infanite.io.images import atomic_write_text
 
     cohort, problems = read_manifest(registered)
     if problems:
@@ -178,8 +178,8 @@ def train_variant(manifest: Path, overrides: list[str], run_dir: Path) -> dict:
     """Train (or reuse/resume) one INFANiTE run; returns ``{"steps", "total_steps", "reused", "seconds"}``."""
     import torch
 
-    from infanite.train import CHECKPOINT, train
-    from infanite.train_config import load_train_config
+    from infanite.inr.train import CHECKPOINT, train
+    from infanite.inr.config import load_train_config
 
     config = load_train_config(None, overrides)
     checkpoint = run_dir / CHECKPOINT
@@ -196,7 +196,7 @@ def train_variant(manifest: Path, overrides: list[str], run_dir: Path) -> dict:
 
 
 def generate_variant(run_dir: Path, gas: list[float], out: Path, spacing: float, device: str) -> dict:
-    from infanite.atlas import generate
+    from infanite.atlas.generate import generate
 
     # overwrite: an atlas folder left from an earlier checkpoint of this run is replaced, not refused
     result = generate(run_dir, gas, out, spacing_mm=spacing, device=device, sigma_weeks=SIGMA_WEEKS, overwrite=True)
@@ -205,8 +205,8 @@ def generate_variant(run_dir: Path, gas: list[float], out: Path, spacing: float,
 
 
 def mean_variant(registered: Path, gas: list[float], out: Path, use_weight_maps: bool) -> dict:
-    from infanite.atlas import atlas_filenames
-    from infanite.baselines import gkr_mean_atlas
+    from infanite.atlas.generate import atlas_filenames
+    from infanite.evaluation.baselines import gkr_mean_atlas
 
     todo = [g for g in gas if not all((out / atlas_filenames(g)[k]).is_file() for k in ("T2w", "dseg"))]
     if not todo:
@@ -218,7 +218,7 @@ def mean_variant(registered: Path, gas: list[float], out: Path, use_weight_maps:
 
 def evaluate_variant(atlas_dir: Path, reference: Path, out: Path, gas: list[float]) -> dict:
     """``{"rows": {GA key: summary row}, "reused": bool}``; reuses ``metrics.json`` newer than every atlas file."""
-    from infanite.evaluate import METRICS_JSON, evaluate_atlas
+    from infanite.evaluation.against_reference import METRICS_JSON, evaluate_atlas
 
     metrics_path = out / METRICS_JSON
     newest = max(p.stat().st_mtime for p in atlas_dir.glob("atlas_ga-*.nii.gz"))
@@ -238,7 +238,7 @@ def evaluate_variant(atlas_dir: Path, reference: Path, out: Path, gas: list[floa
 # ------------------------------------------------------------------------------------------------ report
 
 def metric_tables(metrics: dict, gas: list[float], names: list[str]) -> str:
-    from infanite.evaluate import format_metric
+    from infanite.evaluation.against_reference import format_metric
 
     keys = [f"{g:.1f}" for g in gas]
     header = "| GA | " + " | ".join(f"{n} {VARIANTS[n][0]}" for n in names) + " |"
@@ -325,9 +325,9 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(max(1, args.threads))
-    from infanite.register import RegisterOptions, register_cohort
-    from infanite.simulate import SimulationConfig, simulate_cohort
-    from infanite.templates import TemplateLibrary
+    from infanite.registration.register import RegisterOptions, register_cohort
+    from infanite.simulation.stacks import SimulationConfig, simulate_cohort
+    from infanite.reference.templates import TemplateLibrary
 
     gas = settings["atlas_ga"]
     training = list(settings["training"]) + [f"device={args.device}"]
@@ -412,7 +412,7 @@ def main(argv=None) -> int:
                     "registration": {"done": len(reg["done"]), "failed": reg["failed"]},
                     "metrics": metrics, "goal_check": checks, "timings": timer.rows, "stages": results}
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        from infanite.evaluate import jsonable
+        from infanite.evaluation.against_reference import jsonable
 
         args.json.write_text(json.dumps(jsonable(document), indent=1, allow_nan=False) + "\n")
         print(f"results written to {args.json}")

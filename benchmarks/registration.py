@@ -29,12 +29,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from infanite.imageio import load_nifti  # noqa: E402
-from infanite.orientation import pose_distance  # noqa: E402
-from infanite.register import RegisterOptions, register_cohort  # noqa: E402
-from infanite.simulate import SimulationConfig, simulate_cohort  # noqa: E402
-from infanite.stack_registration import RegistrationSettings  # noqa: E402
-from infanite.templates import TemplateLibrary  # noqa: E402
+from infanite.io.images import load_nifti
+from infanite.registration.orientation import pose_distance
+from infanite.registration.register import RegisterOptions, register_cohort
+from infanite.simulation.stacks import SimulationConfig, simulate_cohort
+from infanite.registration.stack import RegistrationSettings
+from infanite.reference.templates import TemplateLibrary
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -29,13 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from infanite.geometry import apply_matrix, rigid_matrix, rotation_matrix  # noqa: E402
-from infanite.inr_data import pack_cohort  # noqa: E402
-from infanite.phantom import make_phantom, phantom_library, write_phantom_templates  # noqa: E402
-from infanite.register import register_cohort  # noqa: E402
-from infanite.simulate import SimulationConfig, simulate_cohort  # noqa: E402
-from infanite.train import build_model, train  # noqa: E402
-from infanite.train_config import load_train_config  # noqa: E402
+from infanite.geometry import apply_matrix, rigid_matrix, rotation_matrix
+from infanite.inr.data import pack_cohort
+from infanite.reference.phantom import make_phantom, phantom_library, write_phantom_templates
+from infanite.registration.register import register_cohort
+from infanite.simulation.stacks import SimulationConfig, simulate_cohort
+from infanite.inr.train import build_model, train
+from infanite.inr.config import load_train_config
 
 MODEL = ["inr_decoder.hidden_size=128", "inr_decoder.num_hidden_layers=3", "inr_decoder.modulated_layers=[1,3]",
          "inr_decoder.latent_dim=[16,3,3,3]", "n_samples=2000", "checkpoint_every=100000",

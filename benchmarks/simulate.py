@@ -25,9 +25,9 @@ DEFAULT_ATLAS = Path(__file__).resolve().parents[2] / "shared" / "data" / "crl20
 
 
 def _run_case(kind: str, source: str | None, n_subjects: int, queue) -> None:
-    from infanite.phantom import phantom_library
-    from infanite.simulate import SimulationConfig, simulate_cohort, subject_ages
-    from infanite.templates import TemplateLibrary
+    from infanite.reference.phantom import phantom_library
+    from infanite.simulation.stacks import SimulationConfig, simulate_cohort, subject_ages
+    from infanite.reference.templates import TemplateLibrary
 
     cfg = SimulationConfig(n_subjects=n_subjects, stacks_per_subject=3, inplane_spacing_mm=1.0, seed=1)
     library = TemplateLibrary.from_folder(source) if source else phantom_library(0.8)
@@ -51,7 +51,7 @@ def _baseline(cfg, library) -> float:
     from scipy import ndimage
 
     from infanite.geometry import apply_matrix
-    from infanite.simulate import _crop_to_brain, _deform, _random_deformation, _SubjectSampler, subject_ages
+    from infanite.simulation.stacks import _crop_to_brain, _deform, _random_deformation, _SubjectSampler, subject_ages
 
     sx, _, sz = cfg.psf_sigma_mm
     nodes_xy, w_xy = np.polynomial.hermite_e.hermegauss(3)

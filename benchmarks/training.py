@@ -59,8 +59,8 @@ def child(case: dict) -> dict:
     """One case in this (fresh) process; returns its measurements."""
     import torch
 
-    from infanite.inr_data import psf_jitter, weighted_loss
-    from infanite.inr_model import ModulatedSiren
+    from infanite.inr.data import psf_jitter, weighted_loss
+    from infanite.inr.model import ModulatedSiren
 
     device = torch.device(case["device"])
     if case.get("threads"):

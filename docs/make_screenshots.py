@@ -28,7 +28,7 @@ def _planes(array: np.ndarray, centre) -> list[np.ndarray]:
 
 
 def registration_review(demo: Path, out: Path) -> None:
-    from infanite.imageio import load_labels, load_nifti
+    from infanite.io.images import load_labels, load_nifti
 
     reg = demo / "run" / "registration"
     qc = json.loads((reg / "transforms.json").read_text())["qc"]
@@ -37,7 +37,7 @@ def registration_review(demo: Path, out: Path) -> None:
     mask = load_labels(reg / "stacks" / f"{sid}_mask.nii.gz")
     week = int(round(qc[sid]["template_ga"]))
     template = load_nifti(demo / "templates" / f"phantom_ga-{week}_T2w.nii.gz")
-    from infanite.resample import resample
+    from infanite.io.resample import resample
 
     template = resample(template, stack.grid, None, "linear")
     centre = np.argwhere(mask.array > 0).mean(0)
@@ -58,8 +58,8 @@ def registration_review(demo: Path, out: Path) -> None:
 
 
 def atlas_browser(demo: Path, out: Path) -> None:
-    from infanite.atlas import atlas_filenames
-    from infanite.imageio import load_labels, load_nifti
+    from infanite.atlas.generate import atlas_filenames
+    from infanite.io.images import load_labels, load_nifti
     from infanite.labels import default_label_table
 
     atlas = demo / "run" / "atlas"

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .phantom import write_phantom_templates
-from .pipeline import DEMO_TRAINING, run_pipeline
-from .progress import ProgressReporter
-from .register import RegisterOptions
-from .simulate import SimulationConfig, simulate_cohort
-from .templates import TemplateLibrary
+from infanite.reference.phantom import write_phantom_templates
+from infanite.pipeline import DEMO_TRAINING, run_pipeline
+from infanite.progress import ProgressReporter
+from infanite.registration.register import RegisterOptions
+from infanite.simulation.stacks import SimulationConfig, simulate_cohort
+from infanite.reference.templates import TemplateLibrary
 
 DEMO_CONFIG = SimulationConfig(n_subjects=4, stacks_per_subject=2, ga_range=(26.0, 32.0), inplane_spacing_mm=1.5,
                                seed=0)

@@ -21,8 +21,8 @@ import math
 import time
 from pathlib import Path
 
-from .imageio import atomic_write_text
-from .progress import ProgressReporter
+from infanite.io.images import atomic_write_text
+from infanite.progress import ProgressReporter
 
 #: Overrides of the paper's settings used on a CPU when no ``--config`` is given (a small model, ~1 h budget).
 CPU_DEFAULTS = ["inr_decoder.hidden_size=128", "inr_decoder.num_hidden_layers=3",
@@ -67,10 +67,10 @@ def run_pipeline(manifest, templates, out, config_path=None, overrides=(), devic
                  register_options=None, progress: ProgressReporter | None = None) -> dict:
     """Run every stage into ``out``; returns a summary with the report path.  Bad input raises ``ValueError``
     (from the stage that reads it) before that stage writes anything."""
-    from .atlas import generate
-    from .register import RegisterOptions, register_cohort
-    from .train import CHECKPOINT, train
-    from .train_config import load_train_config
+    from infanite.atlas.generate import generate
+    from infanite.registration.register import RegisterOptions, register_cohort
+    from infanite.inr.train import CHECKPOINT, train
+    from infanite.inr.config import load_train_config
 
     out = Path(out)
     progress = progress or ProgressReporter(None)
@@ -104,7 +104,7 @@ def run_pipeline(manifest, templates, out, config_path=None, overrides=(), devic
 
     metrics = None
     if reference:
-        from .evaluate import evaluate_atlas
+        from infanite.evaluation.against_reference import evaluate_atlas
 
         t0 = time.perf_counter()
         metrics = evaluate_atlas(out / "atlas", reference, out / "evaluation", progress=progress)
@@ -123,7 +123,7 @@ def save_loss_plot(log_path: Path, path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .montage import save_figure
+    from infanite.io.figures import save_figure
 
     rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     if not rows:

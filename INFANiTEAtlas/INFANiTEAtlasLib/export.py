@@ -53,7 +53,7 @@ def _write_seg_nrrd(segmentation, path: Path) -> Path:
     """Write a segmentation node to ``.seg.nrrd`` atomically (temporary sibling, then rename)."""
     import slicer
 
-    from infanite.imageio import atomic_path
+    from infanite.io.images import atomic_path
 
     tmp, final = atomic_path(path)
     try:

@@ -29,7 +29,7 @@ def exact_ga_command(run_dir, ga, out_dir, spacing_mm=0.8, device: str = "cpu", 
     progress on stdout.  ``python``: the interpreter (default ``sys.executable``; PythonSlicer in Slicer).
     Using the atlas folder as ``out_dir`` adds the GA to that atlas (same run and spacing: its manifest,
     ``volumes.tsv`` and ``growth.png`` are updated).  ``ValueError`` for a GA or spacing out of range."""
-    from infanite.atlas import GA_LIMITS
+    from infanite.atlas.generate import GA_LIMITS
 
     try:
         weeks = round(float(ga), 1)
@@ -50,7 +50,7 @@ def atlas_range_command(run_dir, ga_start, ga_stop, ga_step, out_dir, spacing_mm
     ``ga_start``, ``ga_start + ga_step``, ... up to ``ga_stop`` (weeks, inclusive) into ``out_dir`` at
     ``spacing_mm`` (mm) on ``device``, with JSON-lines progress on stdout.  ``ValueError`` for a GA range, step or
     spacing that ``infanite atlas`` would refuse."""
-    from infanite.atlas import GA_LIMITS, ga_list
+    from infanite.atlas.generate import GA_LIMITS, ga_list
 
     try:
         start, stop, step, spacing = (float(v) for v in (ga_start, ga_stop, ga_step, spacing_mm))
@@ -95,7 +95,7 @@ def add_generated_ga(loaded: LoadedAtlas, folder, ga, select: bool = False) -> f
     shows the new one with ``select``.  ``loaded.files`` records the new files; call
     :meth:`TissueVolumePlot.update` to add its volumes.  ``ValueError`` naming a missing or bad file.
     Returns the GA (weeks) inserted."""
-    from infanite.atlas import atlas_file_name
+    from infanite.atlas.generate import atlas_file_name
 
     from .loader import AtlasFiles, add_atlas_item, ga_key, select_ga
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 if TYPE_CHECKING:
-    from infanite.imageio import Volume
+    from infanite.io.images import Volume
     from infanite.labels import LabelTable
 
 #: Index name and unit of both sequences.
@@ -67,13 +67,13 @@ class AtlasFiles:
 # ------------------------------------------------------------------------------------------------ the folder
 
 def _read_manifest(folder: Path) -> dict | None:
-    from infanite.atlas import read_atlas_manifest
+    from infanite.atlas.generate import read_atlas_manifest
 
     return read_atlas_manifest(folder)
 
 
 def _files_from_manifest(folder: Path, manifest: dict) -> list[AtlasFiles]:
-    from infanite.atlas import MANIFEST
+    from infanite.atlas.generate import MANIFEST
 
     where = folder / MANIFEST
     entries = manifest.get("ga")
@@ -101,7 +101,7 @@ def _files_from_manifest(folder: Path, manifest: dict) -> list[AtlasFiles]:
 
 
 def _files_from_names(folder: Path) -> list[AtlasFiles]:
-    from infanite.atlas import atlas_file_name
+    from infanite.atlas.generate import atlas_file_name
 
     found: dict = {}
     for path in sorted(folder.iterdir()):
@@ -162,7 +162,7 @@ def atlas_label_table(manifest: dict | None = None, labels=None, folder=None) ->
 def read_atlas_pair(files: AtlasFiles, table: LabelTable) -> tuple:
     """``(T2w Volume, dseg Volume)`` of one GA, checked: same grid (shape, affine within 1e-3 mm) and only label
     values of ``table``; ``ValueError`` naming the file otherwise (unreadable files too)."""
-    from infanite.imageio import load_labels, load_nifti
+    from infanite.io.images import load_labels, load_nifti
 
     t2 = load_nifti(files.t2w)
     dseg = load_labels(files.dseg)

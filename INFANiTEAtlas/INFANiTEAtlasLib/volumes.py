@@ -2,7 +2,7 @@
 
 The table has a ``GA`` column (weeks), one column per tissue (the label abbreviation, mL) and one per normative
 measure that ``infanite atlas`` compares in ``growth.png`` (TBV, ICV, GMV, SBV, e-CSFV, VV, CBV, BM: sums of
-tissues as :data:`infanite.normative.MEASURE_LABELS` defines them), each with the normative mean and mean ± 1
+tissues as :data:`infanite.reference.normative.MEASURE_LABELS` defines them), each with the normative mean and mean ± 1
 and ± 2 SD at the atlas GAs (columns ``"<measure> normative <band>"``).  Volumes come from the ``volumes.tsv``
 next to each GA's files (what ``infanite atlas`` wrote) and, for GAs it lacks, from the dseg: voxel count ×
 voxel volume (|det| of the affine, mm³ → mL).
@@ -64,8 +64,8 @@ def tissue_volume_rows(files: Iterable[AtlasFiles], table: LabelTable) -> list:
     """One dict per GA, ascending: ``ga_weeks``, each tissue's abbreviation → mL, each measure → mL, and
     ``source`` ("volumes.tsv" or "dseg").  A GA takes its row of the ``volumes.tsv`` beside its dseg when that
     row has every tissue; otherwise the dseg is counted (voxel count × voxel volume)."""
-    from infanite.imageio import load_labels
-    from infanite.metrics import label_volumes_ml, measures_from_tissues
+    from infanite.io.images import load_labels
+    from infanite.evaluation.metrics import label_volumes_ml, measures_from_tissues
 
     abbrevs = {lab.value: lab.abbrev for lab in table.labels}
     tsv_cache: dict = {}
@@ -98,12 +98,12 @@ def _blend(color, amount: float) -> tuple:
 class TissueVolumePlot:
     """Table, chart and current-GA marker of a loaded atlas's tissue volumes (mL) against GA (weeks).
 
-    ``normative``: a CSV path or :class:`~infanite.normative.NormativeTable` (default: the built-in Ren et al.
+    ``normative``: a CSV path or :class:`~infanite.reference.normative.NormativeTable` (default: the built-in Ren et al.
     2022 table, as ``infanite atlas``).  ``series`` maps a table column to its plot series node.
     """
 
     def __init__(self, scene, loaded: LoadedAtlas, normative=None, name: str = "tissue volumes"):
-        from infanite.normative import open_normative
+        from infanite.reference.normative import open_normative
 
         self.scene = scene
         self.loaded = loaded
@@ -127,7 +127,7 @@ class TissueVolumePlot:
 
     def update(self) -> None:
         """(Re)compute the rows from the atlas's current items and refill the table; new series as needed."""
-        from infanite.normative import MEASURE_LABELS
+        from infanite.reference.normative import MEASURE_LABELS
 
         table = self.loaded.label_table
         self.rows = tissue_volume_rows(self.loaded.files.values(), table)
@@ -194,7 +194,7 @@ class TissueVolumePlot:
         return node
 
     def _measure_color(self, measure: str) -> tuple:
-        from infanite.normative import MEASURE_LABELS
+        from infanite.reference.normative import MEASURE_LABELS
 
         tissues = MEASURE_LABELS[measure]
         if len(tissues) == 1 and tissues[0] in self.tissues:

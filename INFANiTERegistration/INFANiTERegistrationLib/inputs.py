@@ -35,7 +35,7 @@ def manifest_from_nodes(stacks: list[StackInput], work_dir) -> Path:
     Checked before anything is written: at least one stack, a T2 volume with image data for each, a mask or a
     segmentation for each, GA (weeks) positive when given, and unique stack ids.  ``ValueError`` names the stack.
     """
-    from infanite.cohort import StackRecord, write_manifest
+    from infanite.io.cohort import StackRecord, write_manifest
 
     from INFANiTECommonLib.mrml import save_volume
 

@@ -63,14 +63,14 @@ class RegistrationReview:
     """The stacks of one registration run (``search_dir`` written by ``infanite register``) for review in ``scene``.
 
     ``manifest`` is the cohort TSV that was registered, ``templates`` the template folder (or ``"phantom"``),
-    ``options`` the :class:`infanite.register.RegisterOptions` of the run (grid spacing, template mode, weights),
+    ``options`` the :class:`infanite.registration.register.RegisterOptions` of the run (grid spacing, template mode, weights),
     which "Accept" reuses so that its files equal the command line's.
     """
 
     def __init__(self, scene, manifest, templates, search_dir, options=None):
-        from infanite.cohort import read_manifest
-        from infanite.register import RegisterOptions, open_library
-        from infanite.transforms_io import read_transforms_json, read_transforms_qc
+        from infanite.io.cohort import read_manifest
+        from infanite.registration.register import RegisterOptions, open_library
+        from infanite.io.transforms import read_transforms_json, read_transforms_qc
 
         self.scene = scene
         self.manifest = Path(manifest)
@@ -173,7 +173,7 @@ class RegistrationReview:
     def _fallback_pose(self, record) -> np.ndarray:
         """Start of a stack whose registration failed: mask centroid moved onto the template's brain centre."""
         from infanite.geometry import apply_matrix
-        from infanite.imageio import load_labels
+        from infanite.io.images import load_labels
 
         mask = load_labels(record.mask or record.seg)
         centroid = apply_matrix(mask.voxel_to_ras, np.argwhere(mask.array > 0)).mean(0)
@@ -302,8 +302,8 @@ class RegistrationReview:
         :meth:`finish_refine` when it has ended.  A refine of the same stack before is discarded."""
         import shutil
 
-        from infanite.cohort import write_manifest
-        from infanite.transforms_io import write_transforms_json
+        from infanite.io.cohort import write_manifest
+        from infanite.io.transforms import write_transforms_json
 
         from .inputs import registration_command
 
@@ -321,7 +321,7 @@ class RegistrationReview:
     def finish_refine(self, sid: str, work_dir) -> dict:
         """After :meth:`refine_command`'s process: apply its pose (transform node, QC, table); returns the stack's
         QC (``nmi`` …).  ``ValueError`` naming the folder when the process wrote no result (failed, cancelled)."""
-        from infanite.transforms_io import read_transforms_json, read_transforms_qc
+        from infanite.io.transforms import read_transforms_json, read_transforms_qc
 
         result = Path(work_dir) / sid / "out" / "transforms.json"
         poses = read_transforms_json(result) if result.is_file() else {}
@@ -337,8 +337,8 @@ class RegistrationReview:
         --fixed-transforms`` reads: ``out_dir/accepted_transforms.json`` (every stack accepted so far) and
         ``out_dir/accepted_input.tsv`` (their rows of the input manifest).  A stack accepted again is written again
         (its finished-marker is removed).  Returns ``(manifest, transforms_json)``."""
-        from infanite.cohort import write_manifest
-        from infanite.transforms_io import write_transforms_json
+        from infanite.io.cohort import write_manifest
+        from infanite.io.transforms import write_transforms_json
 
         sids = list(sids)
         unknown = [s for s in sids if s not in self._stacks]

@@ -1,6 +1,6 @@
 """The training cohort (a ``registered.tsv``) as a ``vtkMRMLTableNode``: one row per stack, its problems in the row.
 
-Problems come from the core's checks (:func:`infanite.cohort.read_manifest`, :func:`~infanite.cohort.
+Problems come from the core's checks (:func:`infanite.io.cohort.read_manifest`, :func:`~infanite.io.cohort.
 validate_images`), plus a check that each ``Weight`` map exists.  Rows the core cannot parse are shown too, with
 their error, so the user sees every stack of the file.  A problem of the whole file (missing file, missing column)
 is in :attr:`CohortSummary.errors`.
@@ -69,8 +69,8 @@ class CohortSummary:
 
 
 def _raw_rows(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
-    """Header and ``(line, cells)`` of every data row, numbered as :func:`infanite.cohort.read_manifest` does."""
-    from infanite.cohort import manifest_rows
+    """Header and ``(line, cells)`` of every data row, numbered as :func:`infanite.io.cohort.read_manifest` does."""
+    from infanite.io.cohort import manifest_rows
 
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -83,7 +83,7 @@ def _raw_rows(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
 
 def read_cohort(manifest, check_images: bool = True, ga_range=(21.0, 39.0)) -> CohortSummary:
     """Read and check ``manifest`` (``check_images``: open every image, as training will; GA range in weeks)."""
-    from infanite.cohort import Problem, check_ages, read_manifest, subject_from_id, validate_images
+    from infanite.io.cohort import Problem, check_ages, read_manifest, subject_from_id, validate_images
     from infanite.labels import default_label_table
 
     path = Path(os.path.abspath(manifest))

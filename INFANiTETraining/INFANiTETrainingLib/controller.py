@@ -24,7 +24,7 @@ IDLE, RUNNING, CANCELLING, FINISHED, FAILED, CANCELLED = \
     "idle", "running", "cancelling", "finished", "failed", "cancelled"
 STATES = (IDLE, RUNNING, CANCELLING, FINISHED, FAILED, CANCELLED)
 LOSS_COLUMNS = ("loss", "loss_intensity", "loss_seg")
-CHECKPOINT = "checkpoint.pt"       # as infanite.train (not imported: it imports torch)
+CHECKPOINT = "checkpoint.pt"       # as infanite.inr.train (not imported: it imports torch)
 STOP_FILE = "STOP"
 TRAIN_LOG = "train_log.jsonl"
 #: name and attribute of the node holding a run's state (``ModuleName`` is left to the module's own parameter

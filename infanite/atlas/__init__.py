@@ -1,0 +1,1 @@
+"""Atlas generation from a trained run: kernel regression, prediction, labels, outputs."""

@@ -1,0 +1,1 @@
+"""Atlas quality: metrics, comparison with a reference, subject consistency, baselines."""

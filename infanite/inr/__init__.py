@@ -1,0 +1,1 @@
+"""The implicit neural representation: model, packed training data, training loop, config."""

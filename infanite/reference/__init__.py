@@ -1,0 +1,1 @@
+"""Reference anatomy: template libraries and their download, the phantom, normative volumes."""

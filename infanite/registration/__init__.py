@@ -1,0 +1,1 @@
+"""Slice-to-template registration: orientation search, rigid NMI, observed-voxel maps, QC."""

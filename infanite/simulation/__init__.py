@@ -1,0 +1,1 @@
+"""Thick-slice stack simulation with exact ground truth."""
