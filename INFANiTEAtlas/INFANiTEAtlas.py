@@ -152,7 +152,8 @@ class INFANiTEAtlasWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget
             self.showAtlas()
 
     def onExport(self):
-        existing = [str(path) for path in self.logic.exportPaths(self.logic.getParameterNode()).values() if path.exists()]
+        paths = self.logic.exportPaths(self.logic.getParameterNode()).values()
+        existing = [str(path) for path in paths if path.exists()]
         question = "These files already exist:\n\n" + "\n".join(existing) + "\n\nReplace them?"
         if not existing or slicer.util.confirmYesNoDisplay(question, "INFANiTE atlas: export"):
             self.logic.export(self.logic.getParameterNode(), overwrite=bool(existing))
@@ -316,7 +317,7 @@ class INFANiTEAtlasTest(ScriptedLoadableModuleTest):
 
     def test_open_browse_export(self):
         import numpy as np
-        from infanite.atlas.generate import atlas_filenames
+        from infanite.io.layout import atlas_filenames
         from infanite.io.images import load_labels, load_nifti
 
         work = pathlib.Path(slicer.util.tempDirectory())

@@ -1,7 +1,6 @@
 """The part of the module logics that owns one background process (no Qt): start, running?, poll, cancel, shutdown."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 
@@ -27,22 +26,22 @@ class BackgroundProcessLogicMixin:
     def isRunning(self) -> bool:
         return self.process is not None and self.process.running
 
-    def startProcess(self, command, onProgress=None, onFinished=None, stopFile=None, env=None, cwd=None):
-        """Start ``command`` (a list: ``python -m infanite …``) as the logic's background process.
+    def startProcess(self, command, onProgress=None, onFinished=None, stopFile=None, env=None, cwd=None, onLog=None):
+        """Start ``command`` (a list: ``python -m infanite …``) as the logic's background process (every module
+        starts its children here; the Training module's controller through it too).
 
         ``onProgress(event)`` gets each JSON progress line and ``onFinished(returncode, cancelled, lastLines)``
-        the end, both from :meth:`poll` (the GUI timer); other output lines go to the application log.
-        ``stopFile``: the file that asks the command to stop gracefully (created by :meth:`cancel`).  ``env``:
-        the child's environment (default :func:`~INFANiTECommonLib.process.infanite_env`).  ``RuntimeError``
-        while another process of this logic runs."""
-        from INFANiTECommonLib.process import BackgroundProcess, infanite_env
+        the end, both from :meth:`poll` (the GUI timer); other output lines go to ``onLog`` (default: the
+        application log).  ``stopFile``: the file that asks the command to stop gracefully (created by
+        :meth:`cancel`).  ``env``: the child's environment (default
+        :func:`~INFANiTECommonLib.process.infanite_env`).  ``RuntimeError`` while another process of this logic
+        runs."""
+        from INFANiTECommonLib.process import start_process
 
         if self.isRunning():
             raise RuntimeError("another INFANiTE process of this module is running; cancel it or wait for its end")
-        factory = self.processFactory or BackgroundProcess
-        self.process = factory(command, cwd=cwd, env=infanite_env() if env is None else env,
-                               on_progress=onProgress, on_log=logging.info, on_finished=onFinished,
-                               stop_file=stopFile).start()
+        self.process = start_process(command, onProgress, onFinished, stopFile, env, cwd, onLog,
+                                     factory=self.processFactory)
         return self.process
 
     def poll(self) -> bool:

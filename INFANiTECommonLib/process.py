@@ -17,7 +17,7 @@ child, so killing the direct child alone would leave an orphan; the group kill d
 Usage::
 
     proc = BackgroundProcess(python_command(["train", "--manifest", m, "--out", run, "--progress-json", "-"]),
-                             env=infanite_env(), on_progress=show, on_log=print, stop_file=run / "STOP")
+                             env=infanite_env(), on_progress=show, on_log=print, stop_file=run / STOP_FILE)
     proc.start()
     timer.timeout.connect(proc.poll)          # Qt; a script calls proc.wait() instead
 """
@@ -127,6 +127,17 @@ def parse_progress(line: str) -> dict | None:
     except ValueError:
         return None
     return record if isinstance(record, dict) and "stage" in record else None
+
+
+def start_process(command, onProgress=None, onFinished=None, stopFile=None, env=None, cwd=None, onLog=None,
+                  factory=None) -> "BackgroundProcess":
+    """Start ``command`` as a :class:`BackgroundProcess` (``factory``, default that class) and return it: the one
+    way the modules start a child.  ``onProgress(event)``, ``onLog(line)`` (default: the application log) and
+    ``onFinished(returncode, cancelled, lastLines)`` are called from its ``poll``; ``stopFile`` asks it to stop
+    gracefully; ``env`` defaults to :func:`infanite_env`."""
+    factory = factory or BackgroundProcess
+    return factory(command, cwd=cwd, env=infanite_env() if env is None else env, on_progress=onProgress,
+                   on_log=onLog or logging.info, on_finished=onFinished, stop_file=stopFile).start()
 
 
 class BackgroundProcess:

@@ -3,7 +3,6 @@
 The module wires a widget to :mod:`INFANiTERegistrationLib` (MRML-level, tested with slicer-core) and to the core
 package ``infanite`` (run as ``python -m infanite register`` in a background process).
 """
-import logging
 import pathlib
 from typing import Annotated
 
@@ -186,24 +185,18 @@ class INFANiTERegistrationLogic(BackgroundProcessLogicMixin, ScriptedLoadableMod
         return INFANiTERegistrationParameterNode(super().getParameterNode())
 
     def addInputStack(self, p):
-        if p.t2Volume is None or (p.maskVolume is None and p.segVolume is None):
-            raise ValueError("select a T2 stack and its brain mask or tissue segmentation first")
-        ids = [p.t2Volume.GetID(), p.maskVolume.GetID() if p.maskVolume else "",
-               p.segVolume.GetID() if p.segVolume else "", f"{p.gaWeeks:g}" if p.gaWeeks > 0 else ""]
-        p.inputStacks = list(p.inputStacks) + ["|".join(ids)]
+        from INFANiTERegistrationLib import StackEntry
+
+        entry = StackEntry.from_nodes(p.t2Volume, p.maskVolume, p.segVolume, p.gaWeeks)
+        p.inputStacks = list(p.inputStacks) + [entry.to_parameter()]
 
     def manifest(self, p):
         """The cohort TSV to register: the given one, or one written from the stacks added as nodes."""
-        from INFANiTERegistrationLib import StackInput, manifest_from_nodes
+        from INFANiTERegistrationLib import StackEntry, manifest_from_nodes
 
         if given_path(p.manifestPath):
             return p.manifestPath
-        node = slicer.mrmlScene.GetNodeByID
-        stacks = []
-        for spec in p.inputStacks:
-            t2, mask, seg, ga = (spec.split("|") + ["", "", "", ""])[:4]
-            stacks.append(StackInput(node(t2), node(mask) if mask else None, node(seg) if seg else None,
-                                     float(ga) if ga else None))
+        stacks = [StackEntry.from_parameter(text).stack_input(slicer.mrmlScene) for text in p.inputStacks]
         return manifest_from_nodes(stacks, self._output(p))
 
     @staticmethod
@@ -370,6 +363,8 @@ class INFANiTERegistrationTest(ScriptedLoadableModuleTest):
         self.assertEqual(logic.finishAccept(p), [])
         self._wait(logic.startAcceptAll(p))
         self.assertEqual(logic.finishAccept(p), [])
-        self.assertTrue((work / "out" / "registered.tsv").is_file())
+        from infanite.io.layout import REGISTERED
+
+        self.assertTrue((work / "out" / REGISTERED).is_file())
         self.assertTrue(np.isfinite(review.rows()[0].nmi))
         self.delayDisplay("INFANiTERegistration test passed")

@@ -16,7 +16,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from INFANiTECommonLib.logic import given_path
+from INFANiTECommonLib.logic import BackgroundProcessLogicMixin, given_path
 from INFANiTECommonLib.widget import ParameterNodeWidgetMixin
 from INFANiTETrainingLib import (CANCELLED, CANCELLING, FAILED, FINISHED, IDLE, RUNNING, TrainingController,
                                  TrainingParameters, cohort_table_node, device_detection_command, devices_from_event,
@@ -86,10 +86,8 @@ class INFANiTETrainingWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWid
 
     def enter(self):
         ParameterNodeWidgetMixin.enter(self)
-        if self.ui.deviceComboBox.count == 0 and not self.logic.detectingDevices():   # once, in the background
-            self._run(lambda: self.logic.detectDevices(self.fillDevices, python=given_path(
-                self.logic.getParameterNode().pythonExecutable)))
-            self._timer.start()
+        if self.ui.deviceComboBox.count == 0 and not self.logic.isRunning():   # once, in the background
+            self._run(lambda: self.startInBackground(self.logic.detectDevices, self.onDevices))
 
     def onSceneStartClose(self, caller, event):
         self.logic.cancel()
@@ -98,6 +96,11 @@ class INFANiTETrainingWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWid
     def _setParameter(self, name, value):
         if self._parameterNode is not None and getattr(self._parameterNode, name) != value:
             setattr(self._parameterNode, name, value)
+
+    def onDevices(self, event):
+        detected = devices_from_event(event)
+        if detected is not None:
+            self.fillDevices(*detected)
 
     def fillDevices(self, devices, description):
         p = self.logic.getParameterNode()
@@ -166,67 +169,75 @@ class INFANiTETrainingWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWid
             self.ui.progressBar.format = "cancelled"
 
 
-class INFANiTETrainingLogic(ScriptedLoadableModuleLogic):
-    """GUI-free logic: every method takes the parameter node and values; the run is a TrainingController's."""
+class INFANiTETrainingLogic(BackgroundProcessLogicMixin, ScriptedLoadableModuleLogic):
+    """GUI-free logic: every method takes the parameter node and values; the run is a TrainingController's, whose
+    child (like the device detection's) starts through this logic's ``startProcess``."""
 
     def __init__(self, processFactory=None):
         ScriptedLoadableModuleLogic.__init__(self)
         self.processFactory = processFactory
+        self.process = None
         self.controller = None
-        self.deviceProcess = None
         self.devices = []
 
     def getParameterNode(self):
         return INFANiTETrainingParameterNode(super().getParameterNode())
 
     def isRunning(self):
-        return self.controller is not None and self.controller.running
+        """True while the training or the device detection runs."""
+        return BackgroundProcessLogicMixin.isRunning(self)
 
     def state(self):
         return self.controller.state if self.controller is not None else IDLE
 
+    def training(self):
+        """True while a training run is the logic's process."""
+        return self.controller is not None and self.controller.running and self.process is self.controller.process
+
     def poll(self):
-        detecting = self.deviceProcess.poll() if self.deviceProcess is not None else False
-        training = self.controller.poll() if self.controller is not None else False
-        return detecting or training
+        if self.training():
+            return self.controller.poll()             # batches the MRML updates of one poll
+        return BackgroundProcessLogicMixin.poll(self)
 
     def cancel(self):
-        if self.controller is not None:
-            self.controller.cancel()
+        if self.training():
+            self.controller.cancel()                  # checkpoint first, then the tree
+        else:
+            BackgroundProcessLogicMixin.cancel(self)
 
     def shutdown(self):
         """Slicer exits: the training saves a checkpoint if it can within a few seconds, then its tree is killed."""
-        if self.deviceProcess is not None and self.deviceProcess.running:
-            self.deviceProcess.cancel(grace_s=0.0)
-        if self.controller is not None:
+        if self.training():
             self.controller.shutdown()
+        else:
+            BackgroundProcessLogicMixin.shutdown(self)
 
-    def detectingDevices(self):
-        return self.deviceProcess is not None and self.deviceProcess.running
-
-    def detectDevices(self, onDetected, python=None):
-        """``python -m infanite devices`` in a background process (PyTorch and CUDA start there, not in Slicer);
-        ``onDetected(devices, description)`` from :meth:`poll` when it has answered."""
-        from INFANiTECommonLib.process import BackgroundProcess, infanite_env
+    def detectDevices(self, p, onProgress=None, onFinished=None):
+        """``python -m infanite devices`` (with ``p.pythonExecutable`` when set) in a background process: PyTorch
+        and CUDA start there, not in Slicer.  Its event reaches ``onProgress`` (see ``devices_from_event``) and
+        :attr:`devices` keeps what it found."""
+        from INFANiTECommonLib.process import infanite_env
 
         def found(event):
             detected = devices_from_event(event)
             if detected is not None:
                 self.devices = detected[0]
-                onDetected(*detected)
+            if onProgress is not None:
+                onProgress(event)
 
+        python = given_path(p.pythonExecutable)
         command = device_detection_command(str(python) if python else None)
         env = infanite_env(python=command[0], startup_environment=slicer.util.startupEnvironment)
-        self.deviceProcess = (self.processFactory or BackgroundProcess)(
-            command, env=env, on_progress=found, on_log=logging.info).start()
-        return self.deviceProcess
+        return self.startProcess(command, onProgress=found, onFinished=onFinished or (lambda *args: None), env=env)
 
     def lastError(self):
         return self.controller.parameter_node.GetParameter("LastError") if self.controller is not None else ""
 
     def hasCheckpoint(self, p):
         output = given_path(p.outputPath) if p is not None else None
-        return output is not None and (output / "checkpoint.pt").is_file()      # as TrainingController writes
+        from infanite.io.layout import CHECKPOINT
+
+        return output is not None and (output / CHECKPOINT).is_file()
 
     @staticmethod
     def _required(value, what):
@@ -270,9 +281,8 @@ class INFANiTETrainingLogic(ScriptedLoadableModuleLogic):
         stale = self.controller is not None and not self.controller.running and \
             not slicer.mrmlScene.IsNodePresent(self.controller.parameter_node)
         if self.controller is None or stale:
-            kwargs = {"process_factory": self.processFactory} if self.processFactory is not None else {}
-            self.controller = TrainingController(slicer.mrmlScene, startup_environment=slicer.util.startupEnvironment,
-                                                 **kwargs)
+            self.controller = TrainingController(slicer.mrmlScene, start_process=self.startProcess,
+                                                 startup_environment=slicer.util.startupEnvironment)
         return self.controller
 
     def start(self, p, **callbacks):
@@ -301,7 +311,6 @@ class INFANiTETrainingLogic(ScriptedLoadableModuleLogic):
         p.lossPlotView = controller.plot.view_node(p.lossPlotView)      # not replaced by other modules' charts
         p.status = f"{'resumed' if resume else 'training'} on {device} → {controller.out_dir}"
         return process
-
 
     def _onState(self, p, state, callback):
         node = self.controller.parameter_node
@@ -366,7 +375,6 @@ class INFANiTETrainingTest(ScriptedLoadableModuleTest):
         self.assertFalse(logic.isRunning())
         self.assertGreater(logic.controller.loss_table_node.GetNumberOfRows(), 0)
         self.assertEqual(p.lossPlotView.GetPlotChartNodeID(), logic.controller.loss_chart_node.GetID())
-        self.assertTrue((work / "run" / "checkpoint.pt").is_file())
         self.assertTrue(logic.hasCheckpoint(p))
         self.assertTrue(p.status.startswith("finished"), p.status)
         with self.assertRaises(ValueError):                # a finished run has nothing to resume

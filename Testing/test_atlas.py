@@ -1,7 +1,6 @@
 """Atlas generation: GA kernel regression, atlas grid geometry, label cleaning, end to end on a tiny trained run."""
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import shutil
@@ -12,15 +11,20 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from infanite.atlas.generate import (MANIFEST, add_arguments, atlas_filenames, atlas_grid, clean_labels, command,
-                                     ga_list, generate, gkr_weights, load_run, predict_grid, regress_latent)
+from infanite.atlas.generate import ga_list, generate
+from infanite.cli.atlas import run as command
+from infanite.cli.main import build_parser
+from infanite.atlas.kernel import gkr_weights, regress_latent
+from infanite.atlas.labels import clean_labels
+from infanite.atlas.predict import atlas_grid, load_run, predict_grid
+from infanite.io.layout import atlas_filenames, ATLAS_MANIFEST
 from infanite.geometry import apply_matrix, direction_cosines, rotation_matrix, voxel_spacing
 from infanite.io.images import Grid, load_labels, load_nifti
 from infanite.reference.normative import MEASURE_LABELS
 from infanite.reference.phantom import make_phantom
 from infanite.io.resample import resample
 from infanite.inr.train import build_model, train
-from infanite.inr.config import load_train_config
+from infanite.inr.config_loading import load_train_config
 
 TINY = ["inr_decoder.hidden_size=64", "inr_decoder.num_hidden_layers=3", "inr_decoder.modulated_layers=[1,3]",
         "inr_decoder.latent_dim=[16,3,3,3]", "n_samples=2000", "epochs.train=2", "checkpoint_every=10",
@@ -261,7 +265,7 @@ def test_atlas_files_labels_and_overlap_with_the_template(trained, atlas):
     assert row["TBV"] == pytest.approx(sum(row[a] for a in MEASURE_LABELS["TBV"]), abs=0.01)
     for png in ("growth.png", "montage.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    manifest = json.loads((out / MANIFEST).read_text())
+    manifest = json.loads((out / ATLAS_MANIFEST).read_text())
     assert manifest["status"] == "complete" and list(manifest["ga"]) == ["27.5", "28.5"]
     assert manifest["checkpoint"]["global_step"] == 150 and manifest["spacing_mm"] == [3.0, 3.0, 3.0]
     entry = manifest["ga"]["28.5"]
@@ -303,7 +307,7 @@ def test_a_different_atlas_in_the_output_folder_is_refused(trained, atlas, tmp_p
     assert result["generated"] == ["28.0"]
     assert sorted(p.name for p in out.glob("atlas_ga-*")) == ["atlas_ga-28.0_T2w.nii.gz",
                                                               "atlas_ga-28.0_dseg.nii.gz"]
-    assert json.loads((out / MANIFEST).read_text())["run_dir"] == str(other.resolve())
+    assert json.loads((out / ATLAS_MANIFEST).read_text())["run_dir"] == str(other.resolve())
 
 
 def test_unfinished_or_incomplete_runs_are_refused(trained, tmp_path):
@@ -322,7 +326,7 @@ def test_unfinished_or_incomplete_runs_are_refused(trained, tmp_path):
 # ------------------------------------------------------------------------------------------------ command line
 
 def parse(argv):
-    return add_arguments(argparse.ArgumentParser()).parse_args(argv)
+    return build_parser().parse_args(["atlas", *argv])
 
 
 def test_ga_range_is_inclusive():
@@ -357,6 +361,6 @@ def test_command_writes_an_atlas_with_probabilities_and_progress(tmp_path, capsy
     assert p.min() >= 0 and p.sum(-1).max() <= 1 + 1e-5
     records = [json.loads(line) for line in events.read_text().splitlines()]
     assert records[0]["stage"] == "atlas" and records[-1]["step"] == records[-1]["total"]
-    manifest = json.loads((tmp_path / "atlas" / MANIFEST).read_text())
+    manifest = json.loads((tmp_path / "atlas" / ATLAS_MANIFEST).read_text())
     assert list(manifest["ga"]) == ["26.0", "28.0"]
     assert manifest["ga"]["28.0"]["weights"] == {"s1": 1.0} or manifest["ga"]["28.0"]["weights"]["s1"] > 0.99

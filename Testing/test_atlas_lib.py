@@ -16,12 +16,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from infanite.atlas.generate import (GROWTH, MANIFEST, MANIFEST_FORMAT, MONTAGE, VOLUMES, _write_volumes, add_arguments,
-                                     atlas_filenames, label_abbrevs)
+from infanite.cli.main import build_parser
+from infanite.atlas.labels import label_abbrevs
+from infanite.atlas.outputs import write_volumes
+from infanite.io.layout import atlas_filenames, ATLAS_MANIFEST, ATLAS_MANIFEST_FORMAT, GROWTH, MONTAGE, VOLUMES
 from infanite.geometry import rotation_matrix
-from infanite.io.images import Volume, atomic_write_text, save_nifti
+from infanite.io.atomic import atomic_write_text
+from infanite.io.images import Volume, save_nifti
 from infanite.labels import default_label_table
-from infanite.evaluation.metrics import label_volumes_ml, measures_from_tissues
+from infanite.reference.volumes import label_volumes_ml, measures_from_tissues
 from infanite.reference.normative import MEASURE_LABELS, ren2022
 
 pytestmark = pytest.mark.slicer
@@ -89,9 +92,9 @@ def write_atlas(folder, gas=GAS) -> dict:
     abbrevs = label_abbrevs(LABELS)
     rows = [{"ga_weeks": e["ga_weeks"], **e["volumes_ml"]} for e in entries.values()]
     columns = list(abbrevs.values()) + [m for m in MEASURE_LABELS if m in rows[0]]
-    _write_volumes(folder, rows, columns)
+    write_volumes(folder, rows, columns)
     identity = {"checkpoint_sha256": "0" * 64, "spacing_mm": [SPACING_MM] * 3, "sigma_weeks": 0.5, "top_k": None}
-    manifest = {"format": MANIFEST_FORMAT, "status": "complete", "identity": identity,
+    manifest = {"format": ATLAS_MANIFEST_FORMAT, "status": "complete", "identity": identity,
                 "run_dir": str(folder.parent / "run"),
                 "checkpoint": {"global_step": 10, "total_steps": 10, "sha256": "0" * 64},
                 "spacing_mm": identity["spacing_mm"], "sigma_weeks": 0.5, "top_k": None,
@@ -99,7 +102,7 @@ def write_atlas(folder, gas=GAS) -> dict:
                 "probseg_labels": LABELS, "stack_ga_range_weeks": [min(gas), max(gas)],
                 "normative": ren2022().source, "ga": entries, "volumes": VOLUMES, "growth": GROWTH,
                 "montage": MONTAGE}
-    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=1))
+    atomic_write_text(folder / ATLAS_MANIFEST, json.dumps(manifest, indent=1))
     return manifest
 
 
@@ -178,7 +181,7 @@ def test_sequences_are_synchronised_in_one_browser_with_a_numeric_ga_index(mrml,
     # no temporary item node is left in the scene: the only volume and segmentation are the proxies
     assert count(scene, "vtkMRMLScalarVolumeNode") == 1 and count(scene, "vtkMRMLSegmentationNode") == 1
     assert count(scene, "vtkMRMLLabelMapVolumeNode") == 0
-    assert sorted(loaded.files) == list(GAS) and loaded.manifest["format"] == MANIFEST_FORMAT
+    assert sorted(loaded.files) == list(GAS) and loaded.manifest["format"] == ATLAS_MANIFEST_FORMAT
 
 
 def test_selecting_a_ga_shows_its_voxels_labels_and_file_geometry(mrml, atlas_dir):
@@ -365,12 +368,19 @@ def test_current_ga_marker_follows_the_browser(mrml, atlas_dir):
 # ------------------------------------------------------------------------------------------------ exact GA
 
 def parse_atlas_args(argv):
-    import argparse
-
-    return add_arguments(argparse.ArgumentParser()).parse_args(argv)
+    return build_parser().parse_args(["atlas", *argv])
 
 
-def test_exact_ga_command_is_a_valid_infanite_atlas_command_line(tmp_path):
+def _refused(command, capsys) -> str:
+    """Run an ``infanite atlas`` command line in this process; it must exit 2; returns what it printed on stderr."""
+    from infanite.cli.main import main
+
+    assert command[1:3] == ["-m", "infanite"]
+    assert main(command[3:]) == 2
+    return capsys.readouterr().err
+
+
+def test_exact_ga_command_is_a_valid_infanite_atlas_command_line(tmp_path, capsys):
     from INFANiTEAtlasLib import exact_ga_command
 
     args = exact_ga_command(tmp_path / "run", 27.25, tmp_path / "out", spacing_mm=1.6, device="cuda:0",
@@ -380,10 +390,10 @@ def test_exact_ga_command_is_a_valid_infanite_atlas_command_line(tmp_path):
     assert parsed.run == str(tmp_path / "run") and parsed.out == str(tmp_path / "out")
     assert parsed.ga == [27.2] or parsed.ga == [27.3]      # rounded to the 0.1 week of atlas file names
     assert parsed.spacing == 1.6 and parsed.device == "cuda:0" and parsed.progress_json == "-"
-    with pytest.raises(ValueError, match="outside"):
-        exact_ga_command(tmp_path / "run", 70, tmp_path / "out")
-    with pytest.raises(ValueError, match="spacing"):
-        exact_ga_command(tmp_path / "run", 28, tmp_path / "out", spacing_mm=0)
+    # bad values are refused by 'infanite atlas' itself, before any work (the module shows its one-line reason)
+    assert "outside" in _refused(exact_ga_command(tmp_path / "run", 70, tmp_path / "out"), capsys)
+    assert "spacing" in _refused(exact_ga_command(tmp_path / "run", 28, tmp_path / "out", spacing_mm=0), capsys)
+    assert not (tmp_path / "out").exists()
 
 
 def test_generated_ga_is_inserted_in_numeric_order_and_replaces_an_existing_one(mrml, atlas_dir, tmp_path):
@@ -421,7 +431,7 @@ def test_exact_ga_generated_by_infanite_atlas_is_added(mrml, atlas_dir, tmp_path
     torch = pytest.importorskip("torch")
     from infanite.cli.main import main
     from infanite.inr.train import build_model
-    from infanite.inr.config import load_train_config
+    from infanite.inr.config_loading import load_train_config
     from INFANiTEAtlasLib import add_generated_ga, exact_ga_command, load_atlas
 
     tiny = ["inr_decoder.hidden_size=32", "inr_decoder.num_hidden_layers=2", "inr_decoder.modulated_layers=[1]",
@@ -520,7 +530,7 @@ def test_bad_atlas_folders_are_refused_naming_the_file(mrml, atlas_dir, tmp_path
         return folder
 
     lonely = variant("lonely")                                  # no manifest, a T2w without its dseg
-    (lonely / MANIFEST).unlink()
+    (lonely / ATLAS_MANIFEST).unlink()
     (lonely / atlas_filenames(26.5)["dseg"]).unlink()
     with pytest.raises(ValueError, match="atlas_ga-26.5_T2w.nii.gz: no matching dseg"):
         load_atlas(scene, lonely)
@@ -545,7 +555,7 @@ def test_bad_atlas_folders_are_refused_naming_the_file(mrml, atlas_dir, tmp_path
     with pytest.raises(ValueError, match=r"atlas_ga-30.0_dseg.nii.gz: label values \[12\]"):
         load_atlas(scene, foreign)
     broken = variant("broken")                                  # an unreadable manifest
-    (broken / MANIFEST).write_text("{ not json")
+    (broken / ATLAS_MANIFEST).write_text("{ not json")
     with pytest.raises(ValueError, match="atlas_manifest.json: unreadable"):
         load_atlas(scene, broken)
     # nothing of the failed loads is left in the scene
@@ -554,7 +564,7 @@ def test_bad_atlas_folders_are_refused_naming_the_file(mrml, atlas_dir, tmp_path
 
 # ------------------------------------------------------------------------------------------------ module helpers
 
-def test_atlas_range_command_is_a_valid_infanite_atlas_command_line(tmp_path):
+def test_atlas_range_command_is_a_valid_infanite_atlas_command_line(tmp_path, capsys):
     from infanite.atlas.generate import ga_list
     from INFANiTEAtlasLib import atlas_range_command
 
@@ -567,14 +577,12 @@ def test_atlas_range_command_is_a_valid_infanite_atlas_command_line(tmp_path):
     assert parsed.device == "cuda" and parsed.progress_json == "-"
     assert ga_list(ga_range=parsed.ga_range, ga_step=parsed.ga_step) == [21.0, 21.5, 22.0, 22.5, 23.0, 23.5, 24.0,
                                                                         24.5]
-    with pytest.raises(ValueError, match="after STOP"):
-        atlas_range_command(tmp_path, 30, 25, 1, tmp_path)
-    with pytest.raises(ValueError, match="ga-step"):
-        atlas_range_command(tmp_path, 25, 30, 0, tmp_path)
-    with pytest.raises(ValueError, match="outside"):
-        atlas_range_command(tmp_path, 5, 30, 1, tmp_path)
-    with pytest.raises(ValueError, match="spacing"):
-        atlas_range_command(tmp_path, 25, 30, 1, tmp_path, spacing_mm=-1)
+    out = tmp_path / "atlas"
+    assert "after STOP" in _refused(atlas_range_command(tmp_path, 30, 25, 1, out), capsys)
+    assert "ga-step" in _refused(atlas_range_command(tmp_path, 25, 30, 0, out), capsys)
+    assert "outside" in _refused(atlas_range_command(tmp_path, 5, 30, 1, out), capsys)
+    assert "spacing" in _refused(atlas_range_command(tmp_path, 25, 30, 1, out, spacing_mm=-1), capsys)
+    assert not out.exists()
 
 
 def test_exact_ga_target_keeps_the_atlas_grid_and_adds_to_its_own_run_only(mrml, atlas_dir, tmp_path):

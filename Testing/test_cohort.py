@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from infanite.cli.main import main
-from infanite.io.cohort import ManifestError, Problem, StackRecord, load_cohort, read_manifest, write_manifest
+from infanite.io.cohort import read_manifest, write_manifest, ManifestError, Problem, StackRecord
+from infanite.io.cohort_checks import load_cohort
 
 SHAPE = (12, 12, 6)
 AFFINE = np.diag([1.0, 1.0, 3.0, 1.0])

@@ -2,7 +2,6 @@
 atlas, subject consistency against registered phantom stacks, and bad input (exit code 2 before any work)."""
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import shutil
@@ -11,9 +10,12 @@ import numpy as np
 import pytest
 
 from infanite.evaluation import metrics
-from infanite.evaluation.against_reference import (METRICS_JSON, METRICS_MD, EvaluationInputError, add_arguments,
-                                                   atlas_file_name, command, evaluate_atlas,
-                                                   evaluate_subject_consistency)
+from infanite.cli.evaluate import run as command
+from infanite.cli.main import build_parser
+from infanite.evaluation.against_reference import evaluate_atlas
+from infanite.evaluation.inputs import EvaluationInputError
+from infanite.evaluation.subject_consistency import evaluate_subject_consistency
+from infanite.io.layout import atlas_file_name, METRICS_JSON, METRICS_MD
 from infanite.geometry import rigid_matrix, rotation_matrix
 from infanite.io.images import Volume, save_nifti
 from infanite.registration.orientation import pose_distance
@@ -192,9 +194,7 @@ def test_subject_consistency_registers_the_atlas_to_each_stack(phantom_atlas, re
 
 
 def _args(*argv):
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return parser.parse_args(list(argv))
+    return build_parser().parse_args(["evaluate", *argv])
 
 
 def test_command_reports_a_missing_folder(phantom_atlas, tmp_path, capsys):

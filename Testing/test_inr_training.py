@@ -15,7 +15,7 @@ import torch
 from infanite.inr.data import pack_cohort, psf_jitter, weighted_loss
 from infanite.inr.model import ModulatedSiren, interpolate_latents, interpolate_latents_naive
 from infanite.inr.train import train
-from infanite.inr.config import load_train_config
+from infanite.inr.config_loading import load_train_config
 
 TINY = ["inr_decoder.hidden_size=64", "inr_decoder.num_hidden_layers=3", "inr_decoder.modulated_layers=[1,3]",
         "inr_decoder.latent_dim=[16,3,3,3]", "n_samples=2000", "epochs.train=2", "checkpoint_every=10",
@@ -147,6 +147,12 @@ def test_resume_after_kill_reproduces_the_loss_curve(registered, tmp_path):
     np.testing.assert_allclose(resumed, full, rtol=1e-6, atol=1e-7)
 
 
+def _complete_lines(path) -> list[str]:
+    """The lines of a file another process is appending to, without a last line still being written."""
+    text = path.read_text() if path.exists() else ""
+    return text[:text.rfind("\n") + 1].splitlines()
+
+
 def test_kill_9_mid_epoch_then_resume_reproduces_the_loss_curve(registered, tmp_path):
     """A real SIGKILL of ``python -m infanite train``, then ``--resume``: the losses equal an uninterrupted run."""
     overrides = TINY + ["max_steps=400", "epochs.train=50"]
@@ -158,13 +164,13 @@ def test_kill_9_mid_epoch_then_resume_reproduces_the_loss_curve(registered, tmp_
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        lines = events.read_text().splitlines() if events.exists() else []
+        lines = _complete_lines(events)
         if lines and json.loads(lines[-1])["step"] >= 15:
             break
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, proc.stderr.read().decode()
-    record = json.loads(events.read_text().splitlines()[-1])
+    record = json.loads(_complete_lines(events)[-1])
     assert {"loss", "loss_intensity", "loss_seg", "samples_per_s", "memory_mb", "eta_s", "epoch"} <= set(record)
     checkpoint_step = torch.load(run / "checkpoint.pt", weights_only=True)["global_step"]
     assert 10 <= checkpoint_step < 60 and checkpoint_step % 10 == 0

@@ -8,7 +8,8 @@ import pytest
 from infanite.registration import observed as obs_mod
 from infanite.geometry import apply_matrix, random_rotation, rigid_matrix, world_to_voxel
 from infanite.io.images import Grid
-from infanite.registration.observed import observed_map, reference_mask_sample_name, slice_axis, weight_map
+from infanite.io.layout import reference_mask_sample_name
+from infanite.registration.observed import observed_map, slice_axis, weight_map
 
 
 def affine(linear, origin) -> np.ndarray:

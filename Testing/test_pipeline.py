@@ -6,7 +6,8 @@ import json
 import pytest
 
 from infanite.cli.main import main
-from infanite.pipeline import default_atlas_weeks, default_overrides, run_pipeline
+from infanite.inr.config import default_overrides
+from infanite.pipeline.run import default_atlas_weeks, run_pipeline
 from infanite.registration.register import RegisterOptions
 from infanite.registration.stack import RegistrationSettings
 

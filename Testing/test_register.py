@@ -11,7 +11,8 @@ import pytest
 
 import infanite.registration.register as register_module
 from infanite.cli.main import main
-from infanite.io.cohort import ManifestError, load_cohort
+from infanite.io.cohort import ManifestError
+from infanite.io.cohort_checks import load_cohort
 from infanite.io.images import load_nifti, save_nifti
 from infanite.registration.orientation import pose_distance
 from infanite.reference.phantom import make_phantom

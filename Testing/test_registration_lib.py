@@ -383,3 +383,29 @@ def test_stacks_loaded_by_slicer_are_written_with_their_world_geometry(mrml, mia
         same_world = resample(copy, original.grid, None, "nearest")
         np.testing.assert_array_equal(same_world.array, original.array)
     assert flipped == 1      # Slicer's reader reversed the left-handed copy's k axis, and only that one
+
+
+def test_stack_entries_round_trip_through_the_parameter_node_string(mrml, searched):
+    """The module keeps each added stack as one string of its parameter node; the entry is the one place that
+    format lives, and a removed node or a malformed entry is reported, never half-read."""
+    from infanite.io.cohort_checks import load_cohort
+
+    from INFANiTECommonLib.mrml import load_volume
+    from INFANiTERegistrationLib import StackEntry
+
+    scene = mrml["scene"]
+    record = load_cohort(searched["manifest"], check_images=False).stacks[0]
+    t2 = load_volume(scene, record.t2w)
+    seg = load_volume(scene, record.seg, labelmap=True)
+    entry = StackEntry.from_nodes(t2, None, seg, 27.5)
+    assert StackEntry.from_parameter(entry.to_parameter()) == entry
+    stack = entry.stack_input(scene)
+    assert stack.t2w is t2 and stack.seg is seg and stack.mask is None and stack.ga_weeks == 27.5
+    assert StackEntry.from_nodes(t2, seg, None, 0.0).ga_weeks is None              # GA 0: unknown
+    with pytest.raises(ValueError, match="brain mask or tissue segmentation"):
+        StackEntry.from_nodes(t2, None, None, 28.0)
+    for bad in ("", "a|b", "a|b|c|twenty"):
+        with pytest.raises(ValueError, match="input stack entry"):
+            StackEntry.from_parameter(bad)
+    scene.RemoveNode(seg)
+    assert entry.stack_input(scene).seg is None

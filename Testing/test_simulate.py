@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from infanite.io.cohort import load_cohort
+from infanite.io.cohort_checks import load_cohort
 from infanite.geometry import apply_matrix, is_rigid
 from infanite.io.images import Volume, load_labels, load_nifti
 from infanite.reference.phantom import phantom_library

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from slicer_harness import group_members
 
-from INFANiTECommonLib.process import BackgroundProcess, infanite_env, infanite_root, parse_progress, python_command
+from INFANiTECommonLib.process import (BackgroundProcess, infanite_env, infanite_root, parse_progress, python_command,
+                                       start_process)
 
 posix_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="checks processes through /proc")
 
@@ -320,13 +321,16 @@ def test_the_training_controller_hands_an_external_python_the_startup_environmen
         monkeypatch.setenv(key, value)
     seen = []
 
-    def factory(command, **kwargs):
+    def factory(command, **kwargs):                # what start_process builds: the env it was handed is recorded
         seen.append((command, kwargs["env"]))
         return BackgroundProcess(script("pass"), **{k: v for k, v in kwargs.items() if k != "env"})
 
+    def start(command, **kwargs):
+        return start_process(command, factory=factory, **kwargs)
+
     manifest = tmp_path / "registered.tsv"
     manifest.write_text("subject_id\n")
-    controller = TrainingController(mrml["scene"], process_factory=factory,
+    controller = TrainingController(mrml["scene"], start_process=start,
                                     startup_environment=lambda: {"PATH": "/usr/bin"})
     params = TrainingParameters(epochs=1, n_samples=10, hidden_size=8, num_hidden_layers=1, latent_channels=2,
                                 psf_samples=[1], max_steps=1)

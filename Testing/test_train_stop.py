@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from infanite.inr.train import CHECKPOINT, STOP_FILE, train
-from infanite.inr.config import load_train_config
+from infanite.inr.train import train
+from infanite.io.layout import CHECKPOINT, STOP_FILE
+from infanite.inr.config_loading import load_train_config
 
 TINY = ["inr_decoder.hidden_size=32", "inr_decoder.num_hidden_layers=2", "inr_decoder.modulated_layers=[1]",
         "inr_decoder.latent_dim=[4,3,3,3]", "n_samples=500", "epochs.train=50", "checkpoint_every=7",

@@ -47,7 +47,8 @@ def grid_ceiling(run_dir: Path, atlas_dir: Path, out: Path, gas: list[float]) ->
     """The CRL weeks resampled onto the training grid of ``run_dir``, written as an atlas folder."""
     import numpy as np
 
-    from infanite.atlas.generate import atlas_filenames, load_run
+    from infanite.atlas.predict import load_run
+    from infanite.io.layout import atlas_filenames
     from infanite.io.images import save_nifti
     from infanite.io.resample import resample
     from infanite.reference.templates import TemplateLibrary
@@ -71,7 +72,7 @@ def affine_fit_psnr(atlas_dir: Path, atlas_ref: Path, gas: list[float]) -> dict:
     import numpy as np
 
     from infanite.evaluation import metrics
-    from infanite.atlas.generate import atlas_filenames
+    from infanite.io.layout import atlas_filenames
     from infanite.io.images import load_nifti
     from infanite.io.resample import resample
     from infanite.reference.templates import TemplateLibrary
@@ -173,7 +174,7 @@ def main(argv=None) -> int:
     for row in timer.rows:
         print(f"| {row['stage']} | {row['seconds']:.1f} | {'reused' if row['reused'] else ''} |")
     if args.json:
-        from infanite.evaluation.against_reference import jsonable
+        from infanite.evaluation.report import jsonable
 
         args.json.write_text(json.dumps(jsonable({"rows": rows, "losses": losses, "train": train_info,
                                                   "timings": timer.rows}), indent=1) + "\n")

@@ -15,7 +15,7 @@ of view.
 
 Variants (every atlas at GA 22, 26, 30, 34 and 38 weeks, on the registered grid):
 
-  a  INFANiTE: train + generate, reduced CPU model (:data:`FULL_TRAINING`, the sizes of pipeline.CPU_DEFAULTS:
+  a  INFANiTE: train + generate, reduced CPU model (:data:`FULL_TRAINING`, the sizes of infanite.inr.config.CPU_DEFAULTS:
      modulated SIREN hidden 128, 3 layers, modulated [1, 3], latents [32, 3, 3, 3], 4,000 voxels per step,
      slice-aware PSF with P = 4 samples, AdamW lr 1e-3 / latents 1e-2 with cosine decay, no rigid refinement,
      3,000 steps (≈ 1.4 epochs of the 40-fetus cohort)); the atlas latent is the GKR of the stack latents
@@ -68,7 +68,7 @@ sys.path.insert(0, str(REPO))
 
 DEFAULT_ATLAS = REPO.parent / "shared" / "data" / "crl2017-fetal-atlas"
 
-#: Model of the INFANiTE variants in the full run (pipeline.CPU_DEFAULTS sizes, a step budget, P = 4).
+#: Model of the INFANiTE variants in the full run (infanite.inr.config.CPU_DEFAULTS sizes, a step budget, P = 4).
 FULL_TRAINING = ["inr_decoder.hidden_size=128", "inr_decoder.num_hidden_layers=3",
                  "inr_decoder.modulated_layers=[1,3]", "inr_decoder.latent_dim=[32,3,3,3]", "n_samples=4000",
                  "epochs.train=20", "max_steps=3000", "checkpoint_every=250", "optimizer.lr_inr=1e-3",
@@ -158,7 +158,7 @@ def _mean(values) -> float:
 def single_stack_manifest(registered: Path, out: Path) -> Path:
     """``out`` (written next to ``registered``): its header and the first row of each fetus, lines unchanged."""
     from infanite.io.cohort import read_manifest
-    from infanite.io.images import atomic_write_text
+    from infanite.io.atomic import atomic_write_text
 
     cohort, problems = read_manifest(registered)
     if problems:
@@ -178,8 +178,9 @@ def train_variant(manifest: Path, overrides: list[str], run_dir: Path) -> dict:
     """Train (or reuse/resume) one INFANiTE run; returns ``{"steps", "total_steps", "reused", "seconds"}``."""
     import torch
 
-    from infanite.inr.train import CHECKPOINT, train
-    from infanite.inr.config import load_train_config
+    from infanite.inr.train import train
+    from infanite.io.layout import CHECKPOINT
+    from infanite.inr.config_loading import load_train_config
 
     config = load_train_config(None, overrides)
     checkpoint = run_dir / CHECKPOINT
@@ -205,7 +206,7 @@ def generate_variant(run_dir: Path, gas: list[float], out: Path, spacing: float,
 
 
 def mean_variant(registered: Path, gas: list[float], out: Path, use_weight_maps: bool) -> dict:
-    from infanite.atlas.generate import atlas_filenames
+    from infanite.io.layout import atlas_filenames
     from infanite.evaluation.baselines import gkr_mean_atlas
 
     todo = [g for g in gas if not all((out / atlas_filenames(g)[k]).is_file() for k in ("T2w", "dseg"))]
@@ -218,7 +219,8 @@ def mean_variant(registered: Path, gas: list[float], out: Path, use_weight_maps:
 
 def evaluate_variant(atlas_dir: Path, reference: Path, out: Path, gas: list[float]) -> dict:
     """``{"rows": {GA key: summary row}, "reused": bool}``; reuses ``metrics.json`` newer than every atlas file."""
-    from infanite.evaluation.against_reference import METRICS_JSON, evaluate_atlas
+    from infanite.evaluation.against_reference import evaluate_atlas
+    from infanite.io.layout import METRICS_JSON
 
     metrics_path = out / METRICS_JSON
     newest = max(p.stat().st_mtime for p in atlas_dir.glob("atlas_ga-*.nii.gz"))
@@ -238,7 +240,7 @@ def evaluate_variant(atlas_dir: Path, reference: Path, out: Path, gas: list[floa
 # ------------------------------------------------------------------------------------------------ report
 
 def metric_tables(metrics: dict, gas: list[float], names: list[str]) -> str:
-    from infanite.evaluation.against_reference import format_metric
+    from infanite.evaluation.report import format_metric
 
     keys = [f"{g:.1f}" for g in gas]
     header = "| GA | " + " | ".join(f"{n} {VARIANTS[n][0]}" for n in names) + " |"
@@ -412,7 +414,7 @@ def main(argv=None) -> int:
                     "registration": {"done": len(reg["done"]), "failed": reg["failed"]},
                     "metrics": metrics, "goal_check": checks, "timings": timer.rows, "stages": results}
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        from infanite.evaluation.against_reference import jsonable
+        from infanite.evaluation.report import jsonable
 
         args.json.write_text(json.dumps(jsonable(document), indent=1, allow_nan=False) + "\n")
         print(f"results written to {args.json}")

@@ -35,7 +35,7 @@ from infanite.reference.phantom import make_phantom, phantom_library, write_phan
 from infanite.registration.register import register_cohort
 from infanite.simulation.stacks import SimulationConfig, simulate_cohort
 from infanite.inr.train import build_model, train
-from infanite.inr.config import load_train_config
+from infanite.inr.config_loading import load_train_config
 
 MODEL = ["inr_decoder.hidden_size=128", "inr_decoder.num_hidden_layers=3", "inr_decoder.modulated_layers=[1,3]",
          "inr_decoder.latent_dim=[16,3,3,3]", "n_samples=2000", "checkpoint_every=100000",

@@ -51,7 +51,8 @@ def _baseline(cfg, library) -> float:
     from scipy import ndimage
 
     from infanite.geometry import apply_matrix
-    from infanite.simulation.stacks import _crop_to_brain, _deform, _random_deformation, _SubjectSampler, subject_ages
+    from infanite.simulation.anatomy import crop_to_brain, deform, random_deformation
+    from infanite.simulation.stacks import _SubjectSampler, subject_ages
 
     sx, _, sz = cfg.psf_sigma_mm
     nodes_xy, w_xy = np.polynomial.hermite_e.hermegauss(3)
@@ -60,8 +61,8 @@ def _baseline(cfg, library) -> float:
     for index, ga in enumerate(subject_ages(cfg), start=1):
         rng = np.random.default_rng([cfg.seed, index])
         template = library.for_ga(float(ga), cfg.template_mode)
-        t2, labels = _crop_to_brain(template, cfg.fov_margin_mm)
-        t2, labels = _deform(t2, labels, _random_deformation(rng, cfg.deformation_mm))
+        t2, labels = crop_to_brain(template, cfg.fov_margin_mm)
+        t2, labels = deform(t2, labels, random_deformation(rng, cfg.deformation_mm))
         sampler = _SubjectSampler(t2, labels, cfg)
         for s in range(cfg.stacks_per_subject):
             axes = np.eye(3)[:, np.roll([0, 1, 2], s)]

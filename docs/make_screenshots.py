@@ -58,7 +58,7 @@ def registration_review(demo: Path, out: Path) -> None:
 
 
 def atlas_browser(demo: Path, out: Path) -> None:
-    from infanite.atlas.generate import atlas_filenames
+    from infanite.io.layout import atlas_filenames
     from infanite.io.images import load_labels, load_nifti
     from infanite.labels import default_label_table
 

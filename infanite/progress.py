@@ -1,9 +1,9 @@
 """Progress reporting: a terminal bar for people, JSON lines for GUIs (``--progress-json FILE|-``).
 
-Each JSON line is one object: ``{"stage", "step", "total", "message", "elapsed_s", "eta_s"}`` plus any stage
-specific fields passed to ``update(..., **fields)`` (training adds its loss terms, samples/s and memory) —
-``eta_s`` is ``null`` until a first step of this session has finished.  A stage resumed at step k
-(``start(..., initial=k)``) estimates its ETA from the steps done since the resume.  The Slicer modules parse these lines from a child process' output.
+Each JSON line is one object: ``{"stage", "step", "total", "message", "elapsed_s", "eta_s"}`` plus any stage specific
+fields passed to ``update(..., **fields)`` (training adds its loss terms, samples/s and memory) — ``eta_s`` is ``null``
+until a first step of this session has finished.  A stage resumed at step k (``start(..., initial=k)``) estimates its
+ETA from the steps done since the resume.  The Slicer modules parse these lines from a child process' output.
 """
 from __future__ import annotations
 

@@ -18,13 +18,13 @@ from __future__ import annotations
 from .display import TissueDisplay
 from .export import export_current
 from .generate import add_generated_ga, atlas_range_command, exact_ga_command, exact_ga_target
-from .loader import (INDEX_NAME, INDEX_UNIT, AtlasFiles, AtlasLoader, LoadedAtlas, atlas_label_table,
-                     current_ga, ga_index, load_atlas, scan_atlas_folder, select_ga, sequence_gas)
+from .loader import (INDEX_NAME, INDEX_UNIT, AtlasLoader, LoadedAtlas, atlas_label_table, current_ga, ga_index,
+                     load_atlas, select_ga, sequence_gas)
 from .sample import write_sample_atlas
 from .volumes import NORMATIVE_BANDS, TissueVolumePlot, normative_column, tissue_volume_rows
 
-__all__ = ["INDEX_NAME", "INDEX_UNIT", "NORMATIVE_BANDS", "AtlasFiles", "AtlasLoader", "LoadedAtlas",
+__all__ = ["INDEX_NAME", "INDEX_UNIT", "NORMATIVE_BANDS", "AtlasLoader", "LoadedAtlas",
            "TissueDisplay", "TissueVolumePlot", "add_generated_ga", "atlas_label_table", "atlas_range_command",
            "current_ga", "exact_ga_command", "exact_ga_target", "export_current", "ga_index", "load_atlas",
-           "normative_column", "scan_atlas_folder", "select_ga", "sequence_gas", "tissue_volume_rows",
+           "normative_column", "select_ga", "sequence_gas", "tissue_volume_rows",
            "write_sample_atlas"]

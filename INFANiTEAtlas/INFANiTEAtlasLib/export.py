@@ -8,7 +8,6 @@ exported too.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,19 +52,14 @@ def _write_seg_nrrd(segmentation, path: Path) -> Path:
     """Write a segmentation node to ``.seg.nrrd`` atomically (temporary sibling, then rename)."""
     import slicer
 
-    from infanite.io.images import atomic_path
+    from infanite.io.atomic import atomic_output
 
-    tmp, final = atomic_path(path)
-    try:
+    with atomic_output(path) as tmp:
         storage = slicer.vtkMRMLSegmentationStorageNode()
         storage.SetFileName(str(tmp))
         if not storage.WriteData(segmentation):
             raise OSError(f"{path}: the segmentation could not be written")
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return final
+    return Path(path)
 
 
 def export_current(loaded: LoadedAtlas, out_dir, name: str = "atlas", seg_nrrd: bool = False,

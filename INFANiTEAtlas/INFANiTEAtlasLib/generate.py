@@ -10,8 +10,6 @@ new ``atlas_ga-<GA>_T2w/dseg.nii.gz`` and inserts them into both sequences at th
 """
 from __future__ import annotations
 
-import math
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,50 +20,31 @@ if TYPE_CHECKING:
 EXACT_SUBFOLDER = "exact-ga"
 
 
+def _atlas_command(run_dir, which: list, out_dir, spacing_mm, device: str, python: str | None) -> list:
+    from INFANiTECommonLib.process import python_command
+
+    return python_command(["atlas", "--run", str(run_dir), *which, "--spacing", f"{float(spacing_mm):g}", "--out",
+                           str(out_dir), "--device", str(device), "--progress-json", "-"], python=python)
+
+
 def exact_ga_command(run_dir, ga, out_dir, spacing_mm=0.8, device: str = "cpu", python: str | None = None
                      ) -> list:
     """The argument list (interpreter first) generating GA ``ga`` (weeks, 0.1 precision) from the finished run
     ``run_dir`` into ``out_dir`` at ``spacing_mm`` (mm) on ``device`` (cpu, cuda, cuda:N), with JSON-lines
     progress on stdout.  ``python``: the interpreter (default ``sys.executable``; PythonSlicer in Slicer).
     Using the atlas folder as ``out_dir`` adds the GA to that atlas (same run and spacing: its manifest,
-    ``volumes.tsv`` and ``growth.png`` are updated).  ``ValueError`` for a GA or spacing out of range."""
-    from infanite.atlas.generate import GA_LIMITS
-
-    try:
-        weeks = round(float(ga), 1)
-        spacing = float(spacing_mm)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"GA {ga!r} weeks and spacing {spacing_mm!r} mm must be numbers") from exc
-    if not (math.isfinite(weeks) and GA_LIMITS[0] <= weeks <= GA_LIMITS[1]):
-        raise ValueError(f"GA {ga!r} weeks is outside {GA_LIMITS[0]:g}-{GA_LIMITS[1]:g} weeks")
-    if not (math.isfinite(spacing) and spacing > 0):
-        raise ValueError(f"atlas spacing must be > 0 mm, got {spacing_mm!r}")
-    return [python or sys.executable, "-m", "infanite", "atlas", "--run", str(run_dir), "--ga", f"{weeks:g}",
-            "--spacing", f"{spacing:g}", "--out", str(out_dir), "--device", str(device), "--progress-json", "-"]
+    ``volumes.tsv`` and ``growth.png`` are updated).  The values are checked by ``infanite atlas`` itself, which
+    refuses a bad one (exit status 2, the reason on one line) before any work."""
+    return _atlas_command(run_dir, ["--ga", f"{round(float(ga), 1):g}"], out_dir, spacing_mm, device, python)
 
 
 def atlas_range_command(run_dir, ga_start, ga_stop, ga_step, out_dir, spacing_mm=0.8, device: str = "cpu",
                         python: str | None = None) -> list:
     """The argument list (interpreter first) generating the atlas of the finished run ``run_dir`` at GAs
     ``ga_start``, ``ga_start + ga_step``, ... up to ``ga_stop`` (weeks, inclusive) into ``out_dir`` at
-    ``spacing_mm`` (mm) on ``device``, with JSON-lines progress on stdout.  ``ValueError`` for a GA range, step or
-    spacing that ``infanite atlas`` would refuse."""
-    from infanite.atlas.generate import GA_LIMITS, ga_list
-
-    try:
-        start, stop, step, spacing = (float(v) for v in (ga_start, ga_stop, ga_step, spacing_mm))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"GA range {ga_start!r}-{ga_stop!r} step {ga_step!r} weeks and spacing {spacing_mm!r} mm "
-                         f"must be numbers") from exc
-    for ga in (start, stop):
-        if not (math.isfinite(ga) and GA_LIMITS[0] <= ga <= GA_LIMITS[1]):
-            raise ValueError(f"GA {ga:g} weeks is outside {GA_LIMITS[0]:g}-{GA_LIMITS[1]:g} weeks")
-    ga_list(ga_range=(start, stop), ga_step=step)                 # the CLI's own checks of start, stop and step
-    if not (math.isfinite(spacing) and spacing > 0):
-        raise ValueError(f"atlas spacing must be > 0 mm, got {spacing_mm!r}")
-    return [python or sys.executable, "-m", "infanite", "atlas", "--run", str(run_dir), "--ga-range", f"{start:g}",
-            f"{stop:g}", "--ga-step", f"{step:g}", "--spacing", f"{spacing:g}", "--out", str(out_dir), "--device",
-            str(device), "--progress-json", "-"]
+    ``spacing_mm`` (mm) on ``device``, with JSON-lines progress on stdout; ``infanite atlas`` checks the values."""
+    which = ["--ga-range", f"{float(ga_start):g}", f"{float(ga_stop):g}", "--ga-step", f"{float(ga_step):g}"]
+    return _atlas_command(run_dir, which, out_dir, spacing_mm, device, python)
 
 
 def exact_ga_target(loaded: LoadedAtlas, run_dir=None, spacing_mm=0.8) -> tuple:
@@ -77,10 +56,12 @@ def exact_ga_target(loaded: LoadedAtlas, run_dir=None, spacing_mm=0.8) -> tuple:
     then adds the GA to its manifest, ``volumes.tsv`` and ``growth.png``), else its ``exact-ga`` subfolder."""
     manifest = loaded.manifest or {}
     atlas_run = manifest.get("run_dir")
-    given = run_dir is not None and str(run_dir) not in ("", ".")
-    if not given and not atlas_run:
+    from INFANiTECommonLib.logic import given_path
+
+    given = given_path(run_dir)
+    if given is None and not atlas_run:
         raise ValueError(f"choose the run folder of the training that made {loaded.folder} (its manifest names none)")
-    run = Path(run_dir) if given else Path(atlas_run)
+    run = given if given is not None else Path(atlas_run)
     recorded = manifest.get("spacing_mm")
     if isinstance(recorded, (int, float)):
         recorded = [recorded]
@@ -95,9 +76,10 @@ def add_generated_ga(loaded: LoadedAtlas, folder, ga, select: bool = False) -> f
     shows the new one with ``select``.  ``loaded.files`` records the new files; call
     :meth:`TissueVolumePlot.update` to add its volumes.  ``ValueError`` naming a missing or bad file.
     Returns the GA (weeks) inserted."""
-    from infanite.atlas.generate import atlas_file_name
+    from infanite.atlas.folder import AtlasFiles
+    from infanite.io.layout import atlas_file_name, ga_key
 
-    from .loader import AtlasFiles, add_atlas_item, ga_key, select_ga
+    from .loader import add_atlas_item, select_ga
 
     folder = Path(folder)
     weeks = ga_key(ga)

@@ -19,12 +19,14 @@ manifest names a ``label_table`` file or the caller passes another table.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
+
+from infanite.atlas.folder import AtlasFiles, scan_atlas_folder
+from infanite.io.layout import ga_key
 
 if TYPE_CHECKING:
     from infanite.io.images import Volume
@@ -37,12 +39,6 @@ INDEX_UNIT = "weeks"
 SEGMENT_ID = "label_{value}"
 #: Largest affine difference (mm) accepted between a GA's T2w and dseg grids.
 GRID_TOLERANCE_MM = 1e-3
-_ATLAS_FILE = re.compile(r"^atlas_ga-(\d+(?:\.\d+)?)_(T2w|dseg)\.nii\.gz$")
-
-
-def ga_key(ga) -> float:
-    """A GA (weeks) rounded to 0.1 week, the precision of atlas file names."""
-    return round(float(ga), 1)
 
 
 def ga_index(ga) -> str:
@@ -53,87 +49,6 @@ def ga_index(ga) -> str:
 def segment_id(value: int) -> str:
     """Segment ID of a label value (``label_5``)."""
     return SEGMENT_ID.format(value=int(value))
-
-
-@dataclass(frozen=True)
-class AtlasFiles:
-    """One GA of an atlas folder: ``ga`` (weeks, 0.1 precision) and its T2w and dseg NIfTI paths."""
-
-    ga: float
-    t2w: Path
-    dseg: Path
-
-
-# ------------------------------------------------------------------------------------------------ the folder
-
-def _read_manifest(folder: Path) -> dict | None:
-    from infanite.atlas.generate import read_atlas_manifest
-
-    return read_atlas_manifest(folder)
-
-
-def _files_from_manifest(folder: Path, manifest: dict) -> list[AtlasFiles]:
-    from infanite.atlas.generate import MANIFEST
-
-    where = folder / MANIFEST
-    entries = manifest.get("ga")
-    if not isinstance(entries, dict):
-        raise ValueError(f"{where}: no 'ga' entries")
-    out = []
-    for key, entry in entries.items():
-        if not isinstance(entry, dict) or not entry.get("complete"):
-            continue                                    # a GA still being generated
-        names = entry.get("files") or {}
-        paths = {}
-        for kind in ("T2w", "dseg"):
-            name = names.get(kind)
-            if not isinstance(name, str) or not name:
-                raise ValueError(f"{where}: GA {key} names no {kind} file")
-            paths[kind] = folder / name
-            if not paths[kind].is_file():
-                raise ValueError(f"{paths[kind]}: missing (listed for GA {key} weeks in {where})")
-        try:
-            ga = ga_key(entry.get("ga_weeks", key))
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{where}: GA {key!r} is not a number of weeks") from exc
-        out.append(AtlasFiles(ga, paths["T2w"], paths["dseg"]))
-    return out
-
-
-def _files_from_names(folder: Path) -> list[AtlasFiles]:
-    from infanite.atlas.generate import atlas_file_name
-
-    found: dict = {}
-    for path in sorted(folder.iterdir()):
-        match = _ATLAS_FILE.match(path.name)
-        if match:
-            found.setdefault(ga_key(match.group(1)), {})[match.group(2)] = path
-    out = []
-    for ga, kinds in sorted(found.items()):
-        for kind, other in (("T2w", "dseg"), ("dseg", "T2w")):
-            if kind in kinds and other not in kinds:
-                raise ValueError(f"{kinds[kind]}: no matching {other} file ({atlas_file_name(ga, other)}) "
-                                 f"for GA {ga:.1f} weeks")
-        out.append(AtlasFiles(ga, kinds["T2w"], kinds["dseg"]))
-    return out
-
-
-def scan_atlas_folder(folder) -> tuple:
-    """``(manifest or None, [AtlasFiles sorted by GA])`` of an atlas folder; reads no image.
-
-    With ``atlas_manifest.json`` its complete GAs are listed (each named file must exist); without it, the
-    ``atlas_ga-<GA>_T2w/dseg.nii.gz`` pairs of the folder.  ``ValueError`` naming the folder or file: no such
-    folder, no atlas files, a T2w without its dseg (or the reverse), an unreadable manifest.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ValueError(f"atlas folder {folder} does not exist")
-    manifest = _read_manifest(folder)
-    files = _files_from_manifest(folder, manifest) if manifest is not None else _files_from_names(folder)
-    if not files:
-        raise ValueError(f"{folder}: no atlas files (atlas_ga-<GA>_T2w.nii.gz with atlas_ga-<GA>_dseg.nii.gz); "
-                         f"give the --out folder of 'infanite atlas'")
-    return manifest, sorted(files, key=lambda f: f.ga)
 
 
 def atlas_label_table(manifest: dict | None = None, labels=None, folder=None) -> LabelTable:

@@ -34,7 +34,7 @@ def sample_labels(ga: float, values) -> np.ndarray:
 
 def write_sample_atlas(folder, gas=(24.0, 28.0)) -> Path:
     """Write the sample atlas at ``gas`` (weeks) into ``folder`` (made when missing); returns the folder."""
-    from infanite.atlas.generate import atlas_filenames
+    from infanite.io.layout import atlas_filenames
     from infanite.io.images import Volume, save_nifti
     from infanite.labels import default_label_table
 

@@ -17,16 +17,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
+from infanite.io.layout import VOLUMES
 
 if TYPE_CHECKING:
     from infanite.labels import LabelTable
 
-    from .loader import AtlasFiles, LoadedAtlas
+    from infanite.atlas.folder import AtlasFiles
+
+    from .loader import LoadedAtlas
 
 #: Normative bands: column suffix → multiple of the SD added to the mean.
 NORMATIVE_BANDS = (("mean", 0.0), ("-1SD", -1.0), ("+1SD", 1.0), ("-2SD", -2.0), ("+2SD", 2.0))
 GA_COLUMN = "GA"
-VOLUMES_TSV = "volumes.tsv"
 #: Colours (RGB 0–1) of measures that sum several tissues; single-tissue measures take the tissue's colour.
 MEASURE_COLORS = {"TBV": (0.2, 0.2, 0.2), "ICV": (0.45, 0.3, 0.15), "SBV": (0.55, 0.45, 0.2)}
 
@@ -38,7 +40,7 @@ def normative_column(measure: str, band: str) -> str:
 
 def read_volumes_tsv(path) -> dict:
     """``volumes.tsv`` as {GA (weeks, 0.1 precision): {column: mL}}; ``ValueError`` naming the file and row."""
-    from .loader import ga_key
+    from infanite.io.layout import ga_key
 
     path = Path(path)
     try:
@@ -65,19 +67,19 @@ def tissue_volume_rows(files: Iterable[AtlasFiles], table: LabelTable) -> list:
     ``source`` ("volumes.tsv" or "dseg").  A GA takes its row of the ``volumes.tsv`` beside its dseg when that
     row has every tissue; otherwise the dseg is counted (voxel count × voxel volume)."""
     from infanite.io.images import load_labels
-    from infanite.evaluation.metrics import label_volumes_ml, measures_from_tissues
+    from infanite.reference.volumes import label_volumes_ml, measures_from_tissues
 
     abbrevs = {lab.value: lab.abbrev for lab in table.labels}
     tsv_cache: dict = {}
     rows = []
     for entry in sorted(files, key=lambda f: f.ga):
-        tsv_path = Path(entry.dseg).parent / VOLUMES_TSV
+        tsv_path = Path(entry.dseg).parent / VOLUMES
         if tsv_path not in tsv_cache:
             tsv_cache[tsv_path] = read_volumes_tsv(tsv_path) if tsv_path.is_file() else {}
         written = tsv_cache[tsv_path].get(entry.ga)
         if written is not None and all(a in written for a in abbrevs.values()):
             tissue = {a: written[a] for a in abbrevs.values()}
-            source = VOLUMES_TSV
+            source = VOLUMES
         else:
             dseg = load_labels(entry.dseg)
             voxel_mm3 = abs(float(np.linalg.det(dseg.voxel_to_ras[:3, :3])))

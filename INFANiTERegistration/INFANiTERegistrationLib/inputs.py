@@ -24,6 +24,52 @@ class StackInput:
     stack_id: str = ""
 
 
+@dataclass(frozen=True)
+class StackEntry:
+    """One stack added in the module, as the parameter node keeps it (``inputStacks``: a list of strings): the
+    node IDs of its T2 volume, brain mask and tissue labels (empty when absent) and its GA (weeks, None =
+    unknown).  :meth:`to_parameter` / :meth:`from_parameter` are the only place that string format lives."""
+
+    t2_id: str
+    mask_id: str = ""
+    seg_id: str = ""
+    ga_weeks: float | None = None
+
+    SEPARATOR = "|"
+
+    def to_parameter(self) -> str:
+        ga = "" if self.ga_weeks is None else f"{self.ga_weeks:g}"
+        return self.SEPARATOR.join([self.t2_id, self.mask_id, self.seg_id, ga])
+
+    @classmethod
+    def from_parameter(cls, text: str) -> "StackEntry":
+        """The entry of one ``inputStacks`` string; ``ValueError`` naming it when it is not one."""
+        parts = str(text).split(cls.SEPARATOR)
+        if len(parts) != 4 or not parts[0]:
+            raise ValueError(f"input stack entry {text!r} is not 'T2 node|mask node|labels node|GA weeks'")
+        try:
+            ga = float(parts[3]) if parts[3] else None
+        except ValueError:
+            raise ValueError(f"input stack entry {text!r}: GA {parts[3]!r} is not a number of weeks") from None
+        return cls(parts[0], parts[1], parts[2], ga)
+
+    @classmethod
+    def from_nodes(cls, t2w, mask=None, seg=None, ga_weeks: float | None = None) -> "StackEntry":
+        """The entry of nodes chosen in the module (GA ≤ 0 means unknown); ``ValueError`` without a T2 volume or
+        without both a mask and a segmentation."""
+        if t2w is None or (mask is None and seg is None):
+            raise ValueError("select a T2 stack and its brain mask or tissue segmentation first")
+        return cls(t2w.GetID(), mask.GetID() if mask else "", seg.GetID() if seg else "",
+                   float(ga_weeks) if ga_weeks and ga_weeks > 0 else None)
+
+    def stack_input(self, scene) -> StackInput:
+        """The nodes of the entry in ``scene`` (a node removed since gives None, which
+        :func:`manifest_from_nodes` reports)."""
+        node = scene.GetNodeByID
+        return StackInput(node(self.t2_id), node(self.mask_id) if self.mask_id else None,
+                          node(self.seg_id) if self.seg_id else None, self.ga_weeks)
+
+
 def _stack_id(stack: StackInput, index: int) -> str:
     name = stack.stack_id or stack.t2w.GetName() or f"stack{index + 1}"
     return _SAFE_ID.sub("_", name).strip("_") or f"stack{index + 1}"
@@ -36,6 +82,7 @@ def manifest_from_nodes(stacks: list[StackInput], work_dir) -> Path:
     segmentation for each, GA (weeks) positive when given, and unique stack ids.  ``ValueError`` names the stack.
     """
     from infanite.io.cohort import StackRecord, write_manifest
+    from infanite.io.layout import COHORT
 
     from INFANiTECommonLib.mrml import save_volume
 
@@ -66,7 +113,7 @@ def manifest_from_nodes(stacks: list[StackInput], work_dir) -> Path:
         mask = save_volume(stack.mask, folder / f"{sid}_mask.nii.gz", "uint8") if stack.mask is not None else None
         seg = save_volume(stack.seg, folder / f"{sid}_dseg.nii.gz", "int16") if stack.seg is not None else None
         records.append(StackRecord(row, sid, stack.ga_weeks, t2, seg, mask))
-    return write_manifest(records, Path(work_dir) / "cohort.tsv")
+    return write_manifest(records, Path(work_dir) / COHORT)
 
 
 def registration_command(manifest, templates, out_dir, spacing_mm: float | None = None, jobs: int = 1,

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from infanite.io.layout import FAILURES, TRANSFORMS, stack_paths
 
 #: cohort-level NMI outliers: below median − this × MAD (scaled to σ) are flagged
 NMI_OUTLIER_SIGMAS = 3.0
@@ -63,8 +64,8 @@ class RegistrationReview:
     """The stacks of one registration run (``search_dir`` written by ``infanite register``) for review in ``scene``.
 
     ``manifest`` is the cohort TSV that was registered, ``templates`` the template folder (or ``"phantom"``),
-    ``options`` the :class:`infanite.registration.register.RegisterOptions` of the run (grid spacing, template mode, weights),
-    which "Accept" reuses so that its files equal the command line's.
+    ``options`` the :class:`infanite.registration.register.RegisterOptions` of the run (grid spacing, template mode,
+    weights), which "Accept" reuses so that its files equal the command line's.
     """
 
     def __init__(self, scene, manifest, templates, search_dir, options=None):
@@ -81,13 +82,13 @@ class RegistrationReview:
         cohort, problems = read_manifest(self.manifest)
         if problems:
             raise ValueError(f"{self.manifest}: " + "; ".join(str(p) for p in problems))
-        transforms_path = self.search_dir / "transforms.json"
+        transforms_path = self.search_dir / TRANSFORMS
         if not transforms_path.is_file():
             raise ValueError(f"{transforms_path} not found: run the registration first (infanite register "
                              f"--out {self.search_dir})")
         transforms = read_transforms_json(transforms_path)
         qc = read_transforms_qc(transforms_path)
-        failures_path = self.search_dir / "failures.json"
+        failures_path = self.search_dir / FAILURES
         failures = json.loads(failures_path.read_text()) if failures_path.is_file() else {}
         self._stacks: dict[str, _Stack] = {}
         for record in cohort.stacks:
@@ -323,7 +324,7 @@ class RegistrationReview:
         QC (``nmi`` …).  ``ValueError`` naming the folder when the process wrote no result (failed, cancelled)."""
         from infanite.io.transforms import read_transforms_json, read_transforms_qc
 
-        result = Path(work_dir) / sid / "out" / "transforms.json"
+        result = Path(work_dir) / sid / "out" / TRANSFORMS
         poses = read_transforms_json(result) if result.is_file() else {}
         if sid not in poses:
             raise ValueError(f"{sid}: the refinement wrote no pose into {result.parent} (failed or cancelled)")
@@ -349,7 +350,7 @@ class RegistrationReview:
             raise ValueError(f"accept into a folder other than the registration's own ({self.search_dir})")
         for sid in sids:
             self.accepted[sid] = self.template_to_stack(sid)
-            marker = out / "stacks" / f"{sid}.json"
+            marker = stack_paths(out, sid)["result"]
             if marker.exists():                   # accepted before with another pose: write it again
                 marker.unlink()
         fixed = write_transforms_json(out / "accepted_transforms.json", self.accepted)
@@ -369,7 +370,7 @@ class RegistrationReview:
     def finish_accept(self, out_dir) -> list:
         """After an accept: stacks without their finished-marker in ``out_dir`` (failed or cancelled) are no longer
         accepted; returns their ids.  Updates the table."""
-        missing = [sid for sid in self.accepted if not (Path(out_dir) / "stacks" / f"{sid}.json").is_file()]
+        missing = [sid for sid in self.accepted if not stack_paths(out_dir, sid)["result"].is_file()]
         for sid in missing:
             self.accepted.pop(sid, None)
         if self.table is not None:

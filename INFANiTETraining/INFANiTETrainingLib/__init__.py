@@ -10,5 +10,6 @@ from .display import format_duration, progress_text
 __all__ = ["COLUMNS", "CohortRow", "CohortSummary", "cohort_table_node", "fill_cohort_table", "read_cohort",
            "FIELDS", "TrainingParameters", "TrainingParametersError", "advanced_overrides", "parse_int_list",
            "TrainingController", "LossPlot", "device_detection_command", "devices_from_event", "can_resume",
-           "checkpoint_progress", "STATES", "IDLE", "RUNNING", "CANCELLING", "FINISHED", "FAILED", "CANCELLED", "LOSS_COLUMNS",
+           "checkpoint_progress", "STATES", "IDLE", "RUNNING", "CANCELLING", "FINISHED", "FAILED", "CANCELLED",
+           "LOSS_COLUMNS",
            "format_duration", "progress_text"]

@@ -83,7 +83,8 @@ def _raw_rows(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
 
 def read_cohort(manifest, check_images: bool = True, ga_range=(21.0, 39.0)) -> CohortSummary:
     """Read and check ``manifest`` (``check_images``: open every image, as training will; GA range in weeks)."""
-    from infanite.io.cohort import Problem, check_ages, read_manifest, subject_from_id, validate_images
+    from infanite.io.cohort import read_manifest, subject_from_id, Problem
+    from infanite.io.cohort_checks import check_ages, validate_images
     from infanite.labels import default_label_table
 
     path = Path(os.path.abspath(manifest))

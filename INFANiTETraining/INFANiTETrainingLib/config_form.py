@@ -2,7 +2,7 @@
 
 :class:`TrainingParameters` mirrors the main widgets; everything else goes in ``advanced_yaml`` (YAML with the
 core's keys, applied after the form, so it wins).  :meth:`TrainingParameters.validate` runs the core loader
-(:func:`infanite.inr.config.load_train_config`) on exactly the overrides the child will get, so a bad value is
+(:func:`infanite.inr.config_loading.load_train_config`) on exactly the overrides the child will get, so a bad value is
 reported before anything starts, as a :class:`TrainingParametersError` naming the form field and the core key.
 """
 from __future__ import annotations
@@ -149,17 +149,18 @@ class TrainingParameters:
     @classmethod
     def for_device(cls, device: str) -> "TrainingParameters":
         """The defaults of ``infanite run`` for ``device``: a small CPU-sized model on a CPU, the paper's on a GPU."""
-        from infanite.pipeline import default_overrides
-        from infanite.inr.config import load_train_config
+        from infanite.inr.config import default_overrides
+        from infanite.inr.config_loading import load_train_config
 
         return cls.from_config(load_train_config(None, default_overrides(device)))
 
     @classmethod
     def from_run(cls, run_dir) -> "TrainingParameters":
         """The form of an existing run folder (its ``config.yaml``)."""
-        from infanite.inr.config import load_train_config
+        from infanite.inr.config_loading import load_train_config
+        from infanite.io.layout import CONFIG
 
-        return cls.from_config(load_train_config(Path(run_dir) / "config.yaml"))
+        return cls.from_config(load_train_config(Path(run_dir) / CONFIG))
 
     # -- overrides ------------------------------------------------------------------------------
     def effective_modulated_layers(self) -> list:
@@ -187,7 +188,8 @@ class TrainingParameters:
     def validate(self, device: str | None = None):
         """The core ``TrainConfig`` these settings give (with ``device``); raises :class:`TrainingParametersError`
         naming the form fields (and core keys) of every problem."""
-        from infanite.inr.config import TrainConfigError, load_train_config
+        from infanite.inr.config import TrainConfigError
+        from infanite.inr.config_loading import load_train_config
 
         overrides = self.to_overrides() + ([f"device={device}"] if device else [])
         try:

@@ -18,15 +18,14 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from INFANiTECommonLib.process import BackgroundProcess, infanite_env, python_command
+from infanite.io.layout import CHECKPOINT, CONFIG, STOP_FILE, TRAIN_LOG
+
+from INFANiTECommonLib.process import BackgroundProcess, infanite_env, python_command, start_process
 
 IDLE, RUNNING, CANCELLING, FINISHED, FAILED, CANCELLED = \
     "idle", "running", "cancelling", "finished", "failed", "cancelled"
 STATES = (IDLE, RUNNING, CANCELLING, FINISHED, FAILED, CANCELLED)
 LOSS_COLUMNS = ("loss", "loss_intensity", "loss_seg")
-CHECKPOINT = "checkpoint.pt"       # as infanite.inr.train (not imported: it imports torch)
-STOP_FILE = "STOP"
-TRAIN_LOG = "train_log.jsonl"
 #: name and attribute of the node holding a run's state (``ModuleName`` is left to the module's own parameter
 #: node: ScriptedLoadableModuleLogic.getParameterNode finds that one by it)
 RUN_NODE_NAME = "INFANiTE training run"
@@ -151,16 +150,17 @@ class TrainingController:
     """Start, follow and cancel one training run at a time.
 
     ``scene`` is the MRML scene; ``parameter_node`` a ``vtkMRMLScriptedModuleNode`` (created when None);
-    ``process_factory`` builds the :class:`BackgroundProcess`; ``on_log(line)`` receives the child's non-progress
+    ``start_process`` starts the child (the module logic's ``startProcess``; default
+    :func:`INFANiTECommonLib.process.start_process`); ``on_log(line)`` receives the child's non-progress
     output lines, ``on_state(state)`` every state change, ``on_progress(event)`` every progress event — all on the
     thread that calls :meth:`poll`.
     """
 
-    def __init__(self, scene, parameter_node=None, process_factory=BackgroundProcess,
+    def __init__(self, scene, parameter_node=None, start_process: Callable = start_process,
                  on_log: Callable[[str], None] | None = None, on_state: Callable[[str], None] | None = None,
                  on_progress: Callable[[dict], None] | None = None, startup_environment=None):
         self.scene = scene
-        self.process_factory = process_factory
+        self.start_process = start_process
         #: the environment Slicer was started from (a dict, or a callable returning one: in Slicer
         #: ``slicer.util.startupEnvironment``), given to an external Python instead of Slicer's own
         self.startup_environment = startup_environment
@@ -229,7 +229,7 @@ class TrainingController:
                 raise ValueError(f"resume: {out_dir} holds no unfinished training checkpoint ({CHECKPOINT})")
             args.append("--resume")
             if params is None:                       # the run's own settings
-                args += ["--config", str((out_dir / "config.yaml").resolve())]
+                args += ["--config", str((out_dir / CONFIG).resolve())]
         if params is not None:
             params.validate(device)                  # TrainingParametersError (a ValueError) naming the field
             args += params.to_cli_args()
@@ -256,10 +256,9 @@ class TrainingController:
         self._set(Step=0, Total=0, EtaSeconds="", Loss="", Message="starting", LastError="",
                   OutputDirectory=self.out_dir)
         env = infanite_env(python=python, startup_environment=self.startup_environment)
-        self.process = self.process_factory(command, cwd=self.out_dir, env=env,
-                                            on_progress=self._on_progress, on_log=self._on_log,
-                                            on_finished=self._on_finished, stop_file=self.out_dir / STOP_FILE)
-        self.process.start()
+        self.process = self.start_process(command, onProgress=self._on_progress, onFinished=self._on_finished,
+                                          stopFile=self.out_dir / STOP_FILE, env=env, cwd=self.out_dir,
+                                          onLog=self._on_log)
         self._set_state(RUNNING)
         return self.process
 
@@ -359,5 +358,6 @@ class TrainingController:
             self._set_state(FAILED)
 
 
-__all__ = ["TrainingController", "LossPlot", "device_detection_command", "devices_from_event", "can_resume", "checkpoint_progress", "STATES",
-           "IDLE", "RUNNING", "CANCELLING", "FINISHED", "FAILED", "CANCELLED", "LOSS_COLUMNS"]
+__all__ = ["TrainingController", "LossPlot", "device_detection_command", "devices_from_event", "can_resume",
+           "checkpoint_progress", "STATES", "IDLE", "RUNNING", "CANCELLING", "FINISHED", "FAILED", "CANCELLED",
+           "LOSS_COLUMNS"]

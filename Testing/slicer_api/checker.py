@@ -1193,7 +1193,6 @@ class Checker:
             self.problem(f, node, f"{where}: {cname} has no Python-visible member '{attr}' in Slicer "
                                   f"{', '.join(self.tags)}{hint}")
             return
-        members = [m for m in found.values() if m is not None]
         deprecated = [(tag, m) for tag, m in found.items() if m is not None and m.deprecated]
         if deprecated:
             tags = ", ".join(t for t, _ in deprecated)

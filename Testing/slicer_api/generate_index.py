@@ -235,7 +235,6 @@ def add_decorators(classes: Dict[str, dict], decorator_classes: Iterable[CppClas
 def vtk_entries(wanted: Iterable[str]) -> Tuple[Dict[str, dict], str]:
     import importlib
 
-    import vtkmodules
     from vtkmodules.vtkCommonCore import vtkVersion
 
     classes: Dict[str, type] = {}

@@ -1,7 +1,7 @@
 """Non-learned atlas baselines built from a registered cohort (for ``benchmarks/atlas_quality.py``).
 
 :func:`gkr_mean_atlas` is the classical "average the aligned stacks" atlas, with the same Gaussian kernel over
-GA as the INR atlas (:func:`infanite.atlas.generate.gkr_weights`, σ 0.5 weeks by default).  For a target GA *t*, with
+GA as the INR atlas (:func:`infanite.atlas.kernel.gkr_weights`, σ 0.5 weeks by default).  For a target GA *t*, with
 ``w_s`` the kernel weight of stack *s* (weights summing to 1), ``I_s`` its registered T2 min–max normalised over
 its brain mask ``M_s`` (clipped at 0, as :func:`infanite.inr.data.pack_cohort` does for training) and ``v_s`` a
 per-voxel factor (1, or the stack's weight map ``W_s`` when ``use_weight_maps``)::
@@ -17,7 +17,7 @@ votes background with ``w_s · background_weight`` (default ``w_int`` = 0.8, the
 background halo): W then reweights observed (1.6) against interpolated (0.8) brain voxels only.  Stacks whose
 kernel weight is below ``min_weight`` (relative to the largest) are skipped (their contribution is < 1e-6).
 
-The label map is post-processed exactly like the INR atlas (:func:`infanite.atlas.generate.clean_labels`: small islands
+The label map is post-processed exactly like the INR atlas (:func:`infanite.atlas.labels.clean_labels`: small islands
 reassigned, largest brain component kept) unless ``clean=False``, and the intensity is set to 0 outside the
 labelled brain, as :mod:`infanite.atlas.generate` does.  Files are written atomically on the registered grid, named like
 the INR atlas: ``atlas_ga-<GA:.1f>_T2w.nii.gz`` (float32) and ``atlas_ga-<GA:.1f>_dseg.nii.gz``.
@@ -28,8 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from infanite.atlas.generate import atlas_filenames, clean_labels, gkr_weights
-from infanite.io.cohort import load_cohort
+from infanite.atlas.kernel import gkr_weights
+from infanite.atlas.labels import clean_labels
+from infanite.io.layout import atlas_filenames
+from infanite.io.cohort_checks import load_cohort
 from infanite.io.images import Volume, load_labels, load_nifti, save_nifti
 from infanite.inr.data import brain_normalised
 from infanite.labels import default_label_table

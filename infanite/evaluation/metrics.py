@@ -28,8 +28,9 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from infanite.io.images import Grid, Volume
-from infanite.labels import LabelTable, default_label_table
-from infanite.reference.normative import MEASURE_LABELS, NormativeTable, ren2022
+from infanite.labels import LabelTable
+from infanite.reference.normative import NormativeTable, ren2022
+from infanite.reference.volumes import measure_volumes_ml, tissue_volumes_ml, voxel_volume_of
 
 #: Element-wise tolerance on ``voxel_to_ras`` (mm) for two images to count as being on the same grid.
 GRID_ATOL = 1e-3
@@ -82,19 +83,6 @@ def _spacing(image, spacing_mm) -> np.ndarray:
     if not np.all(np.isfinite(spacing) & (spacing > 0)):
         raise ValueError(f"voxel spacing must be positive mm, got {spacing.tolist()}")
     return spacing
-
-
-def voxel_volume_mm3(image) -> float:
-    """Volume of one voxel (mm³) of a Volume or Grid."""
-    return float(abs(np.linalg.det(np.asarray(image.voxel_to_ras)[:3, :3])))
-
-
-def _voxel_volume(seg, voxel_volume_mm3_: float | None) -> float:
-    if voxel_volume_mm3_ is not None:
-        return float(voxel_volume_mm3_)
-    if isinstance(seg, Volume):
-        return voxel_volume_mm3(seg)
-    raise ValueError("voxel_volume_mm3 is required for plain arrays (Volumes carry their own)")
 
 
 def _bbox(mask: np.ndarray, pad: int = 0) -> tuple[slice, ...]:
@@ -305,35 +293,6 @@ def tct(image, seg, gm_label: int = 5, wm_label: int = 1, names: tuple[str, str]
 # volumes
 
 
-def label_volumes_ml(seg, names: dict, voxel_volume_mm3: float | None = None) -> dict:
-    """Volume (mL) of each label value in ``names`` (value → key), from one count of the label map.
-
-    ``voxel_volume_mm3`` defaults to the Volume's own voxel volume.
-    """
-    voxel_ml = _voxel_volume(seg, voxel_volume_mm3) / 1000.0
-    counts = np.bincount(np.clip(_array(seg).ravel().astype(np.int64), 0, None),
-                         minlength=max(int(v) for v in names) + 1)
-    return {key: float(counts[int(value)]) * voxel_ml for value, key in names.items()}
-
-
-def tissue_volumes_ml(seg, voxel_volume_mm3: float | None = None, table: LabelTable | None = None) -> dict:
-    """Volume (mL) of every label of ``table`` (default CRL 8-class), keyed by abbreviation."""
-    table = table or default_label_table()
-    return label_volumes_ml(seg, {lab.value: lab.abbrev for lab in table.labels}, voxel_volume_mm3)
-
-
-def measures_from_tissues(tissue_ml: dict) -> dict:
-    """The normative measures (TBV, ICV, GMV, SBV, e-CSFV, VV, CBV, BM; mL) as sums of tissue volumes keyed by
-    abbreviation (:data:`~infanite.reference.normative.MEASURE_LABELS`); a measure needing a missing tissue is left out."""
-    return {measure: float(sum(tissue_ml[a] for a in abbrevs))
-            for measure, abbrevs in MEASURE_LABELS.items() if all(a in tissue_ml for a in abbrevs)}
-
-
-def measure_volumes_ml(seg, voxel_volume_mm3: float | None = None, table: LabelTable | None = None) -> dict:
-    """The normative measures (mL) of a label map (see :func:`measures_from_tissues`)."""
-    return measures_from_tissues(tissue_volumes_ml(seg, voxel_volume_mm3, table))
-
-
 def volume_l1_vs_reference(seg, ref_seg, voxel_volume_mm3: float | None = None, table: LabelTable | None = None,
                            names: tuple[str, str] = ("test", "reference")) -> dict:
     """Relative volume differences ``|V − V_ref| / V_ref`` per tissue and their mean (mean absolute relative
@@ -343,7 +302,7 @@ def volume_l1_vs_reference(seg, ref_seg, voxel_volume_mm3: float | None = None, 
     tissues absent from the reference get NaN and are left out of the mean.
     """
     check_same_grid(seg, ref_seg, names)
-    voxel = _voxel_volume(ref_seg if isinstance(ref_seg, Volume) else seg, voxel_volume_mm3)
+    voxel = voxel_volume_of(ref_seg if isinstance(ref_seg, Volume) else seg, voxel_volume_mm3)
     volumes = tissue_volumes_ml(seg, voxel, table)
     reference = tissue_volumes_ml(ref_seg, voxel, table)
     per_tissue = {k: (abs(volumes[k] - reference[k]) / reference[k] if reference[k] > 0 else math.nan)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from infanite.io.cohort import load_cohort
+from infanite.io.cohort_checks import load_cohort
 from infanite.geometry import apply_matrix
 from infanite.io.images import load_labels, load_nifti
 

@@ -20,9 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import signal
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -30,17 +28,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from infanite.io.images import Volume, atomic_write_text, save_nifti
+from infanite.io.atomic import atomic_output, atomic_write_text
+from infanite.io.images import Volume, save_nifti
+from infanite.io.layout import CHECKPOINT, CONFIG, STACKS, STOP_FILE, SUPPORT, TRAIN_LOG
 from infanite.inr.data import PackedCohort, pack_cohort, psf_jitter, weighted_loss
 from infanite.inr.model import ModulatedSiren
 from infanite.labels import default_label_table
 from infanite.progress import ProgressReporter
 from infanite.inr.config import TrainConfig
-
-CHECKPOINT = "checkpoint.pt"
-STACKS = "stacks.json"
-SUPPORT = "support_mask.nii.gz"      # union of the stacks' brain + halo on the training grid
-STOP_FILE = "STOP"                   # created in the run folder (by a GUI) to stop at the next step boundary
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +176,7 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
                              f"{n_classes} (background, labels {labels}, halo)")
     chol = _psf_factors(config, data).to(device)
     out.mkdir(parents=True, exist_ok=True)
-    log_path = out / "train_log.jsonl"
+    log_path = out / TRAIN_LOG
     global_step = 0
     if resume and (out / CHECKPOINT).exists():
         state = torch.load(out / CHECKPOINT, map_location=device, weights_only=True)
@@ -196,7 +191,7 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
         atomic_write_text(log_path, "".join(line + "\n" for line in lines))
     elif log_path.exists():
         log_path.unlink()
-    config.save_yaml(out / "config.yaml")
+    config.save_yaml(out / CONFIG)
     atomic_write_text(out / STACKS, json.dumps(
         {"stack_ids": data.stack_ids, "ga_weeks": data.ga_weeks, "halo_label": data.halo_label,
          "label_values": [int(v) for v in labels], "grid_shape": [int(n) for n in data.shape],
@@ -273,11 +268,5 @@ def _save_checkpoint(out: Path, model, optimizer, scheduler, scaler, global_step
              "scaler": scaler.state_dict(), "global_step": global_step, "total_steps": total_steps,
              "stack_ids": list(stack_ids),
              "torch_rng": torch.get_rng_state(), "config": config.to_dict()}
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint.", suffix=".pt", dir=out)
-    os.close(fd)
-    try:
+    with atomic_output(out / CHECKPOINT) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, out / CHECKPOINT)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

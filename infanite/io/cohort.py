@@ -15,8 +15,8 @@ Other columns are kept and written back.  The reference code's ``configs/fetal.t
 ``configs/subject_ids.yaml``) is read as it is: when the TSV's folder is named ``configs``, relative paths are
 resolved against its parent, the working directory of the reference code.
 
-Checks never stop at the first problem: every problem of every row becomes a :class:`Problem` naming row,
-column and file, and :func:`load_cohort` raises one :class:`ManifestError` listing them all.  Nothing is
+Checks never stop at the first problem: every problem of every row becomes a :class:`Problem` naming row, column and
+file, and :func:`~infanite.io.cohort_checks.load_cohort` raises one :class:`ManifestError` listing them all.  Nothing is
 written except by :meth:`Cohort.write` and :func:`write_manifest`.
 """
 from __future__ import annotations
@@ -29,12 +29,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import yaml
 
-from infanite.geometry import same_grid, voxel_spacing
-from infanite.io.images import ImageReadError, atomic_write_text, load_nifti, read_header
-from infanite.labels import LabelTable, default_label_table
+from infanite.io.atomic import atomic_write_text
 
 REQUIRED_COLUMNS = ("subject_id", "scan_age", "T2w", "Seg")
 #: Registration also takes stacks without a known GA (empty ``scan_age``) or without a Seg (``Mask`` given).
@@ -44,7 +41,6 @@ OPTIONAL_COLUMNS = ("Mask", "subject", "slice_thickness_mm")
 DEFAULT_DATASET_NAME = "fetal_atlas"
 _REFERENCE_ID = re.compile(r"^\d+(?:\.\d+)?_([^_\s]+)_[^_\s]+$")
 #: Largest distance (label units) of a label-map value from an integer (as in ``imageio.load_labels``).
-_LABEL_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -358,117 +354,3 @@ def read_manifest(path, subject_ids_yaml=None, dataset_name: str | None = None,
         if record is not None:
             stacks.append(record)
     return Cohort(path, stacks), problems
-
-
-def _check_ga_range(ga_range) -> tuple[float, float]:
-    low, high = (float(v) for v in ga_range)
-    if not (math.isfinite(low) and math.isfinite(high) and low <= high):
-        raise ValueError(f"invalid gestational-age range {ga_range!r} (weeks, MIN <= MAX)")
-    return low, high
-
-
-def check_ages(cohort: Cohort, ga_range=(21.0, 39.0)) -> list[Problem]:
-    """Stacks whose ``scan_age`` (weeks) lies outside the inclusive ``ga_range`` (weeks)."""
-    low, high = _check_ga_range(ga_range)
-    return [Problem(r.row, "scan_age", None, "ga_out_of_range",
-                    f"scan_age {r.scan_age:g} weeks is outside the accepted range {low:g}–{high:g} weeks",
-                    cohort.manifest_path.name)
-            for r in cohort.stacks if r.scan_age is not None and not low <= r.scan_age <= high]
-
-
-def _voxel_problems(column: str, array: np.ndarray, seg_is_mask: bool,
-                    label_table: LabelTable) -> list[tuple[str, str]]:
-    """(kind, message) for the voxel values of one image of a stack."""
-    inexact = np.issubdtype(array.dtype, np.inexact)
-    if inexact:
-        n_nan, n_inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
-        if n_nan or n_inf:
-            return [("nan_inf", f"{n_nan} NaN and {n_inf} infinite voxel values")]
-    if column == "T2w":
-        return []
-    if column == "Mask":
-        return [] if np.any(array != 0) else [("empty_mask", "mask is all zero")]
-    if inexact:
-        rounded = np.rint(array)
-        worst = float(np.abs(array - rounded).max(initial=0))
-        if worst > _LABEL_TOLERANCE:
-            return [("not_labels", f"label map holds non-integer values (up to {worst:.3g} from an integer)")]
-        array = rounded.astype(np.int64)
-    found = []
-    unknown = label_table.unknown_values(array)
-    if unknown:
-        found.append(("unknown_labels", f"label values {unknown} are not in the label table ({label_table.source})"))
-    if seg_is_mask and not np.any(array > 0):
-        found.append(("empty_mask", "no label > 0, so the brain mask (Seg > 0 without a Mask column) is empty"))
-    return found
-
-
-def _stack_image_problems(record: StackRecord, label_table: LabelTable, manifest: str) -> list[Problem]:
-    files = {"T2w": record.t2w}
-    if record.seg is not None:
-        files["Seg"] = record.seg
-    if record.mask is not None:
-        files["Mask"] = record.mask
-    problems = []
-
-    def add(column: str, kind: str, message: str) -> None:
-        problems.append(Problem(record.row, column, str(files[column]), kind, message, manifest))
-
-    grids = {}
-    for column, path in files.items():
-        try:
-            grids[column] = read_header(path)
-        except ImageReadError as exc:
-            add(column, exc.kind, exc.detail)
-    if grids:
-        reference, *others = grids
-        for column in others:
-            same, why = same_grid(*grids[reference], *grids[column])
-            if not same:
-                add(column, "grid_mismatch", f"voxel grid differs from {reference} ({why})")
-    if "T2w" in grids and record.slice_thickness_mm is None:
-        record.slice_thickness_mm = float(voxel_spacing(grids["T2w"][1]).max())
-    for column in grids:
-        try:
-            volume = load_nifti(files[column], dtype=np.float32 if column == "T2w" else None)
-        except ImageReadError as exc:
-            add(column, exc.kind, exc.detail)
-            continue
-        for kind, message in _voxel_problems(column, volume.array, record.mask is None, label_table):
-            add(column, kind, message)
-    return problems
-
-
-def validate_images(cohort: Cohort, label_table: LabelTable, ga_range=(21.0, 39.0)) -> list[Problem]:
-    """Every problem of every stack: GA outside ``ga_range`` (weeks), and for T2w, Seg and Mask missing,
-    unreadable, corrupt-gzip or non-3-D files, NaN/inf voxels, voxel grids that differ (shape, or affine beyond
-    1e-3 mm), an empty brain mask, non-integer label maps and labels not in ``label_table``.
-
-    Each file's header is read first and its voxels once.  Missing ``slice_thickness_mm`` values are filled in
-    place with the largest voxel size (mm) of the T2w image.
-    """
-    problems = check_ages(cohort, ga_range)
-    for record in cohort.stacks:
-        problems += _stack_image_problems(record, label_table, cohort.manifest_path.name)
-    return problems
-
-
-def load_cohort(path, label_table: LabelTable | None = None, ga_range=(21.0, 39.0), subject_ids_yaml=None,
-                check_images: bool = True, registration_input: bool = False) -> Cohort:
-    """Read a manifest and check it (and its images unless ``check_images`` is False).
-
-    ``label_table`` defaults to :func:`labels.default_label_table`, ``ga_range`` is in weeks.  Raises
-    :class:`ManifestError` listing every table and image problem, sorted by row; rows with unusable table
-    values are not opened.  ``registration_input`` accepts rows with an unknown GA (empty ``scan_age``) or with
-    only a ``Mask`` (no ``Seg``), as ``infanite register`` does.  Nothing is written.
-    """
-    cohort, problems = read_manifest(path, subject_ids_yaml, registration_input=registration_input)
-    if check_images:
-        table = default_label_table() if label_table is None else label_table
-        problems += validate_images(cohort, table, ga_range)
-    else:
-        problems += check_ages(cohort, ga_range)
-    if problems:
-        raise ManifestError(cohort.manifest_path,
-                            sorted(problems, key=lambda p: (p.row is not None, p.row or 0)))
-    return cohort

@@ -1,7 +1,6 @@
 """PNG figures: three orthogonal planes of volumes, optionally with a label overlay (matplotlib, no display)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -10,7 +9,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from infanite.io.images import Volume, atomic_path
+from infanite.io.atomic import atomic_output
+from infanite.io.images import Volume
 from infanite.labels import LabelTable, default_label_table
 
 
@@ -32,15 +32,12 @@ def plane_aspects(spacing_mm) -> list[float]:
 
 def save_figure(fig, path, dpi: int = 90) -> Path:
     """Save ``fig`` as ``path`` atomically (temporary sibling + rename) and close it."""
-    tmp, final = atomic_path(path)
     try:
-        fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, final)
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=dpi)
     finally:
         plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
-    return final
+    return Path(path)
 
 
 def label_rgba(labels: np.ndarray, table: LabelTable, alpha: float = 0.45) -> np.ndarray:

@@ -7,8 +7,6 @@ rename, so an interrupted run never leaves a half-written image behind.
 from __future__ import annotations
 
 import gzip
-import os
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +15,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
+from infanite.io.atomic import atomic_output
 from infanite.geometry import LPS_TO_RAS, RAS_TO_LPS, as_matrix, direction_cosines, voxel_spacing
 
 
@@ -160,31 +159,6 @@ def load_labels(path) -> Volume:
     return vol.with_array(arr.astype(np.int16 if arr.max(initial=0) < 32768 else np.int32))
 
 
-def atomic_path(path) -> tuple[Path, Path]:
-    """A temporary sibling of ``path`` with the same suffixes, and the final path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes 0600 files; give the usual permissions
-    return Path(tmp), path
-
-
-def atomic_write_text(path, text: str) -> Path:
-    """Write a UTF-8 text file atomically (temporary sibling + rename)."""
-    tmp, final = atomic_path(path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return final
-
-
 def save_nifti(volume: Volume, path, dtype=None) -> Path:
     """Write ``volume`` to ``path`` (NIfTI-1), qform and sform both set to its affine (code 1, scanner).
 
@@ -205,14 +179,9 @@ def save_nifti_array(array: np.ndarray, voxel_to_ras: np.ndarray, path) -> Path:
     img.set_qform(voxel_to_ras, code=1)
     img.set_sform(voxel_to_ras, code=1)
     img.header.set_xyzt_units("mm", "sec")
-    tmp, final = atomic_path(path)
-    try:
+    with atomic_output(path) as tmp:
         nib.save(img, str(tmp))
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return final
+    return Path(path)
 
 
 def _set_sitk_geometry(img: sitk.Image, voxel_to_ras: np.ndarray) -> sitk.Image:

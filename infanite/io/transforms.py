@@ -26,7 +26,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from infanite.geometry import as_matrix, lps_matrix_to_ras, ras_matrix_to_lps
-from infanite.io.images import atomic_path, atomic_write_text
+from infanite.io.atomic import atomic_output, atomic_write_text
 
 COORDINATES = "RAS"
 DIRECTION = "template_to_stack"
@@ -171,14 +171,9 @@ def write_itk_tfm(path, template_to_stack: np.ndarray) -> Path:
     tx = sitk.AffineTransform(3)
     tx.SetMatrix([float(v) for v in lps[:3, :3].ravel()])
     tx.SetTranslation([float(v) for v in lps[:3, 3]])
-    tmp, final = atomic_path(path)
-    try:
+    with atomic_output(path) as tmp:
         sitk.WriteTransform(tx, str(tmp))
-        tmp.replace(final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return final
+    return Path(path)
 
 
 def read_itk_tfm(path) -> np.ndarray:

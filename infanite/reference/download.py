@@ -25,9 +25,6 @@ again).
 """
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -36,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from infanite.io.images import atomic_path, atomic_write_text, load_nifti
+from infanite.io.atomic import atomic_output, atomic_write_text
 from infanite.progress import ProgressReporter
 
 DEFAULT_BASE_URL = "https://raw.githubusercontent.com/gift-surg/NiftyMIC/master/data/templates/"
@@ -222,6 +219,8 @@ def _content_hint(path: Path) -> str:
 
 def _readable_nifti(path: Path) -> str | None:
     """None when ``path`` is a readable NIfTI image (voxels included), else why not."""
+    from infanite.io.images import load_nifti         # nibabel only when a file is checked
+
     try:
         load_nifti(path, dtype=None)
     except Exception as exc:  # ImageReadError, and anything nibabel may raise on exotic garbage
@@ -232,22 +231,17 @@ def _readable_nifti(path: Path) -> str | None:
 def _download_one(urls: list, final: Path, opener, nifti: bool):
     """Fetch the first of ``urls`` that exists into ``final`` (atomic); the URL used, or None when none exists."""
     for url in urls:
-        tmp, final = atomic_path(final)
         try:
-            try:
+            with atomic_output(final) as tmp:
                 _fetch(url, tmp, opener)
-            except _NotFound:
-                continue
-            if nifti:
-                problem = _readable_nifti(tmp)
-                if problem is not None:
-                    raise ValueError(f"{url} is not a readable NIfTI image ({problem}{_content_hint(tmp)}); "
-                                     f"nothing was saved as {final}")
-            os.replace(tmp, final)
-            return url
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+                if nifti:
+                    problem = _readable_nifti(tmp)
+                    if problem is not None:
+                        raise ValueError(f"{url} is not a readable NIfTI image ({problem}{_content_hint(tmp)}); "
+                                         f"nothing was saved as {final}")
+        except _NotFound:
+            continue
+        return url
     return None
 
 
@@ -349,76 +343,3 @@ def download_templates(out_dir, weeks=DEFAULT_WEEKS, base_url: str = DEFAULT_BAS
 
 
 # ------------------------------------------------------------------------------------------------- command line
-
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Options of ``infanite get-templates``."""
-    parser.add_argument("--out", required=True, help="folder for the templates (NiftyMIC layout, "
-                                                     "usable as --templates / --atlas-dir)")
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--weeks", type=int, nargs="+", metavar="WEEK",
-                       help=f"weeks to fetch, {WEEK_RANGE[0]}–{WEEK_RANGE[1]} (default "
-                            f"{DEFAULT_WEEKS[0]}–{DEFAULT_WEEKS[-1]}, the weeks of NiftyMIC's copy)")
-    which.add_argument("--week-range", type=int, nargs=2, metavar=("FIRST", "LAST"),
-                       help="weeks FIRST to LAST inclusive")
-    parser.add_argument("--base-url", default=DEFAULT_BASE_URL,
-                        help=f"folder URL holding STA<week>*.nii.gz (http, https or file; default {DEFAULT_BASE_URL})")
-    parser.add_argument("--accept-licence", "--accept-license", dest="accept_licence", action="store_true",
-                        help="accept the atlas licence (non-commercial research/education only, cite "
-                             "Gholipour et al. 2017, no redistribution) without the interactive prompt")
-    parser.add_argument("--progress-json", metavar="FILE|-", default=None,
-                        help="write progress as JSON lines to FILE, or to stdout with '-'")
-    return parser
-
-
-def _print_warnings(caught) -> None:
-    for w in caught:
-        if issubclass(w.category, TemplateDownloadWarning):
-            print(f"get-templates: warning: {w.message}", file=sys.stderr)
-        else:
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-
-
-def command(args) -> int:
-    """Run ``infanite get-templates``: 0 done, 1 the download failed, 2 invalid input or licence not accepted."""
-    try:
-        if getattr(args, "week_range", None):
-            first, last = args.week_range
-            if last < first:
-                raise ValueError(f"--week-range FIRST {first} is after LAST {last}")
-            weeks = validate_weeks(range(first, last + 1))
-        else:
-            weeks = validate_weeks(args.weeks if getattr(args, "weeks", None) else DEFAULT_WEEKS)
-        base = normalise_base_url(args.base_url)
-        if Path(args.out).exists() and not Path(args.out).is_dir():
-            raise ValueError(f"--out {args.out} exists and is not a folder")
-    except ValueError as exc:
-        print(f"get-templates: error: {exc}", file=sys.stderr)
-        return 2
-    if not args.accept_licence:
-        print(LICENCE_TEXT, flush=True)
-        if sys.stdin is not None and sys.stdin.isatty():
-            try:
-                answer = input('Type "yes" to accept these terms and download the images: ')
-            except EOFError:
-                answer = ""
-            if answer.strip().lower() != "yes":
-                print("get-templates: licence not accepted; nothing was downloaded", file=sys.stderr)
-                return 2
-        else:
-            print("get-templates: the CRL atlas licence must be accepted: read the terms printed above, then "
-                  "re-run with --accept-licence", file=sys.stderr)
-            return 2
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", TemplateDownloadWarning)
-        try:
-            with ProgressReporter(getattr(args, "progress_json", None)) as progress:
-                folder = download_templates(args.out, weeks, base, accept_licence=True, progress=progress)
-        except (ValueError, OSError) as exc:
-            _print_warnings(caught)
-            message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-            print(f"get-templates: error: {message} (files already downloaded are kept; re-run to resume)",
-                  file=sys.stderr)
-            return 1
-    _print_warnings(caught)
-    print(f"templates ready (weeks {weeks[0]}–{weeks[-1]}, licence record {LICENCE_RECORD}): {folder}")
-    return 0

@@ -1,13 +1,13 @@
 """Built-in procedural fetal-brain phantom for any GA 21–39 weeks (no licensed data needed).
 
-The phantom lives in a template-like RAS space centred on (0, 0, 0) mm on one fixed grid for every GA
-(0.8 mm by default, 112 × 128 × 112 mm).  It has the 8 labels of the default table: extra-axial CSF around a
-cerebrum whose cortex (a nested shell) folds with GA — sulci appear at staggered onsets from 21 to 34 weeks and
-deepen with age — over white matter, lateral ventricles, deep grey matter and corpus callosum, with the
-cerebellum and brainstem below.  Every tissue is a sub-level set of a smooth field whose threshold is chosen so
-that the tissue's voxel count matches the normative volume of Ren et al. 2022 (:mod:`infanite.reference.normative`) at the
-requested GA; the split of SBV into white matter, deep grey matter and corpus callosum uses fixed fractions.
-The T2-like image has CSF brightest and cortex darkest, partial-volume blur and a faint smooth texture.
+The phantom lives in a template-like RAS space centred on (0, 0, 0) mm on one fixed grid for every GA (0.8 mm by
+default, 112 × 128 × 112 mm).  It has the 8 labels of the default table: extra-axial CSF around a cerebrum whose cortex
+(a nested shell) folds with GA — sulci appear at staggered onsets from 21 to 34 weeks and deepen with age — over white
+matter, lateral ventricles, deep grey matter and corpus callosum, with the cerebellum and brainstem below.  Every tissue
+is a sub-level set of a smooth field whose threshold is chosen so that the tissue's voxel count matches the normative
+volume of Ren et al. 2022 (:mod:`infanite.reference.normative`) at the requested GA; the split of SBV into white matter,
+deep grey matter and corpus callosum uses fixed fractions. The T2-like image has CSF brightest and cortex darkest,
+partial-volume blur and a faint smooth texture.
 """
 from __future__ import annotations
 

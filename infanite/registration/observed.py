@@ -12,7 +12,6 @@ reference §4), which is slow and wrong where interpolated IDs collide; here it 
 """
 from __future__ import annotations
 
-import re
 
 import numpy as np
 
@@ -21,8 +20,6 @@ from infanite.io.images import Grid
 
 #: Template voxels processed per chunk (whole slabs along the first template axis), bounding memory use.
 _CHUNK_VOXELS = 1 << 21
-
-_REFERENCE_ID = re.compile(r"^\d+(?:\.\d+)?_([^_]+)_([^_]+)$")
 
 
 def _check_grid(grid: Grid, name: str) -> tuple[tuple[int, int, int], np.ndarray]:
@@ -115,22 +112,3 @@ def weight_map(observed: np.ndarray, brain_mask: np.ndarray, w_obs: float = 1.6,
     out[brain] = np.float32(w_int)
     out[brain & (observed != 0)] = np.float32(w_obs)
     return out
-
-
-def reference_mask_sample_name(subject_id: str) -> str:
-    """File name the reference trainer reads from ``spatial_weighting.path`` for a stack.
-
-    A reference-style id ``GA_SUBJECT_STACK`` (e.g. ``24_0001_602``) drops its GA prefix:
-    ``0001_602_mask_sample.nii.gz``; any other id gives ``{subject_id}_mask_sample.nii.gz``.
-
-    The reference loader casts this file to uint8 and treats values > 0.5 as observed (weight 1.6), everything
-    else as interpolated (0.8).  Writing the weight map W (1.6 / 0.8 / 0) there is therefore compatible: 1.6
-    casts to 1 (observed), 0.8 and 0 cast to 0.  The file must lie on exactly the T2w / Seg grid.
-    """
-    subject_id = str(subject_id).strip()
-    if not subject_id:
-        raise ValueError("subject_id is empty")
-    match = _REFERENCE_ID.match(subject_id)
-    if match:
-        return f"{match.group(1)}_{match.group(2)}_mask_sample.nii.gz"
-    return f"{subject_id}_mask_sample.nii.gz"

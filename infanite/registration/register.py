@@ -1,9 +1,10 @@
 """``infanite register``: every stack of a cohort into template space, with observed-voxel and weight maps.
 
-Per stack: brain mask (``Mask`` or ``Seg > 0``), optional N4, the template for its GA (when the GA is unknown:
-the weeks from 2 below to 1 above the brain-volume guess are all tried and the highest NMI wins), orientation search + rigid NMI registration (:mod:`infanite.registration.stack`), then
-resampling onto the template grid (or an isotropic grid of ``spacing_mm`` over the same field of view): T2
-(linear), Seg and mask (nearest), the observed-voxel map and the weight map W.
+Per stack: brain mask (``Mask`` or ``Seg > 0``), optional N4, the template for its GA (when the GA is unknown: the weeks
+from 2 below to 1 above the brain-volume guess are all tried and the highest NMI wins), orientation search + rigid NMI
+registration (:mod:`infanite.registration.stack`), then resampling onto the template grid (or an isotropic grid of
+``spacing_mm`` over the same field of view): T2 (linear), Seg and mask (nearest), the observed-voxel map and the weight
+map W.
 
 Outputs in ``OUT``: ``registered.tsv`` (manifest of the aligned stacks + ``Weight`` and ``Observed``),
 ``transforms.json`` (``template_to_stack`` RAS matrices and QC), ``transforms/<id>.tfm`` (loads in Slicer),
@@ -24,10 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from infanite.io.cohort import Cohort, ManifestError, Problem, StackRecord, load_cohort, read_manifest, write_manifest
+from infanite.io.cohort import read_manifest, write_manifest, Cohort, ManifestError, Problem, StackRecord
+from infanite.io.cohort_checks import load_cohort
 from infanite.geometry import voxel_spacing
-from infanite.io.images import Grid, Volume, atomic_write_text, load_labels, load_nifti, read_header, save_nifti
-from infanite.registration.observed import observed_map, reference_mask_sample_name, weight_map
+from infanite.io.atomic import atomic_write_text
+from infanite.io.images import Grid, Volume, load_labels, load_nifti, read_header, save_nifti
+from infanite.io.layout import FAILURES, QC_DIR, REGISTERED, STACKS_DIR, TFM_DIR, TRANSFORMS, WEIGHTS_DIR, stack_paths
+from infanite.registration.observed import observed_map, weight_map
 from infanite.progress import ProgressReporter
 from infanite.registration.qc import save_registration_qc
 from infanite.io.resample import resample
@@ -161,19 +165,11 @@ def preflight(manifest, library: TemplateLibrary, options: RegisterOptions, init
 # one stack
 
 
-def _stack_paths(out: Path, sid: str) -> dict[str, Path]:
-    names = {"T2w": "T2w", "Seg": "dseg", "Mask": "mask", "Observed": "observed", "Weight": "weight"}
-    paths = {key: out / "stacks" / f"{sid}_{suffix}.nii.gz" for key, suffix in names.items()}
-    paths.update(result=out / "stacks" / f"{sid}.json", tfm=out / "transforms" / f"{sid}.tfm",
-                 qc=out / "qc" / f"{sid}.png", reference=out / "spatial_weighting" / reference_mask_sample_name(sid))
-    return paths
-
-
 def register_one(record: StackRecord, templates, out: Path, options: RegisterOptions,
                  init_matrix=None, fixed_matrix=None) -> dict:
     """Register and resample one stack; writes its files and, last, ``stacks/<id>.json`` (returned)."""
     library = open_library(templates)
-    paths = _stack_paths(out, record.subject_id)
+    paths = stack_paths(out, record.subject_id)
     t2 = load_nifti(record.t2w)
     mask = load_labels(record.mask) if record.mask else None
     seg = load_labels(record.seg) if record.seg else None
@@ -295,12 +291,12 @@ def register_cohort(manifest, templates, out, options: RegisterOptions | None = 
     out = Path(out)
     library = open_library(templates)
     cohort, init, fixed = preflight(manifest, library, options, init_transforms, fixed_transforms)
-    for sub in ("stacks", "transforms", "qc", "spatial_weighting"):
+    for sub in (STACKS_DIR, TFM_DIR, QC_DIR, WEIGHTS_DIR):
         (out / sub).mkdir(parents=True, exist_ok=True)
     progress = progress or ProgressReporter(None)
     todo, skipped = [], []
     for record in cohort.stacks:
-        if _stack_paths(out, record.subject_id)["result"].exists():
+        if stack_paths(out, record.subject_id)["result"].exists():
             skipped.append(record.subject_id)
         else:
             todo.append(record)
@@ -331,7 +327,7 @@ def register_cohort(manifest, templates, out, options: RegisterOptions | None = 
 def _write_cohort_outputs(cohort: Cohort, out: Path, failed: dict[str, str]) -> None:
     records, transforms, qc = [], {}, {}
     for record in cohort.stacks:
-        paths = _stack_paths(out, record.subject_id)
+        paths = stack_paths(out, record.subject_id)
         if record.subject_id in failed or not paths["result"].exists():
             continue
         summary = json.loads(paths["result"].read_text())
@@ -347,9 +343,9 @@ def _write_cohort_outputs(cohort: Cohort, out: Path, failed: dict[str, str]) -> 
                                    if record.scan_age is None else record.scan_age, paths["T2w"],
                                    paths["Seg"] if record.seg else None, paths["Mask"], record.subject,
                                    record.slice_thickness_mm, extra))
-    write_manifest(records, out / "registered.tsv")
-    write_transforms_json(out / "transforms.json", transforms, qc)
-    failures_path = out / "failures.json"
+    write_manifest(records, out / REGISTERED)
+    write_transforms_json(out / TRANSFORMS, transforms, qc)
+    failures_path = out / FAILURES
     if failed:
         rows = {r.subject_id: r.row for r in cohort.stacks}
         atomic_write_text(failures_path, json.dumps(

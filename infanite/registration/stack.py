@@ -119,11 +119,11 @@ def register_stack(t2: Volume, mask: Volume, template: Template, settings: Regis
                    initial_template_to_stack: np.ndarray | None = None) -> StackRegistration:
     """Find ``template_to_stack`` for one stack.
 
-    Without ``initial_template_to_stack`` the orientation search runs: 24 axis candidates in the stack's voxel
-    frame ∪ 4 principal-axis candidates, each refined by a short coarse registration and ranked by NMI; the
-    ``settings.finalists`` best distinct poses are refined together at the first fine level, the best NMI wins
-    (``margin`` = its lead over the best distinct runner-up) and alone goes through the finer levels.  With it, the search is skipped and the given
-    pose is refined.
+    Without ``initial_template_to_stack`` the orientation search runs: 24 axis candidates in the stack's voxel frame ∪ 4
+    principal-axis candidates, each refined by a short coarse registration and ranked by NMI; the ``settings.finalists``
+    best distinct poses are refined together at the first fine level, the best NMI wins (``margin`` = its lead over the
+    best distinct runner-up) and alone goes through the finer levels.  With it, the search is skipped and the given pose
+    is refined.
     """
     settings = settings or RegistrationSettings()
     t0 = time.perf_counter()

@@ -24,10 +24,13 @@ from scipy import ndimage
 
 from infanite.geometry import (apply_matrix, fit_rigid, random_rotation, rigid_matrix, rotation_angle_deg,
                                rotation_matrix)
-from infanite.io.images import Volume, atomic_write_text, save_nifti
+from infanite.io.atomic import atomic_write_text
+from infanite.io.images import Volume, save_nifti
+from infanite.io.layout import COHORT, REGISTERED, TRUTH
 from infanite.progress import ProgressReporter
 from infanite.io.resample import FWHM_TO_SIGMA
-from infanite.reference.templates import Template, TemplateLibrary
+from infanite.reference.templates import TemplateLibrary
+from infanite.simulation.anatomy import crop_to_brain, deform, displacement, random_deformation, remove_affine_part
 
 #: In-plane FWHM of the slice profile relative to the in-plane spacing (SVRTK, NiftyMIC, NeSVoR).
 INPLANE_FWHM_FACTOR = 1.2
@@ -102,74 +105,6 @@ class SubjectTruth:
     deformation: dict
     bias_coefficients: list
     stacks: dict = field(default_factory=dict)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# subject level
-
-
-def _crop_to_brain(template: Template, margin_mm: float) -> tuple[Volume, Volume]:
-    """T2 and labels cropped to the brain bounding box plus a margin (keeps world geometry)."""
-    labels = template.seg if template.seg is not None else template.mask
-    brain = labels.array > 0
-    idx = np.argwhere(brain)
-    margin = np.ceil(margin_mm / template.t2w.spacing_mm).astype(int)
-    lo = np.maximum(idx.min(0) - margin, 0)
-    hi = np.minimum(idx.max(0) + margin + 1, brain.shape)
-    sl = tuple(slice(a, b) for a, b in zip(lo, hi))
-    affine = template.t2w.voxel_to_ras.copy()
-    affine[:3, 3] = apply_matrix(affine, lo)
-    return (Volume(np.ascontiguousarray(template.t2w.array[sl], dtype=np.float32), affine),
-            Volume(np.ascontiguousarray(labels.array[sl]), affine.copy()))
-
-
-def _random_deformation(rng: np.random.Generator, max_mm: float, n_waves: int = 4) -> dict:
-    """Parameters of a smooth displacement field: sums of low-frequency sine waves (wavelength 40–90 mm)."""
-    directions = rng.normal(size=(3, n_waves, 3))
-    directions /= np.linalg.norm(directions, axis=-1, keepdims=True)
-    wavelength = rng.uniform(40.0, 90.0, size=(3, n_waves))
-    amplitude = rng.normal(size=(3, n_waves))
-    amplitude *= max_mm / max(np.abs(amplitude).sum(axis=1).max(), 1e-9)   # |d| ≤ max_mm per component
-    phase = rng.uniform(0, 2 * np.pi, size=(3, n_waves))
-    return {"wave_vectors_per_mm": (directions * (2 * np.pi / wavelength)[..., None]).tolist(),
-            "amplitude_mm": amplitude.tolist(), "phase_rad": phase.tolist(), "max_component_mm": max_mm}
-
-
-def _displacement(params: dict, xyz: np.ndarray) -> np.ndarray:
-    """Displacement (mm) at RAS points (..., 3) of a field from :func:`_random_deformation`.
-
-    The field's affine part over the brain (``affine_removed``, a 3×4 matrix) is subtracted, so the deformation
-    is purely non-linear and the true rigid pose stays the best rigid fit.
-    """
-    k = np.asarray(params["wave_vectors_per_mm"])
-    amp = np.asarray(params["amplitude_mm"])
-    phase = np.asarray(params["phase_rad"])
-    out = np.zeros(xyz.shape, np.float32)
-    for c in range(3):
-        for w in range(k.shape[1]):
-            out[..., c] += amp[c, w] * np.sin(xyz @ k[c, w].astype(np.float32) + phase[c, w])
-    if "affine_removed" in params:
-        a = np.asarray(params["affine_removed"], dtype=np.float32)
-        out -= xyz @ a[:, :3].T + a[:, 3]
-    return out
-
-
-def _remove_affine_part(params: dict, brain_ras: np.ndarray) -> dict:
-    """Fit the displacement over brain points by an affine map (least squares) and record it for removal."""
-    design = np.c_[brain_ras, np.ones(len(brain_ras))]
-    coef, *_ = np.linalg.lstsq(design, _displacement(params, brain_ras.astype(np.float32)), rcond=None)
-    return {**params, "affine_removed": coef.T.tolist()}
-
-
-def _deform(t2: Volume, labels: Volume, params: dict) -> tuple[Volume, Volume]:
-    """Warp an image and its labels by the displacement field: subject(x) = template(x + d(x))."""
-    xyz = t2.grid.voxel_centres_ras().astype(np.float32)
-    src = xyz + _displacement(params, xyz)
-    ijk = apply_matrix(t2.ras_to_voxel, src).astype(np.float32)
-    coords = np.moveaxis(ijk, -1, 0)
-    warped = ndimage.map_coordinates(t2.array, coords, order=1, mode="constant", cval=0.0)
-    warped_labels = ndimage.map_coordinates(labels.array, coords, order=0, mode="constant", cval=0)
-    return t2.with_array(warped.astype(np.float32)), labels.with_array(warped_labels.astype(labels.array.dtype))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -303,11 +238,11 @@ def stack_id(ga_weeks: float, subject_index: int, plane: str, repeat: int) -> st
 def _simulate_subject(index: int, ga: float, library: TemplateLibrary, config: SimulationConfig, out: Path):
     rng = np.random.default_rng([config.seed, index])
     template = library.for_ga(ga, config.template_mode)
-    t2, labels = _crop_to_brain(template, margin_mm=config.fov_margin_mm)
-    deformation = _random_deformation(rng, config.deformation_mm)
+    t2, labels = crop_to_brain(template, margin_mm=config.fov_margin_mm)
+    deformation = random_deformation(rng, config.deformation_mm)
     brain_ras = apply_matrix(labels.voxel_to_ras, np.argwhere(labels.array > 0)[::7])
-    deformation = _remove_affine_part(deformation, brain_ras)
-    t2, labels = _deform(t2, labels, deformation)
+    deformation = remove_affine_part(deformation, brain_ras)
+    t2, labels = deform(t2, labels, deformation)
     scale = float(rng.uniform(*config.intensity_scale_range))
     bias_coefficients = rng.normal(size=12) * np.r_[np.full(3, 1.0), np.full(9, 0.5)]
     sampler = _SubjectSampler(t2, labels, config)
@@ -373,7 +308,7 @@ def _best_rigid_pose(brain: np.ndarray, voxel_to_head, slice_to_head, voxel_to_s
     head = apply_matrix(voxel_to_head, ijk)
     inv_motion = np.linalg.inv(slice_to_head)[k]                          # (N, 4, 4)
     template = np.einsum("nij,nj->ni", inv_motion[:, :3, :3], head) + inv_motion[:, :3, 3]
-    template += _displacement(deformation, template.astype(np.float32))
+    template += displacement(deformation, template.astype(np.float32))
     return fit_rigid(template, apply_matrix(voxel_to_scanner, ijk))
 
 
@@ -442,10 +377,10 @@ def simulate_cohort(config: SimulationConfig, out: Path, atlas_dir=None, progres
     truth_doc = {"coordinates": "RAS", "direction": "template_to_stack", "units": "mm",
                  "template_source": library.source, "config": asdict(config),
                  "stacks": stacks, "subjects": subjects}
-    atomic_write_text(out / "truth.json", json.dumps(truth_doc, indent=1))
+    atomic_write_text(out / TRUTH, json.dumps(truth_doc, indent=1))
     lines = ["\t".join(MANIFEST_COLUMNS)]
     lines += ["\t".join(str(r[c]) for c in MANIFEST_COLUMNS) for r in all_records]
-    return atomic_write_text(out / "cohort.tsv", "\n".join(lines) + "\n")
+    return atomic_write_text(out / COHORT, "\n".join(lines) + "\n")
 
 
 def tiny_phantom_cohort(out, weeks=(27, 28, 29), n_subjects: int = 2, stacks_per_subject: int = 2,
@@ -465,11 +400,11 @@ def tiny_phantom_cohort(out, weeks=(27, 28, 29), n_subjects: int = 2, stacks_per
                                      ga_range=(float(min(weeks)), float(max(weeks))), inplane_spacing_mm=2.0,
                                      seed=seed),
                     out / "sim", library=phantom_library(1.6))
-    result = {"manifest": out / "sim" / "cohort.tsv", "templates": write_phantom_templates(out / "tpl", weeks, 1.6),
-              "truth": out / "sim" / "truth.json"}
+    result = {"manifest": out / "sim" / COHORT, "templates": write_phantom_templates(out / "tpl", weeks, 1.6),
+              "truth": out / "sim" / TRUTH}
     if register:
         from infanite.registration.register import register_cohort
 
         register_cohort(result["manifest"], result["templates"], out / "reg", fixed_transforms=result["truth"])
-        result["registered"] = out / "reg" / "registered.tsv"
+        result["registered"] = out / "reg" / REGISTERED
     return result

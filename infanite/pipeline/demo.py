@@ -13,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from infanite.reference.phantom import write_phantom_templates
-from infanite.pipeline import DEMO_TRAINING, run_pipeline
+from infanite.inr.config import DEMO_TRAINING
+from infanite.pipeline.run import run_pipeline
 from infanite.progress import ProgressReporter
 from infanite.registration.register import RegisterOptions
 from infanite.simulation.stacks import SimulationConfig, simulate_cohort

@@ -1,0 +1,5 @@
+import torch
+
+
+def f(x: 'int | None' = None):
+    return x

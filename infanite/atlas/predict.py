@@ -1,0 +1,215 @@
+"""A finished training run, read and checked, and the network queried on an atlas grid (PSF-free, chunked).
+
+The atlas grid is the training (template) grid's field of view and direction cosines at the requested spacing;
+the decoder is queried at every voxel centre (template RAS mm) in memory-sized chunks (bf16 autocast on CUDA).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from infanite.geometry import as_matrix, direction_cosines, voxel_spacing
+from infanite.io.layout import CHECKPOINT, CONFIG, STACKS, SUPPORT
+
+if TYPE_CHECKING:   # torch, SciPy, nibabel and SimpleITK load on first use
+    import torch
+
+    from infanite.io.images import Grid
+
+#: CPU activation budget for one inference chunk (bytes).
+CPU_BUDGET_BYTES = 256 * 2 ** 20
+#: Live float32 N×hidden tensors per query point in the (non-lean) inference forward pass.
+ACTIVATIONS_PER_POINT = 8
+
+
+@dataclass
+class TrainedRun:
+    """A finished training run: its config, stacks.json contents, checkpoint state and checkpoint SHA-256."""
+
+    run_dir: Path
+    config: object
+    stacks: dict
+    state: dict
+    checkpoint_sha256: str
+
+    @property
+    def training_grid(self) -> Grid:
+        """The training (template space) grid of the run, from stacks.json."""
+        from infanite.io.images import Grid
+
+        affine = np.asarray(self.stacks["grid_voxel_to_ras"], dtype=np.float64)
+        return Grid(tuple(int(n) for n in self.stacks["grid_shape"]), affine)
+
+    def model(self, device) -> torch.nn.Module:
+        """The decoder with the checkpoint's weights, in eval mode on ``device``."""
+        from infanite.inr.train import build_model
+
+        model = build_model(self.config, len(self.stacks["stack_ids"]), int(self.stacks["halo_label"]),
+                            self.stacks["centre_mm"], self.stacks["half_extent_mm"])
+        model.load_state_dict(self.state["model"])
+        model.lean = False          # inference: the plain forward frees each layer's activations as it goes
+        return model.to(device).eval()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_run(run_dir) -> TrainedRun:
+    """Read and check a run folder; raises ``ValueError`` naming what is missing or unfinished."""
+    import torch
+
+    from infanite.inr.config_loading import load_train_config
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ValueError(f"run folder {run_dir} does not exist")
+    missing = [name for name in (CHECKPOINT, STACKS, CONFIG) if not (run_dir / name).is_file()]
+    if missing:
+        raise ValueError(f"run folder {run_dir} lacks {', '.join(missing)}; give the --out folder of a "
+                         f"finished 'infanite train'")
+    config = load_train_config(run_dir / CONFIG)
+    try:
+        stacks = json.loads((run_dir / STACKS).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{run_dir / STACKS}: unreadable ({exc})") from exc
+    needed = {"stack_ids", "ga_weeks", "halo_label", "label_values", "grid_shape", "grid_voxel_to_ras",
+              "centre_mm", "half_extent_mm"}
+    if not isinstance(stacks, dict) or needed - set(stacks):
+        raise ValueError(f"{run_dir / STACKS}: missing key(s) {sorted(needed - set(stacks or {}))}")
+    try:
+        state = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for damaged files
+        raise ValueError(f"{run_dir / CHECKPOINT}: unreadable checkpoint ({exc})") from exc
+    if not isinstance(state, dict) or not {"model", "global_step", "total_steps"} <= set(state):
+        raise ValueError(f"{run_dir / CHECKPOINT}: not an infanite training checkpoint")
+    step, total = int(state["global_step"]), int(state["total_steps"])
+    if step < total:
+        raise ValueError(f"{run_dir / CHECKPOINT} is unfinished: training stopped at step {step} of {total} "
+                         f"({100.0 * step / max(total, 1):.0f} %); finish it with 'infanite train --manifest "
+                         f"<registered.tsv> --out {run_dir} --resume' before generating an atlas")
+    if list(state.get("stack_ids", stacks["stack_ids"])) != list(stacks["stack_ids"]):
+        raise ValueError(f"{run_dir}: {STACKS} and {CHECKPOINT} list different stacks (a mixed-up run folder)")
+    if len(stacks["ga_weeks"]) != len(stacks["stack_ids"]):
+        raise ValueError(f"{run_dir / STACKS}: ga_weeks and stack_ids differ in length")
+    return TrainedRun(run_dir, config, stacks, state, _sha256(run_dir / CHECKPOINT))
+
+
+def resolve_device(device) -> torch.device:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"unknown device {device!r} (use cpu, cuda or cuda:N)") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} requested but MPS is not available; use --device cpu")
+    return dev
+
+
+def chunk_size(device: torch.device, hidden_size: int) -> int:
+    """Query points per forward chunk: half the free GPU memory (CUDA) or :data:`CPU_BUDGET_BYTES` (CPU)
+    over about ``ACTIVATIONS_PER_POINT`` float32 activations of ``hidden_size`` per point."""
+    import torch
+
+    per_point = int(hidden_size) * 4 * ACTIVATIONS_PER_POINT
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(np.clip(0.5 * free // per_point, 4096, 1 << 22))
+    return int(np.clip(CPU_BUDGET_BYTES // per_point, 1024, 1 << 20))
+
+
+@dataclass
+class Prediction:
+    """Raw model outputs on an atlas grid: intensity (float32), argmax class (int), optional probabilities."""
+
+    intensity: np.ndarray
+    classes: np.ndarray
+    probabilities: np.ndarray | None = None
+
+
+def predict_grid(model, grid: Grid, latent: torch.Tensor, device, label_values, probabilities: bool = False,
+                 chunk: int | None = None, on_chunk=None) -> Prediction:
+    """Query ``model`` with the latent (1, C, G, G, G) at every voxel centre of ``grid`` (RAS mm), PSF-free.
+
+    Returns arrays of ``grid.shape``; ``probabilities`` adds a (*shape, L) softmax probability per label value
+    (softmax over all classes, background and halo included).  ``on_chunk(done, total)`` is called after each
+    chunk.
+    """
+    import torch
+
+    device = torch.device(device)
+    shape = tuple(int(s) for s in grid.shape)
+    n = int(np.prod(shape))
+    chunk = chunk or chunk_size(device, model.first.out_features)
+    affine = np.asarray(grid.voxel_to_ras, dtype=np.float64)
+    intensity = np.empty(n, np.float32)
+    classes = np.empty(n, np.int64)
+    probs = np.empty((n, len(label_values)), np.float32) if probabilities else None
+    label_index = torch.as_tensor([int(v) + 1 for v in label_values], device=device)   # output columns
+    latent = latent.to(device=device, dtype=torch.float32)
+    n_chunks = max(1, math.ceil(n / chunk))
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        for c, start in enumerate(range(0, n, chunk)):
+            stop = min(start + chunk, n)
+            ijk = np.stack(np.unravel_index(np.arange(start, stop), shape), axis=1).astype(np.float64)
+            xyz = torch.from_numpy((ijk @ affine[:3, :3].T + affine[:3, 3]).astype(np.float32)).to(device)
+            out = model(xyz, torch.zeros(stop - start, dtype=torch.long, device=device), latents=latent).float()
+            intensity[start:stop] = out[:, 0].cpu().numpy()
+            classes[start:stop] = out[:, 1:].argmax(1).cpu().numpy()
+            if probs is not None:
+                probs[start:stop] = torch.softmax(out[:, 1:], dim=1)[:, label_index - 1].cpu().numpy()
+            if on_chunk is not None:
+                on_chunk(c + 1, n_chunks)
+    return Prediction(intensity.reshape(shape), classes.reshape(shape).astype(np.int16),
+                      None if probs is None else probs.reshape(*shape, len(label_values)))
+
+
+def atlas_grid(training_grid_shape, training_voxel_to_ras, spacing_mm) -> Grid:
+    """The atlas grid: the training (template) grid's field of view and axes at ``spacing_mm`` (mm, 1 or 3 values).
+
+    Same direction cosines and centre as the training grid; the number of voxels per axis is the largest that
+    keeps the voxel centres inside the training grid's voxel-centre box (the domain the model was trained on), so
+    every corner voxel centre lies less than half a new voxel inside the corresponding training corner.
+    """
+    from infanite.io.images import Grid
+
+    affine = as_matrix(training_voxel_to_ras, "training voxel_to_ras")
+    n = np.asarray(training_grid_shape, dtype=np.int64)
+    if n.shape != (3,) or np.any(n < 1):
+        raise ValueError(f"training grid shape must be 3 positive integers, got {training_grid_shape!r}")
+    new = np.broadcast_to(np.asarray(spacing_mm, dtype=np.float64), (3,)).copy()
+    if not np.all(np.isfinite(new)) or np.any(new <= 0):
+        raise ValueError(f"atlas spacing must be > 0 mm, got {spacing_mm!r}")
+    extent = voxel_spacing(affine) * (n - 1)
+    shape = np.floor(extent / new + 1e-6).astype(np.int64) + 1
+    centre = affine[:3, :3] @ ((n - 1) / 2.0) + affine[:3, 3]
+    out = np.eye(4)
+    out[:3, :3] = direction_cosines(affine) * new
+    out[:3, 3] = centre - out[:3, :3] @ ((shape - 1) / 2.0)
+    return Grid(tuple(int(s) for s in shape), out)
+
+
+def training_support(run_dir: Path, grid: Grid) -> np.ndarray | None:
+    """Where the INR was trained (union of the stacks' brain + halo, ``support_mask.nii.gz`` of the run) on
+    ``grid`` (nearest neighbour, world coordinates); ``None`` for runs that predate the file.  Outside it the
+    network was never asked for anything, so the atlas is background there."""
+    from infanite.io.images import load_nifti
+    from infanite.io.resample import resample
+
+    path = Path(run_dir) / SUPPORT
+    if not path.exists():
+        return None
+    return resample(load_nifti(path, dtype=np.float32), grid, None, "nearest").array > 0.5
