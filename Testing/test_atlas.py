@@ -16,7 +16,7 @@ from infanite.cli.atlas import run as command
 from infanite.cli.main import build_parser
 from infanite.atlas.kernel import gkr_weights, regress_latent
 from infanite.atlas.labels import clean_labels
-from infanite.atlas.predict import atlas_grid, load_run, predict_grid
+from infanite.atlas.predict import atlas_grid, atlas_query, load_run, predict_grid
 from infanite.io.layout import atlas_filenames, ATLAS_MANIFEST
 from infanite.geometry import apply_matrix, direction_cosines, rotation_matrix, voxel_spacing
 from infanite.io.images import Grid, load_labels, load_nifti
@@ -27,7 +27,7 @@ from infanite.inr.train import build_model, train
 from infanite.inr.config_loading import load_train_config
 
 TINY = ["inr_decoder.hidden_size=64", "inr_decoder.num_hidden_layers=3", "inr_decoder.modulated_layers=[1,3]",
-        "inr_decoder.latent_dim=[16,3,3,3]", "n_samples=2000", "epochs.train=2", "checkpoint_every=10",
+        "inr_decoder.latent_dim=[16,3,3,3]", "n_samples=2000", "epochs.train=10", "checkpoint_every=10",
         "inr_decoder.tf_dim=0", "optimizer.lr_inr=1e-3", "optimizer.lr_latent=1e-2"]
 LABELS = list(range(1, 9))
 
@@ -180,8 +180,9 @@ def test_chunked_prediction_matches_direct_queries(tmp_path):
     model = run.model("cpu")
     grid = Grid((7, 5, 6), atlas_grid(shape, affine, 5.0).voxel_to_ras)
     latent = regress_latent(model.latents.detach(), [0.5, 0.5, 0.0])
-    a = predict_grid(model, grid, latent, "cpu", LABELS, probabilities=True, chunk=17)
-    b = predict_grid(model, grid, latent, "cpu", LABELS, probabilities=True)
+    query = atlas_query(model, 27.0, [0.5, 0.5, 0.0])          # the decoder at that latent
+    a = predict_grid(query, grid, "cpu", LABELS, probabilities=True, chunk=17)
+    b = predict_grid(query, grid, "cpu", LABELS, probabilities=True)
     np.testing.assert_allclose(a.intensity, b.intensity, atol=1e-5)
     assert np.array_equal(a.classes, b.classes) and a.probabilities.shape == (7, 5, 6, 8)
     ijk = np.array([[0, 0, 0], [6, 4, 5], [3, 1, 2]])

@@ -18,7 +18,7 @@ from infanite.inr.train import train
 from infanite.inr.config_loading import load_train_config
 
 TINY = ["inr_decoder.hidden_size=64", "inr_decoder.num_hidden_layers=3", "inr_decoder.modulated_layers=[1,3]",
-        "inr_decoder.latent_dim=[16,3,3,3]", "n_samples=2000", "epochs.train=2", "checkpoint_every=10",
+        "inr_decoder.latent_dim=[16,3,3,3]", "n_samples=2000", "epochs.train=10", "checkpoint_every=10",
         "inr_decoder.tf_dim=0", "optimizer.lr_inr=1e-3", "optimizer.lr_latent=1e-2"]
 
 

@@ -29,10 +29,11 @@ from pathlib import Path
 import numpy as np
 
 from infanite.atlas.folder import entry_complete, read_atlas_manifest, remove_atlas
-from infanite.atlas.kernel import check_sigma_top_k, gkr_weights, regress_latent
+from infanite.atlas.kernel import check_sigma_top_k, gkr_weights
 from infanite.atlas.labels import label_abbrevs
 from infanite.atlas.outputs import plot_growth, write_ga, write_montage, write_volumes
-from infanite.atlas.predict import atlas_grid, chunk_size, load_run, predict_grid, resolve_device, training_support
+from infanite.atlas.predict import (atlas_grid, atlas_query, chunk_size, load_run, model_width, predict_grid,
+                                    resolve_device, training_support)
 from infanite.io.layout import ATLAS_MANIFEST, ATLAS_MANIFEST_FORMAT, GROWTH, MONTAGE, VOLUMES, ga_text
 from infanite.progress import ProgressReporter
 from infanite.reference.normative import MEASURE_LABELS, open_normative
@@ -138,8 +139,7 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
     generated = []
     if todo:
         model = run.model(dev)
-        latents = model.latents.detach()
-        chunk = chunk_size(dev, model.first.out_features)
+        chunk = chunk_size(dev, model_width(model))
         n_chunks = max(1, math.ceil(int(np.prod(grid.shape)) / chunk))
         progress = progress or ProgressReporter(None)
         progress.start("atlas", len(todo) * n_chunks,
@@ -153,8 +153,8 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
             def on_chunk(done, total, base=i * n_chunks, key=key):
                 progress.update(base + done, f"GA {key}: chunk {done}/{total}", ga_weeks=float(key))
 
-            latent = regress_latent(latents, kw.weights)
-            pred = predict_grid(model, grid, latent, dev, label_values, probabilities, chunk, on_chunk)
+            pred = predict_grid(atlas_query(model, float(key), kw.weights), grid, dev, label_values, probabilities,
+                                chunk, on_chunk)
             entry = write_ga(out_dir, grid, g, pred, label_values, halo, abbrevs, voxel_ml, support)
             entry.update({"ess": round(kw.ess, 4), "warnings": list(kw.warnings),
                           "weights": {sid: round(float(w), 6) for sid, w in zip(stacks["stack_ids"], kw.weights)

@@ -47,14 +47,52 @@ class TrainedRun:
         return Grid(tuple(int(n) for n in self.stacks["grid_shape"]), affine)
 
     def model(self, device) -> torch.nn.Module:
-        """The decoder with the checkpoint's weights, in eval mode on ``device``."""
-        from infanite.inr.train import build_model
+        """The network with the checkpoint's weights, in eval mode on ``device`` (the paper's modulated SIREN or
+        the template model, as the run's config says)."""
+        from infanite.inr.build import build_model, ga_span
 
-        model = build_model(self.config, len(self.stacks["stack_ids"]), int(self.stacks["halo_label"]),
-                            self.stacks["centre_mm"], self.stacks["half_extent_mm"])
+        stacks = self.stacks
+        model = build_model(self.config, len(stacks["stack_ids"]), int(stacks["halo_label"]), stacks["centre_mm"],
+                            stacks["half_extent_mm"], stack_fetus=stacks.get("stack_fetus"),
+                            stack_ga_weeks=stacks["ga_weeks"],
+                            ga_range_weeks=stacks.get("ga_range_weeks") or ga_span(stacks["ga_weeks"]))
         model.load_state_dict(self.state["model"])
         model.lean = False          # inference: the plain forward frees each layer's activations as it goes
         return model.to(device).eval()
+
+
+def atlas_query(model, ga_weeks: float, kernel_weights):
+    """The atlas at GA ``ga_weeks`` as a function of template RAS points (N, 3) → outputs (N, 1 + classes): the
+    template model's ``T(x, GA)`` (no deformation), or the paper's decoder at the Gaussian-kernel regression of the
+    stack latents (``kernel_weights``, one per stack)."""
+    import torch
+
+    from infanite.atlas.kernel import regress_latent
+    from infanite.inr.template import TemplateINR
+
+    if isinstance(model, TemplateINR):
+        return lambda xyz: model.atlas(xyz, float(ga_weeks))
+    latent = regress_latent(model.latents.detach(), kernel_weights).float()
+
+    def query(xyz):
+        return model(xyz, torch.zeros(xyz.shape[0], dtype=torch.long, device=xyz.device),
+                     latents=latent.to(xyz.device))
+    return query
+
+
+def model_width(model) -> int:
+    """Floats held per query point in the widest layer (for :func:`chunk_size`)."""
+    from infanite.inr.template import GridTemplate, ModulatedTemplate, TemplateINR
+
+    if isinstance(model, TemplateINR):
+        t = model.template
+        if isinstance(t, GridTemplate):
+            nodes = sum(int(g.shape[0]) * int(g.shape[1]) for g in t.features.grids)
+            return max(nodes, t.head.in_features)
+        if isinstance(t, ModulatedTemplate):
+            return t.decoder.first.out_features
+        return t.first.out_features
+    return model.first.out_features
 
 
 def _sha256(path: Path) -> str:
@@ -140,9 +178,10 @@ class Prediction:
     probabilities: np.ndarray | None = None
 
 
-def predict_grid(model, grid: Grid, latent: torch.Tensor, device, label_values, probabilities: bool = False,
-                 chunk: int | None = None, on_chunk=None) -> Prediction:
-    """Query ``model`` with the latent (1, C, G, G, G) at every voxel centre of ``grid`` (RAS mm), PSF-free.
+def predict_grid(query, grid: Grid, device, label_values, probabilities: bool = False, chunk: int = 65536,
+                 on_chunk=None) -> Prediction:
+    """Evaluate ``query`` (template RAS points (N, 3) → outputs, see :func:`atlas_query`) at every voxel centre of
+    ``grid`` (RAS mm), PSF-free, ``chunk`` points at a time.
 
     Returns arrays of ``grid.shape``; ``probabilities`` adds a (*shape, L) softmax probability per label value
     (softmax over all classes, background and halo included).  ``on_chunk(done, total)`` is called after each
@@ -153,20 +192,18 @@ def predict_grid(model, grid: Grid, latent: torch.Tensor, device, label_values, 
     device = torch.device(device)
     shape = tuple(int(s) for s in grid.shape)
     n = int(np.prod(shape))
-    chunk = chunk or chunk_size(device, model.first.out_features)
     affine = np.asarray(grid.voxel_to_ras, dtype=np.float64)
     intensity = np.empty(n, np.float32)
     classes = np.empty(n, np.int64)
     probs = np.empty((n, len(label_values)), np.float32) if probabilities else None
     label_index = torch.as_tensor([int(v) + 1 for v in label_values], device=device)   # output columns
-    latent = latent.to(device=device, dtype=torch.float32)
     n_chunks = max(1, math.ceil(n / chunk))
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         for c, start in enumerate(range(0, n, chunk)):
             stop = min(start + chunk, n)
             ijk = np.stack(np.unravel_index(np.arange(start, stop), shape), axis=1).astype(np.float64)
             xyz = torch.from_numpy((ijk @ affine[:3, :3].T + affine[:3, 3]).astype(np.float32)).to(device)
-            out = model(xyz, torch.zeros(stop - start, dtype=torch.long, device=device), latents=latent).float()
+            out = query(xyz).float()
             intensity[start:stop] = out[:, 0].cpu().numpy()
             classes[start:stop] = out[:, 1:].argmax(1).cpu().numpy()
             if probs is not None:

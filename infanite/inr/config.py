@@ -22,10 +22,14 @@ import yaml
 
 __all__ = [
     "TrainConfigError", "EpochsConfig", "InrDecoderConfig", "SchedulerConfig", "OptimizerConfig",
-    "SpatialWeightingConfig", "PsfConfig", "HaloConfig", "TrainConfig", "IGNORED_REFERENCE_KEYS", "CPU_DEFAULTS",
+    "SpatialWeightingConfig", "PsfConfig", "HaloConfig", "DataConfig", "TemplateConfig", "TrainConfig", "IGNORED_REFERENCE_KEYS", "CPU_DEFAULTS",
     "DEMO_TRAINING", "default_overrides",
 ]
 
+MODEL_TYPES = ("infanite", "template")         # the paper's modulated SIREN; the deformation-aware template INR
+DATA_TERMS = ("exact", "reference")             # acquired samples + unbiased PSF + intensity model; the reference's
+PSF_ESTIMATORS = ("split", "mean")              # unbiased split-sample product (MSE); Monte-Carlo mean (biased)
+TEMPLATE_ENCODINGS = ("grid", "siren", "modulated")  # feature grids + MLP; a 4-D SIREN; the paper's decoder
 LOSS_METRICS = ("l1", "mse")
 PSF_MODES = ("slice", "isotropic", "none")       # none: PSF-free training (P = 1, no jitter; ablation)
 SCHEDULER_TYPES = ("cosine", "none")
@@ -141,7 +145,57 @@ class HaloConfig:
 
 
 @dataclass
+class DataConfig:
+    """The data term.  ``exact``: every acquired stack voxel is a sample at its registered position in template
+    space (no resampling, no interpolated targets), its PSF rotated the same way; the intensity loss is the
+    unbiased split-sample product over the PSF samples (``psf_estimator: split``; MSE) and each stack's intensity
+    goes through a gain and a smooth bias field (``intensity_model``).  ``reference``: the reference code's data
+    term (stacks resampled onto the template grid, W-weighted, Monte-Carlo mean over the PSF samples, the
+    ``optimizer.loss_metric``)."""
+
+    term: str = _f("exact", "str")
+    psf_estimator: str = _f("split", "str")
+    intensity_model: bool = _f(True, "bool")
+    bias_order: int = _f(2, "int")          # degree of the per-stack polynomial bias field (0: a gain only)
+    gain_weight: float = _f(1.0, "float")   # penalty on the stacks' mean log-gain (anchors the template's scale)
+    bias_weight: float = _f(0.1, "float")   # L2 penalty on the bias coefficients
+    halo_mm: float = _f(4.0, "float")       # acquired samples: halo (background class) this far outside the mask
+
+
+@dataclass
+class TemplateConfig:
+    """The deformation-aware template INR (``model: template``): a template ``T(x, GA)`` shared by the cohort and a
+    smooth displacement per fetus, ``I_f(x) = T(x + u_f(x), GA_f)``; the atlas is ``T`` with ``u = 0``.
+
+    ``grid`` encoding: feature grids over the template box at ``grid_resolutions`` voxels per axis, each with
+    ``ga_nodes`` nodes over the cohort's GA range (linear in GA between them), ``grid_channels`` features, decoded
+    by an MLP (``hidden_size`` × ``hidden_layers``, ReLU).  ``siren`` encoding: a SIREN of (x, y, z, GA).
+    ``modulated`` encoding (the default, measured best): the paper's modulated SIREN (``inr_decoder`` sizes and
+    learning rates) whose latent grids sit at ``ga_latents`` GA nodes shared by the cohort.
+    ``deformation_grid`` control points per axis (0: no deformation), frozen at zero for the first
+    ``deformation_warmup`` steps; penalties: smoothness (squared differences of neighbouring control points,
+    mm²), magnitude (mm²) and the GA-kernel-weighted mean displacement (mm², keeps the template unbiased)."""
+
+    encoding: str = _f("modulated", "str")  # measured best (benchmarks/atlas_quality.py, README)
+    ga_latents: int = _f(6, "int")          # modulated encoding: latent grids at this many GA nodes
+    grid_resolutions: list = _f([16, 32, 64], "int_list")   # a 128 level fits noise (measured)
+    ga_nodes: list = _f([4, 4, 3], "int_list")
+    grid_channels: int = _f(4, "int")
+    ga_smoothness: float = _f(1.0, "float")
+    hidden_size: int = _f(64, "int")
+    hidden_layers: int = _f(2, "int")
+    deformation_grid: int = _f(8, "int")
+    deformation_warmup: int = _f(500, "int")
+    deformation_smoothness: float = _f(1e-2, "float")
+    deformation_magnitude: float = _f(1e-3, "float")
+    deformation_mean: float = _f(1e-1, "float")
+    lr_template: float = _f(1e-2, "float")
+    lr_deformation: float = _f(1e-2, "float")
+
+
+@dataclass
 class TrainConfig:
+    model: str = _f("infanite", "str")
     n_samples: int = _f(18000, "int")
     epochs: EpochsConfig = _section(EpochsConfig)
     seed: int = _f(42, "int")
@@ -153,6 +207,8 @@ class TrainConfig:
     checkpoint_every: int = _f(500, "int")
     psf: PsfConfig = _section(PsfConfig)
     halo: HaloConfig = _section(HaloConfig)
+    data: DataConfig = _section(DataConfig)
+    template: TemplateConfig = _section(TemplateConfig)
     class_weights: list | None = _f(None, "opt_float_list")
     compile: bool = _f(False, "bool")
     device: str = _f("cpu", "str")

@@ -17,8 +17,9 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from infanite.inr.config import (DEVICE_PATTERN, IGNORED_REFERENCE_KEYS, LOSS_METRICS, PSF_MODES, SCHEDULER_TYPES,
-                                 TF_DIMS, TrainConfig, TrainConfigError)
+from infanite.inr.config import (DATA_TERMS, DEVICE_PATTERN, IGNORED_REFERENCE_KEYS, LOSS_METRICS, MODEL_TYPES,
+                                 PSF_ESTIMATORS, PSF_MODES, SCHEDULER_TYPES, TEMPLATE_ENCODINGS, TF_DIMS, TrainConfig,
+                                 TrainConfigError)
 
 
 def _all_keys(cls, prefix: str = "") -> list[str]:
@@ -228,6 +229,31 @@ class _Loader:
         if c.class_weights is not None:
             if not c.class_weights or any(w < 0 for w in c.class_weights):
                 bad("class_weights", f"must be null or a non-empty list of numbers >= 0, got {c.class_weights}")
+
+        choice("model", c.model, MODEL_TYPES)
+        dt = c.data
+        choice("data.term", dt.term, DATA_TERMS)
+        choice("data.psf_estimator", dt.psf_estimator, PSF_ESTIMATORS)
+        if dt.bias_order not in (0, 1, 2):
+            bad("data.bias_order", f"must be 0, 1 or 2 (polynomial degree), got {dt.bias_order!r}")
+        for k in ("gain_weight", "bias_weight", "halo_mm"):
+            nonneg(f"data.{k}", getattr(dt, k))
+
+        t = c.template
+        choice("template.encoding", t.encoding, TEMPLATE_ENCODINGS)
+        if not t.grid_resolutions or any(r < 2 for r in t.grid_resolutions):
+            bad("template.grid_resolutions", f"must be a non-empty list of integers >= 2, got {t.grid_resolutions}")
+        if len(t.ga_nodes) != len(t.grid_resolutions) or any(n < 1 for n in t.ga_nodes):
+            bad("template.ga_nodes", f"must give one count >= 1 per grid resolution "
+                                     f"({len(t.grid_resolutions)}), got {t.ga_nodes}")
+        for k in ("grid_channels", "hidden_size", "hidden_layers", "ga_latents"):
+            positive(f"template.{k}", getattr(t, k))
+        if t.deformation_grid == 1 or t.deformation_grid < 0:
+            bad("template.deformation_grid", f"must be 0 (no deformation) or >= 2 control points per axis, got "
+                                             f"{t.deformation_grid}")
+        for k in ("deformation_warmup", "deformation_smoothness", "deformation_magnitude", "deformation_mean",
+                  "ga_smoothness", "lr_template", "lr_deformation"):
+            nonneg(f"template.{k}", getattr(t, k))
 
 
 def _parse_override(item: str) -> tuple[dict | None, str | None]:

@@ -1,9 +1,17 @@
-"""Training data: every registered stack's brain + halo voxels packed once into contiguous tensors.
+"""Training data packed once into contiguous tensors, and the data terms.
 
-Per voxel: template RAS coordinates (mm), intensity (min–max normalised per stack over its brain voxels),
-label (the Seg value; ``halo_label`` for the background halo around the brain, as in the reference), weight (the
-registration's W map; halo voxels get ``w_int``) and stack index.  Per stack: the slice-aware PSF covariance in
-template space (mm², from ``registered.tsv``'s ``psf_cov_mm2``) and the GA.
+Two sources (``data.term``): the reference's, every registered stack resampled onto the template grid
+(:func:`pack_cohort`, here: brain + halo voxels of the resampled stacks, weighted by the W maps), and the acquired
+samples themselves (:func:`infanite.inr.samples.pack_acquired`).  Per sample: template RAS coordinates (mm),
+intensity (min–max normalised per stack over its brain voxels), label (the Seg value; ``halo_label`` for the
+background halo around the brain, as in the reference; ``IGNORE_LABEL`` where a stack has no Seg), weight,
+stack index and fetus index.  Per stack: the slice-aware PSF covariance in template space (mm², from
+``registered.tsv``'s ``psf_cov_mm2``) and the GA.
+
+Data terms: :func:`weighted_loss` (the reference: the mean over the P PSF samples compared with the target,
+L1 or MSE — biased toward blur, since E[(mean − y)²] = (Kf − y)² + Var_PSF(f)/P) and :func:`split_psf_loss`
+(the product of the errors of two independent halves of the P samples, whose expectation is exactly
+(Kf − y)²: unbiased for MSE).
 """
 from __future__ import annotations
 
@@ -14,15 +22,19 @@ import torch
 from scipy import ndimage
 
 from infanite.io.cohort_checks import load_cohort
-from infanite.geometry import apply_matrix
+from infanite.geometry import apply_matrix, voxel_spacing
 from infanite.io.images import load_labels, load_nifti
+
+
+#: label of a sample whose stack has no tissue segmentation: it teaches the intensity only
+IGNORE_LABEL = -1
 
 
 @dataclass
 class PackedCohort:
     coords_mm: torch.Tensor      # (V, 3) float32, template RAS
     intensity: torch.Tensor      # (V,) float32 in [0, 1]
-    label: torch.Tensor          # (V,) int64
+    label: torch.Tensor          # (V,) int64 (IGNORE_LABEL: no segmentation)
     weight: torch.Tensor         # (V,) float32
     stack: torch.Tensor          # (V,) int64
     psf_cov_mm2: torch.Tensor    # (S, 3, 3) float32
@@ -34,6 +46,11 @@ class PackedCohort:
     half_extent_mm: np.ndarray
     voxel_to_ras: np.ndarray
     shape: tuple
+    stack_fetus: list = None     # (S,) fetus index of each stack
+    fetus_ids: list = None       # fetus (``subject``) names, in first-seen order
+    source: str = "resampled"    # "resampled" (the template grid) or "acquired" (each stack's own voxels)
+    slice_thickness_mm: list = None    # (S,) slice thickness of each acquired stack (mm)
+    finest_spacing_mm: float = None    # the finest voxel spacing of the data (mm)
 
     @property
     def n_voxels(self) -> int:
@@ -43,6 +60,50 @@ class PackedCohort:
         for name in ("coords_mm", "intensity", "label", "weight", "stack", "psf_cov_mm2"):
             setattr(self, name, getattr(self, name).to(device))
         return self
+
+
+def fetus_index(records) -> tuple[list, list]:
+    """``(stack → fetus index, fetus names)`` from the records' ``subject`` (first-seen order)."""
+    names: list = []
+    index = []
+    for record in records:
+        if record.subject not in names:
+            names.append(record.subject)
+        index.append(names.index(record.subject))
+    return index, names
+
+
+def training_grid(records, manifest) -> tuple:
+    """The template grid every registered stack lies on (shape, voxel_to_ras); ``ValueError`` naming the row of a
+    stack on another grid."""
+    from infanite.io.images import read_header
+
+    grid = None
+    for record in records:
+        shape, affine = read_header(record.t2w)
+        if grid is None:
+            grid = (tuple(shape), np.asarray(affine))
+        elif tuple(shape) != grid[0] or not np.allclose(affine, grid[1], atol=1e-3):
+            raise ValueError(f"{manifest} row {record.row}: {record.t2w} is not on the grid of the first stack; "
+                             f"register every stack to one template grid")
+    return grid
+
+
+def grid_box(shape, affine) -> tuple[np.ndarray, np.ndarray]:
+    """Centre and half extent (mm, RAS) of a grid's voxel-centre box."""
+    corners = apply_matrix(affine, np.array([[i, j, k] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1)
+                                             for k in (0, shape[2] - 1)], dtype=np.float64))
+    lo, hi = corners.min(0), corners.max(0)
+    return (lo + hi) / 2, (hi - lo) / 2
+
+
+def psf_covariance(record, isotropic_sigma_mm=None) -> np.ndarray:
+    """The stack's PSF covariance in template axes (mm², ``psf_cov_mm2`` of registered.tsv), else isotropic."""
+    cov_text = record.extra.get("psf_cov_mm2", "")
+    if cov_text:
+        return np.array([float(v) for v in cov_text.split(",")]).reshape(3, 3)
+    sigma = np.broadcast_to(np.asarray(isotropic_sigma_mm if isotropic_sigma_mm is not None else 1.0), (3,))
+    return np.diag(sigma ** 2)
 
 
 def brain_normalised(t2: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -62,17 +123,12 @@ def pack_cohort(manifest, label_values, w_int: float = 0.8, halo_sigma_voxels: f
     halo_label = int(max(label_values)) + 1
     parts = {k: [] for k in ("coords", "intensity", "label", "weight", "stack")}
     covs, ids, ages = [], [], []
-    grid = None
+    grid = training_grid(cohort.stacks, cohort.manifest_path)
     support = None
     for s, record in enumerate(cohort.stacks):
         t2 = load_nifti(record.t2w)
-        seg = load_labels(record.seg)
+        seg = load_labels(record.seg) if record.seg else None
         mask = load_nifti(record.mask, dtype=None).array > 0 if record.mask else seg.array > 0
-        if grid is None:
-            grid = (t2.shape, t2.voxel_to_ras)
-        elif t2.shape != grid[0] or not np.allclose(t2.voxel_to_ras, grid[1], atol=1e-3):
-            raise ValueError(f"{cohort.manifest_path} row {record.row}: {record.t2w} is not on the grid of the "
-                             f"first stack; register every stack to one template grid")
         weight_path = record.extra.get("Weight")
         base = cohort.manifest_path.parent
         if uniform_weights:
@@ -91,26 +147,22 @@ def pack_cohort(manifest, label_values, w_int: float = 0.8, halo_sigma_voxels: f
                 parts["weight"].append(np.full(len(ijk), w_int, np.float32))
             else:
                 parts["intensity"].append(normalised[region])
-                parts["label"].append(seg.array[region].astype(np.int64))
+                parts["label"].append(seg.array[region].astype(np.int64) if seg is not None else
+                                      np.full(len(ijk), IGNORE_LABEL, np.int64))
                 parts["weight"].append(weight[region].astype(np.float32))
             parts["stack"].append(np.full(len(ijk), s, np.int64))
-        cov_text = record.extra.get("psf_cov_mm2", "")
-        if cov_text:
-            covs.append(np.array([float(v) for v in cov_text.split(",")]).reshape(3, 3))
-        else:
-            sigma = np.broadcast_to(np.asarray(isotropic_sigma_mm if isotropic_sigma_mm is not None else 1.0), (3,))
-            covs.append(np.diag(sigma ** 2))
+        covs.append(psf_covariance(record, isotropic_sigma_mm))
         ids.append(record.subject_id)
         ages.append(record.scan_age)
     shape, affine = grid
-    corners = apply_matrix(affine, np.array([[i, j, k] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1)
-                                             for k in (0, shape[2] - 1)], dtype=np.float64))
-    lo_c, hi_c = corners.min(0), corners.max(0)
+    centre, half = grid_box(shape, affine)
+    stack_fetus, fetus_ids = fetus_index(cohort.stacks)
     return PackedCohort(
         torch.from_numpy(np.concatenate(parts["coords"])), torch.from_numpy(np.concatenate(parts["intensity"])),
         torch.from_numpy(np.concatenate(parts["label"])), torch.from_numpy(np.concatenate(parts["weight"])),
         torch.from_numpy(np.concatenate(parts["stack"])), torch.as_tensor(np.stack(covs), dtype=torch.float32),
-        ids, ages, halo_label, support, (lo_c + hi_c) / 2, (hi_c - lo_c) / 2, affine, shape)
+        ids, ages, halo_label, support, centre, half, affine, shape, stack_fetus, fetus_ids, "resampled",
+        [r.slice_thickness_mm for r in cohort.stacks], float(np.min(voxel_spacing(affine))))
 
 
 def psf_jitter(coords_mm: torch.Tensor, chol_mm: torch.Tensor, samples: int, generator=None) -> torch.Tensor:
@@ -120,13 +172,43 @@ def psf_jitter(coords_mm: torch.Tensor, chol_mm: torch.Tensor, samples: int, gen
     return coords_mm[:, None, :] + torch.einsum("nij,npj->npi", chol_mm, eps)
 
 
+def _segmentation_loss(logits: torch.Tensor, label: torch.Tensor, weight: torch.Tensor,
+                       class_weights: torch.Tensor) -> torch.Tensor:
+    """Σw·CE/Σw over the samples that have a label (``IGNORE_LABEL`` excluded)."""
+    has = label != IGNORE_LABEL
+    ce = torch.nn.functional.cross_entropy(logits, label.clamp_min(0), weight=class_weights, reduction="none")
+    w = weight * has
+    return (w * ce).sum() / w.sum().clamp_min(1e-12)
+
+
 def weighted_loss(pred: torch.Tensor, intensity: torch.Tensor, label: torch.Tensor, weight: torch.Tensor,
                   class_weights: torch.Tensor, metric: str = "l1", seg_weight: float = 1.0):
-    """Σw·ℓ_int/Σw + seg_weight·Σw·CE/Σw (CE with class weights), as the reference; returns (total, int, seg)."""
+    """The reference's data term on the mean prediction over the PSF samples ``pred`` (N, 1 + classes):
+    Σw·ℓ_int/Σw + seg_weight·Σw·CE/Σw (CE with class weights); returns (total, int, seg)."""
     diff = pred[:, 0] - intensity
     per_voxel = diff.abs() if metric == "l1" else diff * diff
     norm = weight.sum().clamp_min(1e-12)
     l_int = (weight * per_voxel).sum() / norm
-    ce = torch.nn.functional.cross_entropy(pred[:, 1:], label, weight=class_weights, reduction="none")
-    l_seg = (weight * ce).sum() / norm
+    l_seg = _segmentation_loss(pred[:, 1:], label, weight, class_weights)
+    return l_int + seg_weight * l_seg, l_int, l_seg
+
+
+def split_psf_loss(samples: torch.Tensor, intensity: torch.Tensor, label: torch.Tensor, weight: torch.Tensor,
+                   class_weights: torch.Tensor, seg_weight: float = 1.0):
+    """The unbiased data term on the P PSF samples of each target, ``samples`` (N, P, 1 + classes).
+
+    Intensity: Σw·(ā_A − y)(ā_B − y)/Σw with ā_A, ā_B the means of the two halves of the P samples (P even;
+    P = 1 is plain MSE).  The halves are independent, so the expectation of the product is (Kf − y)², the squared
+    error of the PSF-convolved field, with no variance term that rewards flattening the field inside the PSF.
+    A single product may be negative; the batch mean is what is minimised.  Labels: class-weighted CE of the
+    mean logits over the P samples.  Returns (total, int, seg)."""
+    p = samples.shape[1]
+    if p == 1:
+        a = b = samples[:, 0, 0]
+    else:
+        half = p // 2
+        a, b = samples[:, :half, 0].mean(1), samples[:, half:2 * half, 0].mean(1)
+    norm = weight.sum().clamp_min(1e-12)
+    l_int = (weight * (a - intensity) * (b - intensity)).sum() / norm
+    l_seg = _segmentation_loss(samples[:, :, 1:].mean(1), label, weight, class_weights)
     return l_int + seg_weight * l_seg, l_int, l_seg

@@ -222,6 +222,10 @@ class ModulatedSiren(nn.Module):
         x = self.normalise(self.apply_rigid(coords_mm, stack) if latents is None else coords_mm)
         grids = self.latents if latents is None else latents
         z = (interpolate_latents_naive if self.naive else interpolate_latents)(grids, stack, x)
+        return self.decode(x, z)
+
+    def decode(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The trunk and head at normalised coordinates ``x`` (N, 3) with latent features ``z`` (N, C)."""
         if self.lean and not self.naive and torch.is_grad_enabled():   # no_grad: plain path frees as it goes
             return _LeanSirenFunction.apply(x, z, self._spec(), *self._trunk_parameters())
         h = torch.sin(self.omega0 * self.first(x))

@@ -1,15 +1,19 @@
-"""``infanite train``: fit the modulated SIREN and the per-stack latents to a registered cohort.
+"""``infanite train``: fit an INR to a registered cohort: the paper's modulated SIREN with per-stack latents
+(``model: infanite``) or the deformation-aware template with per-fetus displacements (``model: template``).
 
-One optimizer step takes ``n_samples`` voxels of the shuffled packed cohort (an epoch visits every brain + halo
-voxel once, as the reference), jitters each ``P`` times with its stack's slice-aware Gaussian PSF (or the
-reference's isotropic σ), averages the raw outputs over ``P`` and minimises the weighted intensity loss + weighted
-cross-entropy.  AdamW with three groups (decoder, latents, rigid), cosine learning-rate decay over all steps to
-``eta_min``, bf16 autocast on CUDA, fp32 on CPU.
+One optimizer step takes ``n_samples`` samples of the shuffled packed cohort (an epoch visits every sample once,
+as the reference), jitters each ``P`` times with its stack's slice-aware Gaussian PSF (or the reference's
+isotropic σ), and minimises the data term (``data.term``; see :mod:`infanite.inr.data`: the unbiased split-sample
+product on the acquired samples through each stack's intensity model, or the reference's weighted loss on the
+mean over the ``P`` samples) + weighted cross-entropy + the model's penalties.  AdamW with one group per kind of
+parameter, cosine learning-rate decay over all steps to ``eta_min``, bf16 autocast on CUDA, fp32 on CPU.  The
+template model's displacements stay at zero for the first ``template.deformation_warmup`` steps.
 
 Exact resume: every random draw is derived from (seed, epoch, step) — the epoch's permutation and each step's
-PSF jitter — so a run restarted from a checkpoint (model, latents, optimizer, scheduler, scaler, position) repeats
-the uninterrupted run's losses.  Checkpoints are written atomically every ``checkpoint_every`` steps and at the end
-of each epoch; ``train_log.jsonl`` is rewritten up to the checkpoint on resume.
+PSF jitter — so a run restarted from a checkpoint (model, intensity model, optimizer, scheduler, scaler,
+position) repeats the uninterrupted run's losses.  Checkpoints are written atomically every ``checkpoint_every``
+steps and at the end of each epoch; ``train_log.jsonl`` is rewritten up to the checkpoint on resume.  A finished
+run writes ``diagnostics.json`` (:mod:`infanite.inr.diagnostics`).
 
 Graceful stop: a file ``STOP`` in the run folder, or SIGTERM (handled while :func:`train` runs in the main thread),
 ends the loop at the next step boundary: the checkpoint is saved, a ``stopped`` progress event says at which step,
@@ -30,9 +34,11 @@ import torch
 
 from infanite.io.atomic import atomic_output, atomic_write_text
 from infanite.io.images import Volume, save_nifti
-from infanite.io.layout import CHECKPOINT, CONFIG, STACKS, STOP_FILE, SUPPORT, TRAIN_LOG
-from infanite.inr.data import PackedCohort, pack_cohort, psf_jitter, weighted_loss
-from infanite.inr.model import ModulatedSiren
+from infanite.io.layout import CHECKPOINT, CONFIG, DIAGNOSTICS, STACKS, STOP_FILE, SUPPORT, TRAIN_LOG
+from infanite.inr.build import (build_intensity_model, build_model, build_optimizer, check_against_cohort, ga_span,
+                                 pack_training_data, psf_factors)
+from infanite.inr.data import psf_jitter, split_psf_loss, weighted_loss
+from infanite.inr.template import TemplateINR
 from infanite.labels import default_label_table
 from infanite.progress import ProgressReporter
 from infanite.inr.config import TrainConfig
@@ -86,15 +92,6 @@ def _generator(seed: int, *parts: int, device="cpu") -> torch.Generator:
     return g
 
 
-def build_model(config: TrainConfig, n_stacks: int, halo_label: int, centre_mm, half_extent_mm,
-                naive: bool = False) -> ModulatedSiren:
-    """The decoder for ``n_stacks`` stacks; outputs intensity + logits for classes 0..halo_label."""
-    dec = config.inr_decoder
-    return ModulatedSiren(n_stacks, 1 + halo_label + 1, centre_mm, half_extent_mm,
-                          dec.hidden_size, dec.num_hidden_layers, dec.modulated_layers, dec.latent_dim, dec.omega,
-                          rigid=dec.tf_dim == 6, naive=naive)
-
-
 def peak_memory_mb(device: torch.device) -> float | None:
     """Peak memory so far (MiB): CUDA allocator peak on a GPU, the process's peak resident set on CPU (None where
     the platform does not tell)."""
@@ -107,26 +104,6 @@ def peak_memory_mb(device: torch.device) -> float | None:
 
 def _rounded(value: float | None) -> int | None:
     return None if value is None else round(value)
-
-
-def _psf_factors(config: TrainConfig, data: PackedCohort) -> torch.Tensor:
-    """(S, 3, 3) Cholesky factors (mm) of each stack's PSF covariance (slice mode) or the isotropic one."""
-    if config.psf.mode == "none":
-        return torch.zeros(len(data.stack_ids), 3, 3)
-    if config.psf.mode == "isotropic":
-        sigma = torch.as_tensor(config.psf.isotropic_sigma_norm * data.half_extent_mm, dtype=torch.float32)
-        return torch.diag(sigma).expand(len(data.stack_ids), 3, 3).clone()
-    return torch.linalg.cholesky(data.psf_cov_mm2.double() + 1e-9 * torch.eye(3, dtype=torch.float64)).float()
-
-
-def _optimizer(config: TrainConfig, model: ModulatedSiren):
-    opt = config.optimizer
-    decoder = [p for n, p in model.named_parameters() if n not in ("latents", "rigid")]
-    groups = [{"params": decoder, "lr": opt.lr_inr, "weight_decay": opt.inr_weight_decay},
-              {"params": [model.latents], "lr": opt.lr_latent, "weight_decay": opt.latent_weight_decay}]
-    if model.rigid is not None:
-        groups.append({"params": [model.rigid], "lr": opt.lr_tf, "weight_decay": opt.tf_weight_decay})
-    return torch.optim.AdamW(groups)
 
 
 def train(manifest, config: TrainConfig, out, resume: bool = False, progress: ProgressReporter | None = None,
@@ -149,11 +126,18 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
     if config.deterministic and device.type == "cpu":
         torch.use_deterministic_algorithms(True)
     labels = default_label_table().values
-    data = pack_cohort(manifest, labels, config.spatial_weighting.w_int, config.halo.sigma_voxels,
-                       config.halo.threshold, uniform_weights=config.spatial_weighting.uniform).to(device)
-    model = build_model(config, len(data.stack_ids), data.halo_label, data.centre_mm, data.half_extent_mm).to(device)
-    optimizer = _optimizer(config, model)
+    data = pack_training_data(config, manifest, labels)
+    check_against_cohort(config, data, data.slice_thickness_mm or [])
+    data = data.to(device)
+    ga_range = ga_span(data.ga_weeks)
+    model = build_model(config, len(data.stack_ids), data.halo_label, data.centre_mm, data.half_extent_mm,
+                        stack_fetus=data.stack_fetus, stack_ga_weeks=data.ga_weeks, ga_range_weeks=ga_range).to(device)
+    intensity = build_intensity_model(config, data)
+    if intensity is not None:
+        intensity = intensity.to(device)
+    optimizer = build_optimizer(config, model, intensity)
     forward = torch.compile(model) if config.compile else model
+    template = model if isinstance(model, TemplateINR) else None
     steps_per_epoch = math.ceil(data.n_voxels / config.n_samples)
     total_steps = steps_per_epoch * config.epochs.train
     if config.max_steps is not None:
@@ -174,7 +158,7 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
         if class_weights.numel() != n_classes:
             raise ValueError(f"class_weights has {class_weights.numel()} values; the label table + halo needs "
                              f"{n_classes} (background, labels {labels}, halo)")
-    chol = _psf_factors(config, data).to(device)
+    chol = psf_factors(config, data).to(device)
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / TRAIN_LOG
     global_step = 0
@@ -182,7 +166,12 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
         state = torch.load(out / CHECKPOINT, map_location=device, weights_only=True)
         if state["stack_ids"] != data.stack_ids:
             raise ValueError(f"{out / CHECKPOINT} was trained on other stacks; use a new --out")
+        if state.get("model_type", "infanite") != config.model:
+            raise ValueError(f"{out / CHECKPOINT} holds a '{state.get('model_type', 'infanite')}' model, the config "
+                             f"asks for '{config.model}'; use a new --out")
         model.load_state_dict(state["model"])
+        if intensity is not None:
+            intensity.load_state_dict(state["intensity"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
@@ -193,7 +182,9 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
         log_path.unlink()
     config.save_yaml(out / CONFIG)
     atomic_write_text(out / STACKS, json.dumps(
-        {"stack_ids": data.stack_ids, "ga_weeks": data.ga_weeks, "halo_label": data.halo_label,
+        {"model": config.model, "data_source": data.source, "stack_fetus": list(data.stack_fetus),
+         "fetus_ids": list(data.fetus_ids), "ga_range_weeks": list(ga_range),
+         "stack_ids": data.stack_ids, "ga_weeks": data.ga_weeks, "halo_label": data.halo_label,
          "label_values": [int(v) for v in labels], "grid_shape": [int(n) for n in data.shape],
          "grid_voxel_to_ras": np.asarray(data.voxel_to_ras).tolist(),
          "centre_mm": np.asarray(data.centre_mm).tolist(), "half_extent_mm": np.asarray(data.half_extent_mm).tolist()},
@@ -210,8 +201,8 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
         while global_step < total_steps:
             if stop.requested():                          # a step boundary: save, report, return normally
                 if session_steps > 0 and saved_step != global_step:
-                    _save_checkpoint(out, model, optimizer, scheduler, scaler, global_step, total_steps,
-                                     data.stack_ids, config)
+                    _save_checkpoint(out, model, intensity, optimizer, scheduler, scaler, global_step,
+                                     total_steps, data.stack_ids, config)
                 stopped = True
                 progress.update(global_step, f"stopped at step {global_step} of {total_steps}; continue with "
                                              f"--resume", stopped=True)
@@ -226,24 +217,21 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
             stack = data.stack[idx]
             jitter = psf_jitter(data.coords_mm[idx], chol[stack], samples,
                                 generator=_generator(config.seed, epoch, step_in_epoch + 1, device=device))
+            if template is not None:                     # displacements free after the warm-up
+                template.use_deformation = global_step >= config.template.deformation_warmup
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                raw = forward(jitter.reshape(-1, 3), stack.repeat_interleave(samples))
-                pred = raw.float().reshape(len(idx), samples, -1).mean(1)
-                loss, l_int, l_seg = weighted_loss(pred, data.intensity[idx], data.label[idx], data.weight[idx],
-                                                   class_weights, config.optimizer.loss_metric,
-                                                   config.optimizer.seg_weight)
-                if config.optimizer.tf_weight > 0:
-                    loss = loss + config.optimizer.tf_weight * model.rigid_penalty()
+                loss, l_int, l_seg, penalty = _step_loss(config, forward, model, intensity, data, idx, stack, jitter,
+                                                         samples, class_weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            loss, l_int, l_seg = loss.detach(), l_int.detach(), l_seg.detach()
+            loss, l_int, l_seg, penalty = loss.detach(), l_int.detach(), l_seg.detach(), penalty.detach()
             optimizer.step()
             scheduler.step()
             global_step += 1
             session_steps += 1
             dt = time.perf_counter() - t0
             last = {"step": global_step, "epoch": epoch, "loss": loss.item(), "loss_intensity": l_int.item(),
-                    "loss_seg": l_seg.item(), "psf_samples": samples, "lr_decoder": scheduler.get_last_lr()[0],
+                    "loss_seg": l_seg.item(), "loss_penalty": penalty.item(), "psf_samples": samples, "lr_decoder": scheduler.get_last_lr()[0],
                     "samples_per_s": round(len(idx) * samples / dt, 1),
                     "memory_mb": _rounded(peak_memory_mb(device))}
             log.write(json.dumps(last) + "\n")
@@ -252,21 +240,56 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
                             **{k: v for k, v in last.items() if k != "step"})
             end_of_epoch = global_step % steps_per_epoch == 0
             if global_step % config.checkpoint_every == 0 or end_of_epoch or global_step == total_steps:
-                _save_checkpoint(out, model, optimizer, scheduler, scaler, global_step, total_steps, data.stack_ids,
-                                 config)
+                _save_checkpoint(out, model, intensity, optimizer, scheduler, scaler, global_step, total_steps,
+                                 data.stack_ids, config)
                 saved_step = global_step
             if stop_after_steps is not None and session_steps >= stop_after_steps:
                 break
     stop.clear()
-    return {"steps": global_step, "total_steps": total_steps, "last": last,
-            "seconds": round(time.perf_counter() - t_start, 2), "stopped": stopped}
+    summary = {"steps": global_step, "total_steps": total_steps, "last": last,
+               "seconds": round(time.perf_counter() - t_start, 2), "stopped": stopped}
+    if global_step >= total_steps and not stopped and (session_steps > 0 or not (out / DIAGNOSTICS).exists()):
+        from infanite.inr.diagnostics import write_diagnostics
+
+        summary["diagnostics"] = write_diagnostics(out, device)
+    return summary
 
 
-def _save_checkpoint(out: Path, model, optimizer, scheduler, scaler, global_step, total_steps, stack_ids,
+def _step_loss(config: TrainConfig, forward, model, intensity, data, idx, stack, jitter, samples, class_weights):
+    """The loss of one step: data term (``data.term``, see :mod:`infanite.inr.data`) + the penalties of the model
+    and of the intensity model.  Returns (total, intensity term, segmentation term, penalties)."""
+    coords = jitter.reshape(-1, 3)
+    stacks = stack.repeat_interleave(samples)
+    raw = forward(coords, stacks).float()
+    if intensity is not None:                            # what each stack measures for the model's intensity
+        raw = torch.cat([intensity.apply(raw[:, 0], coords, stacks)[:, None], raw[:, 1:]], dim=1)
+    per_sample = raw.reshape(len(idx), samples, -1)
+    target = (data.intensity[idx], data.label[idx], data.weight[idx], class_weights)
+    if config.data.term == "exact" and config.data.psf_estimator == "split":
+        loss, l_int, l_seg = split_psf_loss(per_sample, *target, config.optimizer.seg_weight)
+    else:
+        metric = "mse" if config.data.term == "exact" else config.optimizer.loss_metric
+        loss, l_int, l_seg = weighted_loss(per_sample.mean(1), *target, metric, config.optimizer.seg_weight)
+    penalty = loss.new_zeros(())
+    if isinstance(model, TemplateINR):
+        t, terms = config.template, model.penalties()
+        penalty = penalty + t.ga_smoothness * terms["ga"]
+        if model.use_deformation:
+            penalty = penalty + t.deformation_smoothness * terms["smoothness"] + \
+                t.deformation_magnitude * terms["magnitude"] + t.deformation_mean * terms["mean"]
+    elif config.optimizer.tf_weight > 0:
+        penalty = penalty + config.optimizer.tf_weight * model.rigid_penalty()
+    if intensity is not None:
+        penalty = penalty + intensity.penalty(config.data.gain_weight, config.data.bias_weight)
+    return loss + penalty, l_int, l_seg, penalty
+
+
+def _save_checkpoint(out: Path, model, intensity, optimizer, scheduler, scaler, global_step, total_steps, stack_ids,
                      config) -> None:
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "scaler": scaler.state_dict(), "global_step": global_step, "total_steps": total_steps,
-             "stack_ids": list(stack_ids),
+             "stack_ids": list(stack_ids), "model_type": config.model,
+             "intensity": intensity.state_dict() if intensity is not None else {},
              "torch_rng": torch.get_rng_state(), "config": config.to_dict()}
     with atomic_output(out / CHECKPOINT) as tmp:
         torch.save(state, tmp)

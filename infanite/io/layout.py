@@ -60,6 +60,7 @@ STACKS = "stacks.json"                   # stack ids, GAs and the training grid
 SUPPORT = "support_mask.nii.gz"          # union of the stacks' brain + halo on the training grid
 CONFIG = "config.yaml"                   # the resolved training config
 STOP_FILE = "STOP"                       # created (by a GUI) to stop at the next step boundary, checkpoint first
+DIAGNOSTICS = "diagnostics.json"         # a finished run: averaging vs shape removal (infanite.inr.diagnostics)
 
 # -- an atlas folder (``infanite atlas --out``) ----------------------------------------------------------------------
 ATLAS_MANIFEST = "atlas_manifest.json"   # written last: the complete GAs, their files, the run, the label values

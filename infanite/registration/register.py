@@ -324,6 +324,22 @@ def register_cohort(manifest, templates, out, options: RegisterOptions | None = 
             "failed": failed, "skipped": skipped}
 
 
+#: registered.tsv columns that point back at the acquired stack (absolute paths) and hold its pose: training on
+#: the acquired samples themselves reads the stacks through them (``infanite.inr.samples``)
+SOURCE_COLUMNS = ("source_T2w", "source_Mask", "source_Seg", "template_to_stack")
+
+
+def source_columns(record: StackRecord, template_to_stack) -> dict:
+    """The :data:`SOURCE_COLUMNS` of a registered stack: its acquired images (absolute paths, empty when absent)
+    and ``template_to_stack`` (16 numbers, row-major, template RAS mm → stack RAS mm)."""
+    def path(value):
+        return "" if value is None else str(Path(value).resolve())
+
+    matrix = np.asarray(template_to_stack, dtype=np.float64).reshape(4, 4)
+    return {"source_T2w": path(record.t2w), "source_Mask": path(record.mask), "source_Seg": path(record.seg),
+            "template_to_stack": ",".join(f"{v:.10g}" for v in matrix.ravel())}
+
+
 def _write_cohort_outputs(cohort: Cohort, out: Path, failed: dict[str, str]) -> None:
     records, transforms, qc = [], {}, {}
     for record in cohort.stacks:
@@ -336,7 +352,8 @@ def _write_cohort_outputs(cohort: Cohort, out: Path, failed: dict[str, str]) -> 
         extra = dict(record.extra)
         extra.update(Weight=paths["Weight"].relative_to(out).as_posix(),
                      Observed=paths["Observed"].relative_to(out).as_posix(),
-                     psf_cov_mm2=",".join(f"{v:.6g}" for v in np.ravel(summary["psf_cov_mm2"])))
+                     psf_cov_mm2=",".join(f"{v:.6g}" for v in np.ravel(summary["psf_cov_mm2"])),
+                     **source_columns(record, summary["template_to_stack"]))
         if summary["qc"]["ga_estimated"]:
             extra["ga_estimated"] = "1"
         records.append(StackRecord(record.row, record.subject_id, summary["qc"]["template_ga"]

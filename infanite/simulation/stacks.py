@@ -235,7 +235,9 @@ def stack_id(ga_weeks: float, subject_index: int, plane: str, repeat: int) -> st
     return f"{int(np.floor(ga_weeks))}_{subject_index:04d}_{PLANE_CODES[plane]}{repeat:02d}"
 
 
-def _simulate_subject(index: int, ga: float, library: TemplateLibrary, config: SimulationConfig, out: Path):
+def _fetus_anatomy(index: int, ga: float, library: TemplateLibrary, config: SimulationConfig):
+    """The random generator of fetus ``index`` (after its anatomy's draws), its template, deformation and
+    deformed T2 and labels (template RAS, cropped to the brain)."""
     rng = np.random.default_rng([config.seed, index])
     template = library.for_ga(ga, config.template_mode)
     t2, labels = crop_to_brain(template, margin_mm=config.fov_margin_mm)
@@ -243,6 +245,19 @@ def _simulate_subject(index: int, ga: float, library: TemplateLibrary, config: S
     brain_ras = apply_matrix(labels.voxel_to_ras, np.argwhere(labels.array > 0)[::7])
     deformation = remove_affine_part(deformation, brain_ras)
     t2, labels = deform(t2, labels, deformation)
+    return rng, template, deformation, t2, labels
+
+
+def fetus_truth(index: int, ga: float, library: TemplateLibrary, config: SimulationConfig) -> tuple:
+    """The true anatomy of fetus ``index`` (1-based, as simulated with ``config`` and the same template
+    ``library``): ``(deformed T2, deformed labels, undeformed template)`` in template RAS, noise-free, before the
+    stacks' bias and scale.  What the benchmark's oracles and per-fetus diagnostics compare with."""
+    _, template, _, t2, labels = _fetus_anatomy(index, ga, library, config)
+    return t2, labels, template
+
+
+def _simulate_subject(index: int, ga: float, library: TemplateLibrary, config: SimulationConfig, out: Path):
+    rng, template, deformation, t2, labels = _fetus_anatomy(index, ga, library, config)
     scale = float(rng.uniform(*config.intensity_scale_range))
     bias_coefficients = rng.normal(size=12) * np.r_[np.full(3, 1.0), np.full(9, 0.5)]
     sampler = _SubjectSampler(t2, labels, config)

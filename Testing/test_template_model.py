@@ -1,0 +1,235 @@
+"""The exact data term (acquired samples, unbiased PSF estimator, intensity model) and the deformation-aware
+template model: analytic checks, the phantom cohort, exact resume, diagnostics, refusals, atlas generation."""
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from infanite.inr.config import TrainConfigError
+from infanite.inr.config_loading import load_train_config
+from infanite.inr.data import IGNORE_LABEL, split_psf_loss, weighted_loss
+from infanite.inr.intensity import StackIntensity, monomials
+from infanite.inr.train import train
+
+SMALL = ["n_samples=1500", "epochs.train=50", "checkpoint_every=10", "psf.samples_per_epoch=[4]",
+         "inr_decoder.hidden_size=32", "inr_decoder.num_hidden_layers=2", "inr_decoder.modulated_layers=[1]",
+         "inr_decoder.latent_dim=[8,3,3,3]", "optimizer.lr_inr=1e-3", "optimizer.lr_latent=1e-2"]
+TEMPLATE = SMALL + ["model=template", "template.encoding=grid", "template.grid_resolutions=[8,16,32]", "template.ga_nodes=[2,2,2]",
+                    "template.deformation_warmup=10", "template.hidden_size=32"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def registered(phantom_registered):
+    return phantom_registered["registered"]
+
+
+# --------------------------------------------------------------------------------------------- the data term
+
+def test_split_estimator_is_unbiased_where_the_mean_estimator_is_not():
+    """1-D, a sharp edge seen through a Gaussian PSF: with the exact blurred value as the target, the split-sample
+    product averages to 0 (its expectation is (Kf − y)² = 0), the squared error of the mean of P samples to
+    Var_PSF(f)/P > 0, a bias that only a flatter (blurrier) f reduces."""
+    generator = torch.Generator().manual_seed(0)
+    n, p, sigma = 200_000, 4, 1.27
+    x = torch.full((n,), 0.3)                                  # 0.3 mm from the edge
+    target = torch.distributions.Normal(0.0, sigma).cdf(x)     # Kf: the blurred step, exactly
+    jitter = x[:, None] + sigma * torch.randn(n, p, generator=generator)
+    edge = (jitter > 0).float()[..., None]                     # f(x_p) for the sharp step
+    samples = torch.cat([edge, torch.zeros_like(edge)], dim=-1)  # (N, P, 1 intensity + 1 class)
+    weight, label, cw = torch.ones(n), torch.full((n,), IGNORE_LABEL), torch.ones(1)
+    _, split, _ = split_psf_loss(samples, target, label, weight, cw)
+    _, mean_mse, _ = weighted_loss(samples.mean(1), target, label, weight, cw, "mse")
+    variance = float(target[0] * (1 - target[0]))              # Var of a Bernoulli(Kf) sample
+    assert abs(split.item()) < 5e-3
+    assert mean_mse.item() == pytest.approx(variance / p, rel=0.03)
+    # P = 1 reduces to the plain squared error
+    _, single, _ = split_psf_loss(samples[:, :1], target, label, weight, cw)
+    assert single.item() == pytest.approx(((edge[:, 0, 0] - target) ** 2).mean().item(), rel=1e-6)
+
+
+def test_samples_without_a_segmentation_teach_intensity_only():
+    samples = torch.tensor([[[0.5, 2.0, 0.0]], [[0.5, 0.0, 2.0]]])        # (N=2, P=1, 1 + 2 classes)
+    intensity, weight, cw = torch.tensor([0.5, 0.5]), torch.ones(2), torch.ones(2)
+    _, _, seg_both = split_psf_loss(samples, intensity, torch.tensor([0, 1]), weight, cw)
+    _, _, seg_first = split_psf_loss(samples, intensity, torch.tensor([0, IGNORE_LABEL]), weight, cw)
+    ce_first = -torch.log_softmax(torch.tensor([2.0, 0.0]), 0)[0]
+    assert seg_first.item() == pytest.approx(ce_first.item(), rel=1e-6)
+    assert seg_both.item() == pytest.approx(ce_first.item(), rel=1e-6)         # the second is symmetric
+
+
+def test_intensity_model_applies_gain_and_a_smooth_bias():
+    model = StackIntensity(2, [10.0, 0.0, 0.0], [20.0, 20.0, 20.0], bias_order=2)
+    assert model.bias.shape == (2, 9) and monomials(torch.zeros(1, 3), 1).shape == (1, 3)
+    coords = torch.tensor([[10.0, 0.0, 0.0], [30.0, 0.0, 0.0]])              # box centre and +x face
+    intensity = torch.tensor([0.5, 0.5])
+    assert torch.allclose(model.apply(intensity, coords, torch.tensor([0, 1])), intensity)   # identity at start
+    with torch.no_grad():
+        model.log_gain[1] = math.log(2.0)
+        model.bias[1, 0] = 0.1                                                # the x term
+    out = model.apply(intensity, coords, torch.tensor([1, 1]))
+    assert out[0].item() == pytest.approx(1.0) and out[1].item() == pytest.approx(math.exp(0.1))
+    assert model.penalty(1.0, 0.0).item() == pytest.approx((math.log(2.0) / 2) ** 2)
+
+
+# --------------------------------------------------------------------------------------------- acquired samples
+
+def test_acquired_samples_land_on_the_template_brain(registered, phantom_registered):
+    """Every acquired brain voxel, mapped by its registration (here the true pose), lies in the template's brain:
+    the samples are the stacks' own voxels in template space, not a resampled copy."""
+    from infanite.inr.samples import pack_acquired
+    from infanite.io.cohort_checks import load_cohort
+    from infanite.io.images import load_nifti
+    from infanite.io.resample import resample
+    from infanite.reference.templates import TemplateLibrary
+
+    data = pack_acquired(registered, list(range(1, 9)), halo_mm=4.0)
+    assert data.source == "acquired" and data.fetus_ids and len(data.stack_fetus) == len(data.stack_ids)
+    cohort = load_cohort(registered)
+    acquired = sum(int((load_nifti(r.extra["source_Mask"], dtype=None).array > 0).sum()) for r in cohort.stacks)
+    brain = data.label < data.halo_label
+    assert int(brain.sum()) == acquired                           # one sample per acquired brain voxel
+    library = TemplateLibrary.from_folder(phantom_registered["templates"])
+    template = library.get(28.0)
+    grid = template.mask.grid
+    ijk = np.rint((np.c_[data.coords_mm.numpy(), np.ones(len(data.coords_mm))] @
+                   np.linalg.inv(grid.voxel_to_ras).T)[:, :3]).astype(int)
+    inside = np.all((ijk >= 0) & (ijk < np.array(grid.shape)), axis=1)
+    dilated = resample(template.mask, grid, None, "nearest").array > 0
+    from scipy import ndimage
+    dilated = ndimage.binary_dilation(dilated, iterations=3)
+    hits = np.zeros(len(ijk), bool)
+    hits[inside] = dilated[tuple(ijk[inside].T)]
+    assert hits[brain.numpy()].mean() > 0.95                     # ages 27-29 against the week-28 template
+    assert data.weight[~brain].max().item() < 1.0 and data.weight[brain].min().item() == 1.0
+
+
+def test_a_registration_without_source_columns_is_refused_with_a_way_on(registered, tmp_path):
+    """A registered.tsv written before this version has no path back to the acquired stacks."""
+    lines = registered.read_text().splitlines()
+    header = lines[0].split("\t")
+    drop = [i for i, c in enumerate(header) if c in ("source_T2w", "template_to_stack")]
+    old = "\n".join("\t".join(c for i, c in enumerate(line.split("\t")) if i not in drop) for line in lines)
+    manifest = registered.parent / "old_registered.tsv"
+    manifest.write_text(old + "\n")
+    with pytest.raises(ValueError, match="source_T2w, template_to_stack.*data.term=reference"):
+        train(manifest, load_train_config(None, SMALL + ["max_steps=2"]), tmp_path / "run")
+    assert not (tmp_path / "run").exists()                        # nothing written
+    summary = train(manifest, load_train_config(None, SMALL + ["max_steps=2", "data.term=reference"]),
+                    tmp_path / "run")
+    assert summary["steps"] == 2
+
+
+# --------------------------------------------------------------------------------------------- the template model
+
+@pytest.fixture(scope="module")
+def template_run(registered, tmp_path_factory):
+    run = tmp_path_factory.mktemp("template") / "run"
+    summary = train(registered, load_train_config(None, TEMPLATE + ["max_steps=60"]), run)
+    return run, summary
+
+
+def test_template_model_trains_learns_displacements_and_writes_diagnostics(template_run):
+    run, summary = template_run
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 60 and np.mean([r["loss"] for r in log[-10:]]) < 0.7 * np.mean([r["loss"] for r in log[:10]])
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert state["model_type"] == "template"
+    deformation = state["model"]["deformation"]
+    assert deformation.shape[:2] == (2, 3) and deformation.abs().max() > 0     # released after the warm-up
+    assert set(state["intensity"]) == {"log_gain", "bias", "centre", "half_extent"}
+    diagnostics = json.loads((run / "diagnostics.json").read_text())
+    assert diagnostics["model"] == "template" and diagnostics["displacement_mm"]["largest"] > 0
+    assert math.isfinite(diagnostics["agreement_db"]) and diagnostics["sharpness"] > 0
+    assert summary["diagnostics"]["agreement_db"] == diagnostics["agreement_db"]
+    stacks = json.loads((run / "stacks.json").read_text())
+    assert stacks["model"] == "template" and stacks["fetus_ids"] == ["0001", "0002"]
+
+
+@pytest.mark.parametrize("encoding", ["grid", "modulated"])
+def test_template_model_resumes_exactly(registered, tmp_path, encoding):
+    config = load_train_config(None, TEMPLATE + ["max_steps=30", f"template.encoding={encoding}"])
+    train(registered, config, tmp_path / "full")
+    train(registered, config, tmp_path / "killed", stop_after_steps=15)      # last checkpoint at step 10
+    train(registered, config, tmp_path / "killed", resume=True)
+    full = [json.loads(x)["loss"] for x in (tmp_path / "full" / "train_log.jsonl").read_text().splitlines()]
+    resumed = [json.loads(x)["loss"] for x in (tmp_path / "killed" / "train_log.jsonl").read_text().splitlines()]
+    assert len(full) == len(resumed) == 30
+    np.testing.assert_allclose(resumed, full, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="holds a 'template' model"):
+        train(registered, load_train_config(None, SMALL + ["max_steps=30"]), tmp_path / "killed", resume=True)
+
+
+def test_the_atlas_of_a_template_run_is_the_template_at_the_ga(template_run, tmp_path):
+    """``infanite atlas`` on a template run: the same files and manifest as for the paper's model, and the T2w is
+    ``T(x, GA)`` with no displacement."""
+    from infanite.atlas.generate import generate
+    from infanite.atlas.predict import atlas_query, load_run
+    from infanite.io.images import load_nifti
+
+    run, _ = template_run
+    result = generate(run, [28.0], tmp_path / "atlas", spacing_mm=3.2)
+    assert result["generated"] == ["28.0"] and (tmp_path / "atlas" / "atlas_manifest.json").is_file()
+    t2 = load_nifti(tmp_path / "atlas" / "atlas_ga-28.0_T2w.nii.gz")
+    trained = load_run(run)
+    model = trained.model("cpu")
+    brain = np.argwhere(t2.array > 0)[:50]
+    xyz = torch.as_tensor(brain @ t2.voxel_to_ras[:3, :3].T + t2.voxel_to_ras[:3, 3], dtype=torch.float32)
+    with torch.no_grad():
+        direct = model.atlas(xyz, 28.0)[:, 0].numpy()
+        through = atlas_query(model, 28.0, None)(xyz)[:, 0].numpy()
+    np.testing.assert_allclose(t2.array[tuple(brain.T)], np.clip(direct, 0, None), atol=1e-5)
+    np.testing.assert_allclose(direct, through, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------- refusals
+
+def _rewrite(registered, path, edit) -> object:
+    lines = registered.read_text().splitlines()
+    header = lines[0].split("\t")
+    rows = [dict(zip(header, line.split("\t"))) for line in lines[1:]]
+    rows = edit(rows)
+    columns = [c for c in header if c in rows[0]]
+    path.write_text("\n".join(["\t".join(columns)] + ["\t".join(r[c] for c in columns) for r in rows]) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("case, edit, overrides, message", [
+    ("one GA", lambda rows: [dict(r, scan_age="28.0") for r in rows], [],
+     "model: 'template' conditions the template on GA"),
+    ("no subject grouping", lambda rows: [{k: v for k, v in dict(r, subject_id=f"stack{i}").items()
+                                           if k != "subject"} for i, r in enumerate(rows)], [],
+     "template.deformation_grid: a displacement per fetus needs the stacks grouped"),
+    ("deformation grid finer than the slices", lambda rows: rows, ["template.deformation_grid=40"],
+     "template.deformation_grid: 40 control points per axis"),
+    ("feature grid finer than the data", lambda rows: rows, ["template.grid_resolutions=[8,16,256]"],
+     "template.grid_resolutions: the finest grid (256 per axis)"),
+])
+def test_a_template_config_the_cohort_cannot_support_is_refused_before_any_work(registered, tmp_path, case, edit,
+                                                                               overrides, message):
+    manifest = _rewrite(registered, registered.parent / f"refused_{case.replace(' ', '_')}.tsv", edit)
+    with pytest.raises(TrainConfigError, match=re.escape(message)):
+        train(manifest, load_train_config(None, TEMPLATE + ["max_steps=2"] + overrides), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_template_keys_are_refused_with_the_key_named():
+    with pytest.raises(TrainConfigError) as info:
+        load_train_config(None, ["model=tmpl", "template.encoding=hash", "template.ga_nodes=[1]",
+                                 "template.deformation_grid=1", "data.term=exact-ish", "data.bias_order=3"])
+    text = str(info.value)
+    for key in ("model:", "template.encoding", "template.ga_nodes", "template.deformation_grid", "data.term",
+                "data.bias_order"):
+        assert key in text, key

@@ -1,0 +1,128 @@
+"""What a training run is made of, built from its config: the packed data, the model (the paper's modulated
+SIREN or the deformation-aware template), the per-stack intensity model, the PSF factors and the optimizer; and
+the checks a config must pass against the cohort before any work (a deformation or feature grid finer than the
+data, a GA-conditioned model on one GA, fetuses without a ``subject`` grouping)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from infanite.inr.config import TrainConfig, TrainConfigError
+from infanite.inr.data import PackedCohort, pack_cohort
+from infanite.inr.intensity import StackIntensity
+from infanite.inr.model import ModulatedSiren
+from infanite.inr.template import TemplateINR
+
+
+def pack_training_data(config: TrainConfig, manifest, label_values) -> PackedCohort:
+    """The samples of ``data.term``: the acquired stack voxels (``exact``) or the resampled stacks
+    (``reference``)."""
+    if config.data.term == "exact":
+        from infanite.inr.samples import pack_acquired
+
+        return pack_acquired(manifest, label_values, config.data.halo_mm)
+    return pack_cohort(manifest, label_values, config.spatial_weighting.w_int, config.halo.sigma_voxels,
+                       config.halo.threshold, uniform_weights=config.spatial_weighting.uniform)
+
+
+def ga_span(ga_weeks) -> tuple[float, float]:
+    """(min, max) of the known GAs (weeks)."""
+    known = [float(g) for g in ga_weeks if g is not None and np.isfinite(float(g))]
+    return (min(known), max(known)) if known else (0.0, 0.0)
+
+
+def check_against_cohort(config: TrainConfig, data: PackedCohort, slice_thickness_mm) -> None:
+    """Refuse a configuration the cohort cannot support, naming the key (``TrainConfigError``), before any output
+    is written: for ``model: template``, a cohort with one GA (GA-conditioned), stacks not grouped into fetuses by
+    a ``subject`` (per-fetus deformation), a deformation grid whose control points are closer than the thickest
+    slice, or a feature grid finer than half the finest acquired voxel."""
+    if config.model != "template":
+        return
+    problems = []
+    lo, hi = ga_span(data.ga_weeks)
+    if hi - lo < 0.5:
+        problems.append(f"model: 'template' conditions the template on GA, but every stack of the cohort has GA "
+                        f"{lo:g} weeks; give a cohort spanning GAs, or use model: infanite")
+    t = config.template
+    extent = 2 * np.asarray(data.half_extent_mm, dtype=np.float64)
+    if t.deformation_grid >= 2:
+        if len(data.fetus_ids) == len(data.stack_ids) > 1 and all(s == f for s, f in zip(data.stack_ids,
+                                                                                        data.fetus_ids)):
+            problems.append("template.deformation_grid: a displacement per fetus needs the stacks grouped into "
+                            "fetuses: add a 'subject' column to the manifest (or use reference-style ids "
+                            "GA_SUBJECT_STACK), or set template.deformation_grid=0")
+        spacing = float((extent / (t.deformation_grid - 1)).min())
+        thickest = max(float(s) for s in slice_thickness_mm) if slice_thickness_mm else 0.0
+        if spacing < thickest:
+            problems.append(f"template.deformation_grid: {t.deformation_grid} control points per axis are "
+                            f"{spacing:.2f} mm apart, finer than the thickest slice ({thickest:g} mm): the "
+                            f"displacements would fit noise; use at most "
+                            f"{int(float(extent.min()) // max(thickest, 1e-6)) + 1}")
+    if t.encoding == "grid":
+        finest = float((extent / (max(t.grid_resolutions) - 1)).min())
+        voxel = float(data.finest_spacing_mm) if getattr(data, "finest_spacing_mm", None) else 0.0
+        if voxel and finest < voxel / 2:
+            problems.append(f"template.grid_resolutions: the finest grid ({max(t.grid_resolutions)} per axis) has "
+                            f"{finest:.2f} mm cells, finer than half the finest acquired voxel ({voxel:g} mm)")
+    if problems:
+        raise TrainConfigError(problems)
+
+
+def build_model(config: TrainConfig, n_stacks: int, halo_label: int, centre_mm, half_extent_mm,
+                naive: bool = False, stack_fetus=None, stack_ga_weeks=None, ga_range_weeks=None) -> torch.nn.Module:
+    """The network of ``config.model`` for ``n_stacks`` stacks; outputs intensity + logits for classes
+    0..halo_label.  The template model also needs each stack's fetus and GA, and the GA range (weeks)."""
+    n_out = 1 + halo_label + 1
+    if config.model == "template":
+        return TemplateINR(n_out, stack_fetus, stack_ga_weeks, ga_range_weeks, centre_mm, half_extent_mm,
+                           config.template, config.inr_decoder.omega, seed=config.seed,
+                           decoder_config=config.inr_decoder)
+    dec = config.inr_decoder
+    return ModulatedSiren(n_stacks, n_out, centre_mm, half_extent_mm, dec.hidden_size, dec.num_hidden_layers,
+                          dec.modulated_layers, dec.latent_dim, dec.omega, rigid=dec.tf_dim == 6, naive=naive)
+
+
+def build_intensity_model(config: TrainConfig, data: PackedCohort) -> StackIntensity | None:
+    """The per-stack gain and bias (``data.term: exact`` with ``data.intensity_model``), else None."""
+    if config.data.term != "exact" or not config.data.intensity_model:
+        return None
+    return StackIntensity(len(data.stack_ids), data.centre_mm, data.half_extent_mm, config.data.bias_order)
+
+
+def psf_factors(config: TrainConfig, data: PackedCohort) -> torch.Tensor:
+    """(S, 3, 3) Cholesky factors (mm) of each stack's PSF covariance (slice mode) or the isotropic one."""
+    if config.psf.mode == "none":
+        return torch.zeros(len(data.stack_ids), 3, 3)
+    if config.psf.mode == "isotropic":
+        sigma = torch.as_tensor(config.psf.isotropic_sigma_norm * data.half_extent_mm, dtype=torch.float32)
+        return torch.diag(sigma).expand(len(data.stack_ids), 3, 3).clone()
+    return torch.linalg.cholesky(data.psf_cov_mm2.double() + 1e-9 * torch.eye(3, dtype=torch.float64)).float()
+
+
+def build_optimizer(config: TrainConfig, model: torch.nn.Module, intensity: StackIntensity | None):
+    """AdamW with one group per kind of parameter: shared network, per-stack latents (infanite) or per-fetus
+    displacements (template), rigid refinement, intensity model (at the per-stack learning rate)."""
+    opt = config.optimizer
+    groups = []
+    if isinstance(model, TemplateINR):
+        if config.template.encoding == "modulated":           # the paper's decoder: its own learning rates
+            decoder = model.template.decoder
+            groups += [{"params": [q for n, q in decoder.named_parameters() if n != "latents"], "lr": opt.lr_inr,
+                        "weight_decay": opt.inr_weight_decay},
+                       {"params": [decoder.latents], "lr": opt.lr_latent, "weight_decay": opt.latent_weight_decay}]
+        else:
+            groups.append({"params": list(model.template.parameters()), "lr": config.template.lr_template,
+                           "weight_decay": 0.0})
+        if model.deformation is not None:
+            groups.append({"params": [model.deformation], "lr": config.template.lr_deformation, "weight_decay": 0.0})
+        per_stack_lr = config.template.lr_deformation
+    else:
+        decoder = [p for n, p in model.named_parameters() if n not in ("latents", "rigid")]
+        groups += [{"params": decoder, "lr": opt.lr_inr, "weight_decay": opt.inr_weight_decay},
+                   {"params": [model.latents], "lr": opt.lr_latent, "weight_decay": opt.latent_weight_decay}]
+        if model.rigid is not None:
+            groups.append({"params": [model.rigid], "lr": opt.lr_tf, "weight_decay": opt.tf_weight_decay})
+        per_stack_lr = opt.lr_latent
+    if intensity is not None:
+        groups.append({"params": list(intensity.parameters()), "lr": per_stack_lr, "weight_decay": 0.0})
+    return torch.optim.AdamW(groups)

@@ -1,0 +1,249 @@
+"""The deformation-aware template INR (``model: template``): one template shared by the cohort, a smooth
+displacement field per fetus.
+
+Fetus ``f``, scanned at ``GA_f`` weeks, is the template seen through its own shape:
+``I_f(x) = T(x + u_f(x), GA_f)`` (x template RAS mm, u in mm).  The atlas is ``T(x, GA)`` with ``u = 0``: individual
+shapes are registered out before anything is averaged, where averaging latents (the paper's model) averages
+anatomy and blurs it.  ``T`` outputs the intensity and the label logits; labels are warped the same way.
+
+Template encodings (``template.encoding``):
+
+- ``grid``: multi-resolution dense feature grids over the template box, one per level (``grid_resolutions``
+  voxels per axis), each with ``ga_nodes`` nodes over the cohort's GA range (features linear in GA between nodes,
+  so every fetus informs the GAs around its own); the features of all levels and the normalised GA go through a
+  small ReLU MLP.  Plain PyTorch (``grid_sample``), fast to fit on a CPU.
+- ``siren``: a SIREN of (x, y, z, GA), all normalised to [−1, 1].
+- ``modulated``: the paper's modulated SIREN (``inr_decoder`` sizes) with one latent grid per GA node
+  (``ga_latents`` nodes over the cohort's GA range, linear in GA between them) shared by the cohort.
+
+Displacements: ``deformation_grid``³ control points × 3 (mm) per fetus over the template box, trilinear between
+them.  :meth:`TemplateINR.penalties` gives their smoothness (squared differences of neighbouring control points),
+magnitude, and the GA-kernel-weighted mean displacement around each fetus's GA (pushed to zero: the template is
+the cohort's average shape at each GA, not one fetus's), plus the smoothness of the grids across GA nodes.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from infanite.inr.model import interpolate_latents
+
+#: Gaussian width (weeks) of the kernel over fetus GAs whose weighted mean displacement is pushed to zero
+MEAN_KERNEL_WEEKS = 1.0
+
+
+class FeatureGrids(nn.Module):
+    """Dense feature grids, level ``l``: ``(ga_nodes[l], channels, R, R, R)`` with ``R = resolutions[l]``."""
+
+    def __init__(self, resolutions, ga_nodes, channels: int, init_std: float = 1e-2, generator=None):
+        super().__init__()
+        self.grids = nn.ParameterList([
+            nn.Parameter(torch.randn(int(n), channels, int(r), int(r), int(r), generator=generator) * init_std)
+            for r, n in zip(resolutions, ga_nodes)])
+        self.channels = int(channels)
+
+    @property
+    def out_features(self) -> int:
+        return self.channels * len(self.grids)
+
+    def forward(self, xn: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Features (N, levels × channels) at normalised coordinates ``xn`` (N, 3) in [−1, 1] (x → the last grid
+        axis) and normalised GA ``t`` (N,) in [0, 1]."""
+        n_points = xn.shape[0]
+        where = xn.reshape(1, n_points, 1, 1, 3)
+        rows = torch.arange(n_points, device=xn.device)
+        out = []
+        for grid in self.grids:
+            nodes, channels = grid.shape[:2]
+            values = F.grid_sample(grid.reshape(1, nodes * channels, *grid.shape[2:]), where, mode="bilinear",
+                                   padding_mode="border", align_corners=True)
+            values = values.reshape(nodes, channels, n_points).permute(2, 0, 1)        # (N, nodes, C)
+            if nodes == 1:
+                out.append(values[:, 0])
+                continue
+            pos = t.clamp(0, 1) * (nodes - 1)
+            i0 = pos.floor().clamp(max=nodes - 2).long()
+            w = (pos - i0)[:, None]
+            out.append(values[rows, i0] * (1 - w) + values[rows, i0 + 1] * w)
+        return torch.cat(out, dim=1)
+
+    def ga_smoothness(self) -> torch.Tensor:
+        """Mean squared difference of consecutive GA nodes, over the levels that have several."""
+        terms = [((g[1:] - g[:-1]) ** 2).mean() for g in self.grids if g.shape[0] > 1]
+        return torch.stack(terms).mean() if terms else self.grids[0].new_zeros(())
+
+
+class GridTemplate(nn.Module):
+    """``T(x, GA)`` from :class:`FeatureGrids` and a ReLU MLP (``hidden_layers`` × ``hidden_size``)."""
+
+    def __init__(self, n_out: int, resolutions, ga_nodes, channels: int, hidden_size: int, hidden_layers: int,
+                 generator=None):
+        super().__init__()
+        self.features = FeatureGrids(resolutions, ga_nodes, channels, generator=generator)
+        layers, width = [], self.features.out_features + 1
+        for _ in range(hidden_layers):
+            layers += [nn.Linear(width, hidden_size), nn.ReLU()]
+            width = hidden_size
+        self.mlp = nn.Sequential(*layers)
+        self.head = nn.Linear(width, n_out)
+        with torch.no_grad():
+            self.head.bias.zero_()
+            self.head.bias[0] = 0.3                       # the mean normalised brain intensity, roughly
+
+    def forward(self, xn: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([self.features(xn, t), (2 * t - 1)[:, None]], dim=1)
+        return self.head(self.mlp(h))
+
+    def smoothness(self) -> torch.Tensor:
+        return self.features.ga_smoothness()
+
+
+class SirenTemplate(nn.Module):
+    """``T(x, GA)`` as a SIREN of the four normalised inputs (Sitzmann et al. initialisation)."""
+
+    def __init__(self, n_out: int, hidden_size: int, hidden_layers: int, omega, generator=None):
+        super().__init__()
+        self.omega0, self.omega = float(omega[0]), float(omega[1])
+        self.first = nn.Linear(4, hidden_size)
+        self.hidden = nn.ModuleList([nn.Linear(hidden_size, hidden_size) for _ in range(hidden_layers)])
+        self.head = nn.Linear(hidden_size, n_out)
+        with torch.no_grad():
+            self.first.weight.uniform_(-1 / 4, 1 / 4, generator=generator)
+            bound = math.sqrt(6 / hidden_size) / self.omega
+            for layer in list(self.hidden) + [self.head]:
+                layer.weight.uniform_(-bound, bound, generator=generator)
+            self.head.bias.zero_()
+            self.head.bias[0] = 0.3
+
+    def forward(self, xn: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        h = torch.sin(self.omega0 * self.first(torch.cat([xn, (2 * t - 1)[:, None]], dim=1)))
+        for layer in self.hidden:
+            h = torch.sin(self.omega * layer(h))
+        return self.head(h)
+
+    def smoothness(self) -> torch.Tensor:
+        return self.head.weight.new_zeros(())
+
+
+class ModulatedTemplate(nn.Module):
+    """``T(x, GA)`` as the paper's modulated SIREN whose latent grid is shared by the cohort and varies with GA:
+    ``ga_latents`` latent grids at GA nodes over the cohort's range, linear in GA between them (the template's
+    anatomy at each GA; no per-stack latent that could absorb a fetus's own shape)."""
+
+    def __init__(self, n_out: int, decoder_config, ga_latents: int, generator=None):
+        super().__init__()
+        from infanite.inr.model import ModulatedSiren
+
+        d = decoder_config
+        self.decoder = ModulatedSiren(int(ga_latents), n_out, [0.0, 0.0, 0.0], [1.0, 1.0, 1.0], d.hidden_size,
+                                      d.num_hidden_layers, d.modulated_layers, d.latent_dim, d.omega)
+
+    def forward(self, xn: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        latents = self.decoder.latents
+        nodes = latents.shape[0]
+        if nodes == 1:
+            z = interpolate_latents(latents, torch.zeros_like(t, dtype=torch.long), xn)
+        else:
+            pos = t.clamp(0, 1) * (nodes - 1)
+            i0 = pos.floor().clamp(max=nodes - 2).long()
+            w = (pos - i0)[:, None]
+            z = interpolate_latents(latents, i0, xn) * (1 - w) + interpolate_latents(latents, i0 + 1, xn) * w
+        return self.decoder.decode(xn, z)
+
+    def smoothness(self) -> torch.Tensor:
+        latents = self.decoder.latents
+        return ((latents[1:] - latents[:-1]) ** 2).mean() if latents.shape[0] > 1 else latents.new_zeros(())
+
+
+class TemplateINR(nn.Module):
+    """The template and the fetuses' displacement fields (see the module docstring).
+
+    ``stack_fetus`` (S,) and ``stack_ga_weeks`` (S,) tie each stack to its fetus and GA; ``ga_range_weeks`` is the
+    span over which GA is normalised (the cohort's); ``centre_mm``/``half_extent_mm`` the template box (RAS mm).
+    ``n_out`` = 1 intensity + the label classes.  ``config`` is the ``template`` section of the training config.
+    """
+
+    def __init__(self, n_out: int, stack_fetus, stack_ga_weeks, ga_range_weeks, centre_mm, half_extent_mm, config,
+                 omega=(30.0, 30.0), seed: int = 0, decoder_config=None):
+        super().__init__()
+        generator = torch.Generator().manual_seed(int(seed))
+        if config.encoding == "modulated":
+            self.template = ModulatedTemplate(n_out, decoder_config, config.ga_latents, generator)
+        elif config.encoding == "siren":
+            self.template = SirenTemplate(n_out, config.hidden_size, config.hidden_layers, omega, generator)
+        else:
+            self.template = GridTemplate(n_out, config.grid_resolutions, config.ga_nodes, config.grid_channels,
+                                         config.hidden_size, config.hidden_layers, generator)
+        n_fetuses = int(max(stack_fetus)) + 1 if len(stack_fetus) else 0
+        g = int(config.deformation_grid)
+        self.deformation = nn.Parameter(torch.zeros(n_fetuses, 3, g, g, g)) if g >= 2 else None
+        self.register_buffer("stack_fetus", torch.as_tensor(stack_fetus, dtype=torch.long))
+        ga = np.array([np.nan if v is None else float(v) for v in stack_ga_weeks], dtype=np.float64)
+        ga = np.where(np.isfinite(ga), ga, np.nanmean(ga) if np.isfinite(ga).any() else 0.0)
+        self.register_buffer("stack_ga", torch.as_tensor(ga, dtype=torch.float32))
+        fetus_ga = np.zeros(n_fetuses)
+        for f in range(n_fetuses):
+            fetus_ga[f] = ga[np.asarray(stack_fetus) == f].mean()
+        self.register_buffer("fetus_ga", torch.as_tensor(fetus_ga, dtype=torch.float32))
+        self.register_buffer("ga_range", torch.as_tensor([float(ga_range_weeks[0]), float(ga_range_weeks[1])]))
+        self.register_buffer("centre", torch.as_tensor(centre_mm, dtype=torch.float32).reshape(3))
+        self.register_buffer("half_extent", torch.as_tensor(half_extent_mm, dtype=torch.float32).reshape(3))
+        self.use_deformation = True
+
+    # -- coordinates ---------------------------------------------------------------------------------------
+    def normalise(self, coords_mm: torch.Tensor) -> torch.Tensor:
+        return (coords_mm - self.centre) / self.half_extent
+
+    def normalised_ga(self, ga_weeks: torch.Tensor) -> torch.Tensor:
+        lo, hi = self.ga_range[0], self.ga_range[1]
+        return ((ga_weeks - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)
+
+    def displacement(self, coords_mm: torch.Tensor, fetus: torch.Tensor) -> torch.Tensor:
+        """``u_f(x)`` (N, 3) mm of each sample's fetus at its (template) position."""
+        if self.deformation is None:
+            return torch.zeros_like(coords_mm)
+        return interpolate_latents(self.deformation, fetus, self.normalise(coords_mm))
+
+    # -- queries ---------------------------------------------------------------------------------------------
+    def atlas(self, coords_mm: torch.Tensor, ga_weeks) -> torch.Tensor:
+        """``T(x, GA)``: the atlas (no deformation) at ``coords_mm`` (N, 3) and GA (weeks, scalar or (N,))."""
+        ga = torch.as_tensor(ga_weeks, dtype=coords_mm.dtype, device=coords_mm.device).expand(coords_mm.shape[0])
+        return self.template(self.normalise(coords_mm), self.normalised_ga(ga))
+
+    def forward(self, coords_mm: torch.Tensor, stack: torch.Tensor) -> torch.Tensor:
+        """What stack ``stack`` sees at ``coords_mm``: ``T(x + u_f(x), GA_f)`` (N, n_out)."""
+        x = coords_mm
+        if self.use_deformation and self.deformation is not None:
+            x = x + self.displacement(coords_mm, self.stack_fetus[stack])
+        return self.template(self.normalise(x), self.normalised_ga(self.stack_ga[stack]))
+
+    # -- regularisation --------------------------------------------------------------------------------------
+    def penalties(self) -> dict:
+        """Unweighted penalty terms: ``smoothness`` and ``magnitude`` of the displacements (mm²), ``mean``
+        (squared GA-kernel-weighted mean displacement around each fetus's GA, mm²) and ``ga`` (the template's
+        smoothness across GA nodes)."""
+        zero = self.ga_range.new_zeros(())
+        out = {"ga": self.template.smoothness(), "smoothness": zero, "magnitude": zero, "mean": zero}
+        if self.deformation is None or self.deformation.shape[0] == 0:
+            return out
+        u = self.deformation
+        diffs = [(u[:, :, 1:] - u[:, :, :-1]) ** 2, (u[:, :, :, 1:] - u[:, :, :, :-1]) ** 2,
+                 (u[..., 1:] - u[..., :-1]) ** 2]
+        out["smoothness"] = sum(d.mean() for d in diffs) / 3
+        out["magnitude"] = (u ** 2).mean()
+        kernel = torch.exp(-0.5 * ((self.fetus_ga[:, None] - self.fetus_ga[None, :]) / MEAN_KERNEL_WEEKS) ** 2)
+        kernel = kernel / kernel.sum(1, keepdim=True)
+        mean = kernel @ u.reshape(u.shape[0], -1)
+        out["mean"] = (mean ** 2).mean()
+        return out
+
+    def displacement_summary(self) -> dict:
+        """Per fetus: the mean and largest control-point displacement (mm)."""
+        if self.deformation is None:
+            return {}
+        norms = self.deformation.detach().norm(dim=1).reshape(self.deformation.shape[0], -1)
+        return {"mean_mm": norms.mean(1).tolist(), "max_mm": norms.max(1).values.tolist()}
