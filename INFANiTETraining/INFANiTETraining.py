@@ -11,7 +11,7 @@ from typing import Annotated
 
 import slicer
 from slicer import vtkMRMLPlotViewNode, vtkMRMLTableNode
-from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
@@ -23,9 +23,9 @@ from INFANiTETrainingLib import (CANCELLED, CANCELLING, FAILED, FINISHED, IDLE, 
                                  parse_int_list, progress_text)
 
 #: parameter-node field -> :class:`INFANiTETrainingLib.TrainingParameters` field (same meaning and unit)
-FORM_FIELDS = {"epochs": "epochs", "nSamples": "n_samples", "hiddenSize": "hidden_size",
-               "hiddenLayers": "num_hidden_layers", "latentSize": "latent_channels", "wObs": "w_obs",
-               "wInt": "w_int", "lrInr": "lr_inr", "lrLatent": "lr_latent", "seed": "seed",
+FORM_FIELDS = {"model": "model", "dataTerm": "data_term", "epochs": "epochs", "nSamples": "n_samples",
+               "hiddenSize": "hidden_size", "hiddenLayers": "num_hidden_layers", "latentSize": "latent_channels",
+               "wObs": "w_obs", "wInt": "w_int", "lrInr": "lr_inr", "lrLatent": "lr_latent", "seed": "seed",
                "checkpointEvery": "checkpoint_every", "advancedYaml": "advanced_yaml"}
 
 
@@ -45,6 +45,8 @@ class INFANiTETraining(ScriptedLoadableModule):
 class INFANiTETrainingParameterNode:
     manifestPath: pathlib.Path
     cohortTable: vtkMRMLTableNode
+    model: Annotated[str, Choice(["infanite", "template"])] = "infanite"
+    dataTerm: Annotated[str, Choice(["exact", "reference"])] = "exact"
     epochs: Annotated[int, WithinRange(1, 100000)] = 5
     nSamples: Annotated[int, WithinRange(1, 10000000)] = 18000
     hiddenSize: Annotated[int, WithinRange(1, 16384)] = 1024
@@ -135,8 +137,16 @@ class INFANiTETrainingWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWid
             self.ui.advancedYamlTextEdit.setPlainText(p.advancedYaml)
 
     def onStart(self, resume):
-        launch = self.logic.resume if resume else self.logic.start
-        launch(self._parameterNode, onLog=self.onLog, onProgress=self.onProgress, onState=self.onState)
+        callbacks = {"onLog": self.onLog, "onProgress": self.onProgress, "onState": self.onState}
+        if resume:
+            self.logic.resume(self._parameterNode, **callbacks)
+        else:
+            overwrite = self.logic.hasCheckpoint(self._parameterNode)
+            if overwrite and not slicer.util.confirmOkCancelDisplay(
+                    "The output folder already holds a trained model. Replace it (its checkpoint, log and "
+                    "diagnostics are discarded)? Use Resume to continue it instead.", windowTitle="INFANiTE Training"):
+                return
+            self.logic.start(self._parameterNode, overwrite=overwrite, **callbacks)
         if not resume:
             self.ui.logTextEdit.clear()
         self.onLog("$ " + " ".join(self.logic.controller.command))
@@ -285,15 +295,16 @@ class INFANiTETrainingLogic(BackgroundProcessLogicMixin, ScriptedLoadableModuleL
                                                  startup_environment=slicer.util.startupEnvironment)
         return self.controller
 
-    def start(self, p, **callbacks):
-        """Launch ``python -m infanite train`` with the form's settings; returns the background process."""
-        return self._launch(p, False, **callbacks)
+    def start(self, p, overwrite=False, **callbacks):
+        """Launch ``python -m infanite train`` with the form's settings; returns the background process.  A folder
+        that holds a model is refused (``ValueError``) unless ``overwrite``."""
+        return self._launch(p, False, overwrite=overwrite, **callbacks)
 
     def resume(self, p, **callbacks):
         """Continue the run in ``p.outputPath`` from its last checkpoint, with the run's own settings."""
         return self._launch(p, True, **callbacks)
 
-    def _launch(self, p, resume, onLog=None, onProgress=None, onState=None):
+    def _launch(self, p, resume, overwrite=False, onLog=None, onProgress=None, onState=None):
         """``onLog(line)``, ``onProgress(event)``, ``onState(state)`` are called from :meth:`poll`."""
         from INFANiTECommonLib.dependencies import ensure_dependencies
 
@@ -307,7 +318,8 @@ class INFANiTETrainingLogic(BackgroundProcessLogicMixin, ScriptedLoadableModuleL
         controller.on_state = lambda state: self._onState(p, state, onState)
         device = self.device(p)
         process = controller.start(self._manifest(p), self._output(p), None if resume else self.trainingParameters(p),
-                                   device=device, python=str(python) if python else None, resume=resume)
+                                   device=device, python=str(python) if python else None, resume=resume,
+                                   overwrite=overwrite)
         p.lossPlotView = controller.plot.view_node(p.lossPlotView)      # not replaced by other modules' charts
         p.status = f"{'resumed' if resume else 'training'} on {device} → {controller.out_dir}"
         return process

@@ -19,8 +19,8 @@ from infanite.inr.train import train
 SMALL = ["n_samples=1500", "epochs.train=50", "checkpoint_every=10", "psf.samples_per_epoch=[4]",
          "inr_decoder.hidden_size=32", "inr_decoder.num_hidden_layers=2", "inr_decoder.modulated_layers=[1]",
          "inr_decoder.latent_dim=[8,3,3,3]", "optimizer.lr_inr=1e-3", "optimizer.lr_latent=1e-2"]
-TEMPLATE = SMALL + ["model=template", "template.encoding=grid", "template.grid_resolutions=[8,16,32]", "template.ga_nodes=[2,2,2]",
-                    "template.deformation_warmup=10", "template.hidden_size=32"]
+TEMPLATE = SMALL + ["model=template", "template.encoding=grid", "template.grid_resolutions=[8,16,32]",
+                    "template.ga_nodes=[2,2,2]", "template.deformation_warmup=10", "template.hidden_size=32"]
 
 
 @pytest.fixture(autouse=True)
@@ -156,6 +156,29 @@ def test_template_model_trains_learns_displacements_and_writes_diagnostics(templ
     assert summary["diagnostics"]["agreement_db"] == diagnostics["agreement_db"]
     stacks = json.loads((run / "stacks.json").read_text())
     assert stacks["model"] == "template" and stacks["fetus_ids"] == ["0001", "0002"]
+
+
+def test_each_fetus_deformation_is_kept_as_an_itk_transform_that_maps_like_the_model(template_run, tmp_path):
+    """``deformations/<fetus>.h5`` (LPS, ITK) moves a point of the fetus's space exactly as the model's
+    ``x + u_f(x)`` (RAS mm) does, anywhere in the template box; here with random control points so that every
+    component, sign and axis order is exercised."""
+    from infanite.atlas.predict import load_run
+    from infanite.inr.deformations import fetus_to_template_ras, write_deformations
+
+    run, _ = template_run
+    assert sorted(p.name for p in (run / "deformations").iterdir()) == ["0001.h5", "0002.h5"]
+    model = load_run(run).model("cpu")
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        model.deformation.copy_(3 * torch.randn(model.deformation.shape, generator=generator))
+    paths = write_deformations(tmp_path, model, ["0001", "0002"])
+    rng = np.random.default_rng(0)
+    centre, half = model.centre.numpy(), model.half_extent.numpy()
+    points = (centre + rng.uniform(-0.95, 0.95, (200, 3)) * half).astype(np.float32)
+    for f, path in enumerate(paths):
+        with torch.no_grad():
+            expected = points + model.displacement(torch.from_numpy(points), torch.full((200,), f)).numpy()
+        np.testing.assert_allclose(fetus_to_template_ras(path, points), expected, atol=1e-3)
 
 
 @pytest.mark.parametrize("encoding", ["grid", "modulated"])

@@ -199,7 +199,14 @@ def test_the_form_round_trips_through_the_core_loader():
     assert TrainingParameters(num_hidden_layers=4).validate().inr_decoder.modulated_layers == [1, 3]
     cpu = TrainingParameters.for_device("cpu")
     assert cpu.hidden_size < TrainingParameters.for_device("cuda").hidden_size == 1024
-    assert params.to_cli_args()[0] == "--set" and params.to_cli_args()[1] == "epochs.train=50"
+    assert params.to_cli_args()[:6] == ["--set", 'model="infanite"', "--set", 'data.term="exact"', "--set",
+                                        "epochs.train=50"]
+    template = tiny(model="template", data_term="reference").validate("cpu")
+    assert (template.model, template.data.term) == ("template", "reference")
+    assert TrainingParameters.from_config(template).model == "template"
+    with pytest.raises(TrainingParametersError, match=r"Model: model: .*infanite.*template") as info:
+        tiny(model="deformable").validate("cpu")
+    assert info.value.fields == ["model"]
 
 
 def test_device_detection_runs_in_a_child_process():

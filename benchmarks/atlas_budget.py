@@ -35,7 +35,7 @@ import atlas_quality as aq  # noqa: E402  (same folder; shares the quality bench
 
 GAS = [22.0, 26.0, 30.0, 34.0, 38.0]
 LONG = [o for o in aq.FULL_TRAINING if not o.startswith(("max_steps", "checkpoint_every"))] + [
-    "max_steps=12000", "checkpoint_every=500"]
+    "max_steps=12000", "checkpoint_every=500", "data.term=reference"]   # issue 5's runs: the reference data term
 WIDE = [o for o in LONG if not o.startswith(("inr_decoder.hidden_size", "inr_decoder.num_hidden_layers",
                                              "inr_decoder.latent_dim", "max_steps"))] + [
     "inr_decoder.hidden_size=256", "inr_decoder.num_hidden_layers=4", "inr_decoder.latent_dim=[64,3,3,3]",

@@ -14,6 +14,8 @@ from pathlib import Path
 
 #: form field -> (core config key, label shown in the widget)
 FIELDS = {
+    "model": ("model", "Model"),
+    "data_term": ("data.term", "Data term"),
     "epochs": ("epochs.train", "Epochs"),
     "n_samples": ("n_samples", "Coordinates per step"),
     "hidden_size": ("inr_decoder.hidden_size", "Hidden size"),
@@ -106,6 +108,10 @@ def advanced_overrides(text: str) -> list[str]:
 class TrainingParameters:
     """The main training settings (defaults: the paper's, as the core's).
 
+    ``model`` is ``infanite`` (the paper's modulated SIREN, one latent per stack) or ``template`` (a GA-conditioned
+    template with a deformation per fetus; ``inr_decoder`` sizes apply to its modulated encoding), ``data_term``
+    ``exact`` (acquired voxels, unbiased PSF loss, per-stack intensity model) or ``reference`` (the paper code's).
+
     ``n_samples`` is the number of coordinates per optimizer step, ``latent_channels`` the channels of the latent
     grid (``inr_decoder.latent_dim = [latent_channels, *latent_grid]``), ``psf_samples`` the P schedule (PSF
     samples per epoch, the last repeats), ``w_obs``/``w_int`` the loss weights of observed/interpolated voxels,
@@ -113,6 +119,8 @@ class TrainingParameters:
     None means every other layer from 1 up to ``num_hidden_layers`` (1, 3, 5 for 5 layers, as the paper).
     """
 
+    model: str = "infanite"
+    data_term: str = "exact"
     epochs: int = 5
     n_samples: int = 18000
     hidden_size: int = 1024
@@ -138,7 +146,8 @@ class TrainingParameters:
         if advanced_yaml is None:
             advanced_yaml = _non_default_yaml(config)
         d = config.inr_decoder
-        return cls(epochs=config.epochs.train, n_samples=config.n_samples, hidden_size=d.hidden_size,
+        return cls(model=config.model, data_term=config.data.term, epochs=config.epochs.train,
+                   n_samples=config.n_samples, hidden_size=d.hidden_size,
                    num_hidden_layers=d.num_hidden_layers, modulated_layers=list(d.modulated_layers),
                    latent_channels=d.latent_dim[0], latent_grid=list(d.latent_dim[1:]),
                    psf_samples=list(config.psf.samples_per_epoch), w_obs=config.spatial_weighting.w_obs,
@@ -172,7 +181,8 @@ class TrainingParameters:
     def to_overrides(self) -> list[str]:
         """``key=value`` overrides for ``--set`` (form first, then the advanced YAML, which wins)."""
         values = {
-            "epochs": self.epochs, "n_samples": self.n_samples, "hidden_size": self.hidden_size,
+            "model": self.model, "data_term": self.data_term, "epochs": self.epochs, "n_samples": self.n_samples,
+            "hidden_size": self.hidden_size,
             "num_hidden_layers": self.num_hidden_layers, "modulated_layers": self.effective_modulated_layers(),
             "latent_channels": [self.latent_channels, *parse_int_list(self.latent_grid)],
             "psf_samples": parse_int_list(self.psf_samples), "w_obs": self.w_obs, "w_int": self.w_int,

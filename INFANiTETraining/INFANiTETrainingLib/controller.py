@@ -215,8 +215,9 @@ class TrainingController:
 
     # -- control --------------------------------------------------------------------------------
     def build_command(self, manifest, out_dir, params=None, device: str = "cpu", python: str | None = None,
-                      resume: bool = False) -> list[str]:
-        """The child's command; checks everything that can be checked before a start (``ValueError``)."""
+                      resume: bool = False, overwrite: bool = False) -> list[str]:
+        """The child's command; checks everything that can be checked before a start (``ValueError``).  A new run
+        into a folder that holds a model needs ``overwrite`` (the model is then replaced)."""
         manifest, out_dir = Path(manifest), Path(out_dir)
         if not manifest.is_file():
             raise ValueError(f"manifest: {manifest} does not exist (give the registered.tsv of a registration)")
@@ -235,15 +236,20 @@ class TrainingController:
             args += params.to_cli_args()
         elif not resume:
             raise ValueError("params: training settings are required for a new run")
+        if not resume and (out_dir / CHECKPOINT).exists():
+            if not overwrite:
+                raise ValueError(f"output: {out_dir} already holds a model ({CHECKPOINT}); resume it, or start "
+                                 f"again replacing it")
+            args.append("--overwrite")
         return python_command(args, python=python)
 
     def start(self, manifest, out_dir, params=None, device: str = "cpu", python: str | None = None,
-              resume: bool = False) -> BackgroundProcess:
+              resume: bool = False, overwrite: bool = False) -> BackgroundProcess:
         """Validate and launch ``python -m infanite train`` (``params`` None with ``resume``: the run's
         ``config.yaml``).  Raises ``ValueError`` before anything starts, ``RuntimeError`` while a run is going."""
         if self.running:
             raise RuntimeError("a training run is already going; cancel it first")
-        command = self.build_command(manifest, out_dir, params, device, python, resume)
+        command = self.build_command(manifest, out_dir, params, device, python, resume, overwrite)
         self.out_dir = Path(out_dir).resolve()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.command = command
