@@ -177,7 +177,7 @@ def test_wrong_type(tmp_path):
         load_train_config(None, ["inr_decoder.latent_dim=[256, x, 3, 3]", "optimizer.lr_tf=fast"])
     msg = _errors(ei)
     assert "--set: inr_decoder.latent_dim: item 1 must be an integer" in msg
-    assert "--set: optimizer.lr_tf: must be a number" in msg
+    assert "--set: optimizer.lr_tf: must be a finite number" in msg
 
 
 @pytest.mark.parametrize("override, key, fragment", [
@@ -186,7 +186,10 @@ def test_wrong_type(tmp_path):
     ("inr_decoder.modulated_layers=[0]", "inr_decoder.modulated_layers", "1..5"),
     ("inr_decoder.latent_dim=[256,3,3]", "inr_decoder.latent_dim", "4 positive integers"),
     ("inr_decoder.latent_dim=[256,3,0,3]", "inr_decoder.latent_dim", "4 positive integers"),
-    ("optimizer.lr_latent=-1e-4", "optimizer.lr_latent", "must be >= 0"),
+    ("optimizer.lr_latent=-1e-4", "optimizer.lr_latent", "must be in [0, 1]"),
+    ("optimizer.lr_latent=1e308", "optimizer.lr_latent", "must be in [0, 1]"),
+    ("template.lr_deformation=2", "template.lr_deformation", "must be in [0, 1]"),
+    ("epochs.train=0", "epochs.train", "must be > 0"),
     ("optimizer.loss_metric=huber", "optimizer.loss_metric", "l1, mse"),
     ("psf.mode=gaussian", "psf.mode", "slice, isotropic"),
     ("psf.samples_per_epoch=[]", "psf.samples_per_epoch", "non-empty"),
@@ -201,6 +204,16 @@ def test_out_of_range(override, key, fragment):
         load_train_config(None, [override])
     msg = _errors(ei)
     assert f"--set: {key}:" in msg and fragment in msg
+
+
+def test_every_non_finite_value_is_refused_not_the_first_only():
+    with pytest.raises(TrainConfigError) as ei:
+        load_train_config(None, ["optimizer.lr_latent=.inf", "optimizer.lr_inr=.nan", "spatial_weighting.w_obs=-.inf",
+                                 "class_weights=[1, .nan]", "optimizer.seg_weight=1e400"])
+    msg = _errors(ei)
+    for key in ("optimizer.lr_latent", "optimizer.lr_inr", "spatial_weighting.w_obs", "class_weights",
+                "optimizer.seg_weight"):
+        assert f"--set: {key}: " in msg and "finite" in msg.split(f"--set: {key}: ")[1].splitlines()[0]
 
 
 def test_range_error_names_file(tmp_path):

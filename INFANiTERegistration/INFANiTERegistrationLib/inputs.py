@@ -5,11 +5,8 @@ listed in a cohort manifest; a cohort TSV is used as it is.  Either way the regi
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
-
-_SAFE_ID = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 @dataclass
@@ -71,8 +68,10 @@ class StackEntry:
 
 
 def _stack_id(stack: StackInput, index: int) -> str:
-    name = stack.stack_id or stack.t2w.GetName() or f"stack{index + 1}"
-    return _SAFE_ID.sub("_", name).strip("_") or f"stack{index + 1}"
+    from infanite.io.paths import safe_name
+
+    name = stack.stack_id or (stack.t2w.GetName() if stack.t2w is not None else "")
+    return safe_name(name or "", f"stack{index + 1}")
 
 
 def manifest_from_nodes(stacks: list[StackInput], work_dir) -> Path:

@@ -41,7 +41,7 @@ FORBIDDEN_FILE_SCOPE_IMPORTS = {
 }
 #: the core modules that import the standard library only (checked by test_standard_library_only_core_modules):
 #: the Slicer code may import them at file scope
-STDLIB_ONLY_CORE_MODULES = {"infanite.io.layout", "infanite.io.atomic", "infanite.atlas.folder"}
+STDLIB_ONLY_CORE_MODULES = {"infanite.io.layout", "infanite.io.atomic", "infanite.io.paths", "infanite.atlas.folder"}
 
 #: calls that install packages: never at file scope nor in a module class __init__
 INSTALLER_CALLS = {"pip_install", "pip_ensure", "installTorch", "install_python_dependencies"}

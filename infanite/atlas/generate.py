@@ -35,6 +35,7 @@ from infanite.atlas.outputs import plot_growth, write_ga, write_montage, write_v
 from infanite.atlas.predict import (atlas_grid, atlas_query, chunk_size, load_run, model_width, predict_grid,
                                     resolve_device, training_support)
 from infanite.io.layout import ATLAS_MANIFEST, ATLAS_MANIFEST_FORMAT, GROWTH, MONTAGE, VOLUMES, ga_text
+from infanite.io.lock import folder_lock
 from infanite.progress import ProgressReporter
 from infanite.reference.normative import MEASURE_LABELS, open_normative
 
@@ -58,6 +59,28 @@ def _parse_gas(ga_weeks) -> list[float]:
             raise ValueError(f"gestational age {v!r} weeks is outside {GA_LIMITS[0]:g}-{GA_LIMITS[1]:g} weeks")
         out.append(round(f, 1))
     return sorted(set(out))
+
+
+#: the largest atlas grid generated (voxels): about 0.25 mm over a 160 mm field of view
+MAX_ATLAS_VOXELS = 2 ** 28
+
+
+def check_grid_size(grid, n_classes: int, probabilities: bool, spacing_mm) -> None:
+    """``ValueError`` when the atlas grid is too large to hold (:data:`MAX_ATLAS_VOXELS`, or the memory this
+    machine has), naming the finest spacing that fits."""
+    from infanite.devices import available_memory_bytes
+
+    voxels = int(np.prod(grid.shape, dtype=np.float64))
+    per_voxel = 4 + 4 + 2 + 1 + (4 * n_classes if probabilities else 0)       # intensity, logits' argmax, labels
+    need = voxels * per_voxel
+    available = available_memory_bytes()
+    limit = min(MAX_ATLAS_VOXELS, available // per_voxel // 2) if available else MAX_ATLAS_VOXELS
+    if voxels > limit:
+        spacing = float(np.min(np.broadcast_to(np.asarray(spacing_mm, dtype=np.float64), (3,))))
+        finest = spacing * (voxels / limit) ** (1 / 3)
+        raise ValueError(f"--spacing {spacing_mm} mm gives a {'×'.join(map(str, grid.shape))} atlas grid "
+                         f"({voxels:.3g} voxels, about {need / 2 ** 30:.3g} GiB); the finest spacing this machine "
+                         f"can generate is about {math.ceil(finest * 100) / 100:g} mm")
 
 
 def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_weeks: float = 0.5,
@@ -88,99 +111,106 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
     stacks = run.stacks
     kernels = {ga_text(g): gkr_weights(stacks["ga_weeks"], g, sigma_weeks, top_k) for g in gas}
     grid = atlas_grid(stacks["grid_shape"], stacks["grid_voxel_to_ras"], spacing)
+    check_grid_size(grid, len(stacks["label_values"]) + 2, probabilities, spacing_mm)
     support = training_support(run.run_dir, grid)
     out_dir = Path(out_dir)
-    identity = json.loads(json.dumps({"checkpoint_sha256": run.checkpoint_sha256,
-                                      "spacing_mm": [round(float(s), 6) for s in spacing],
-                                      "sigma_weeks": float(sigma_weeks),
-                                      "top_k": None if top_k is None else int(top_k)}))
-    try:
-        previous = read_atlas_manifest(out_dir, "; use another output folder or --overwrite")
-    except ValueError:
-        if not overwrite:
-            raise
-        remove_atlas(out_dir, None)          # an unreadable manifest: nothing of it can be trusted
-        previous = None
-    if previous is not None and previous.get("identity") != identity:
-        if not overwrite:
-            old = previous.get("identity") or {}
-            raise ValueError(
-                f"{out_dir} already holds a different atlas (from {previous.get('run_dir')}, checkpoint "
-                f"{str(old.get('checkpoint_sha256'))[:12]}, spacing {old.get('spacing_mm')} mm, sigma "
-                f"{old.get('sigma_weeks')} weeks, top_k {old.get('top_k')}); use another --out or --overwrite")
-        remove_atlas(out_dir, previous)
-        previous = None
+    with folder_lock(out_dir, "atlas"):
+        identity = json.loads(json.dumps({"checkpoint_sha256": run.checkpoint_sha256,
+                                          "spacing_mm": [round(float(s), 6) for s in spacing],
+                                          "sigma_weeks": float(sigma_weeks),
+                                          "top_k": None if top_k is None else int(top_k)}))
+        try:
+            previous = read_atlas_manifest(out_dir, "; use another output folder or --overwrite")
+        except ValueError:
+            if not overwrite:
+                raise
+            remove_atlas(out_dir, None)          # an unreadable manifest: nothing of it can be trusted
+            previous = None
+        if previous is not None and previous.get("identity") != identity:
+            if not overwrite:
+                old = previous.get("identity") or {}
+                raise ValueError(
+                    f"{out_dir} already holds a different atlas (from {previous.get('run_dir')}, checkpoint "
+                    f"{str(old.get('checkpoint_sha256'))[:12]}, spacing {old.get('spacing_mm')} mm, sigma "
+                    f"{old.get('sigma_weeks')} weeks, top_k {old.get('top_k')}); use another --out or --overwrite")
+            remove_atlas(out_dir, previous)
+            previous = None
 
-    label_values = [int(v) for v in stacks["label_values"]]
-    halo = int(stacks["halo_label"])
-    abbrevs = label_abbrevs(label_values)
-    voxel_ml = abs(float(np.linalg.det(grid.voxel_to_ras[:3, :3]))) / 1000.0
-    done_entries = {k: e for k, e in ((previous or {}).get("ga") or {}).items()
-                    if entry_complete(out_dir, e, False)}
-    todo = [g for g in gas if not entry_complete(out_dir, done_entries.get(ga_text(g)), probabilities)]
-    keys_all = sorted(set(done_entries) | {ga_text(g) for g in gas}, key=float)
-    summary_names = {"volumes": VOLUMES, "growth": GROWTH, "montage": MONTAGE}
-    if (not todo and previous is not None and previous.get("status") == "complete"
-            and set(keys_all) == set(previous.get("ga") or {})
-            and previous.get("normative") == table.source
-            and all((out_dir / n).is_file() for n in summary_names.values())):
-        return _summary(out_dir, previous, generated=[], skipped=[ga_text(g) for g in gas])
+        label_values = [int(v) for v in stacks["label_values"]]
+        halo = int(stacks["halo_label"])
+        abbrevs = label_abbrevs(label_values)
+        voxel_ml = abs(float(np.linalg.det(grid.voxel_to_ras[:3, :3]))) / 1000.0
+        done_entries = {k: e for k, e in ((previous or {}).get("ga") or {}).items()
+                        if entry_complete(out_dir, e, False)}
+        todo = [g for g in gas if not entry_complete(out_dir, done_entries.get(ga_text(g)), probabilities)]
+        keys_all = sorted(set(done_entries) | {ga_text(g) for g in gas}, key=float)
+        summary_names = {"volumes": VOLUMES, "growth": GROWTH, "montage": MONTAGE}
+        if (not todo and previous is not None and previous.get("status") == "complete"
+                and set(keys_all) == set(previous.get("ga") or {})
+                and previous.get("normative") == table.source
+                and all((out_dir / n).is_file() for n in summary_names.values())):
+            return _summary(out_dir, previous, generated=[], skipped=[ga_text(g) for g in gas])
 
-    manifest = {"format": ATLAS_MANIFEST_FORMAT, "status": "in_progress", "identity": identity,
-                "run_dir": str(Path(run_dir).resolve()),
-                "checkpoint": {"global_step": int(run.state["global_step"]),
-                               "total_steps": int(run.state["total_steps"]), "sha256": run.checkpoint_sha256},
-                "spacing_mm": identity["spacing_mm"], "sigma_weeks": float(sigma_weeks), "top_k": identity["top_k"],
-                "grid": {"shape": list(grid.shape), "voxel_to_ras": grid.voxel_to_ras.tolist()},
-                "label_values": label_values, "probseg_labels": label_values,
-                "stack_ga_range_weeks": list(next(iter(kernels.values())).support_weeks),
-                "normative": table.source, "ga": dict(done_entries)}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    generated = []
-    if todo:
-        model = run.model(dev)
-        chunk = chunk_size(dev, model_width(model))
-        n_chunks = max(1, math.ceil(int(np.prod(grid.shape)) / chunk))
-        progress = progress or ProgressReporter(None)
-        progress.start("atlas", len(todo) * n_chunks,
-                       f"{len(todo)} GA(s) on a {'x'.join(map(str, grid.shape))} grid")
-        for i, g in enumerate(todo):
-            key = ga_text(g)
-            kw = kernels[key]
-            for note in kw.warnings:
-                logger.warning(note)
+        manifest = {"format": ATLAS_MANIFEST_FORMAT, "status": "in_progress", "identity": identity,
+                    "run_dir": str(Path(run_dir).resolve()),
+                    "checkpoint": {"global_step": int(run.state["global_step"]),
+                                   "total_steps": int(run.state["total_steps"]), "sha256": run.checkpoint_sha256},
+                    "spacing_mm": identity["spacing_mm"], "sigma_weeks": float(sigma_weeks),
+                    "top_k": identity["top_k"],
+                    "grid": {"shape": list(grid.shape), "voxel_to_ras": grid.voxel_to_ras.tolist()},
+                    "label_values": label_values, "probseg_labels": label_values,
+                    "stack_ga_range_weeks": list(next(iter(kernels.values())).support_weeks),
+                    "normative": table.source, "ga": dict(done_entries)}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        generated = []
+        if todo:
+            model = run.model(dev)
+            chunk = chunk_size(dev, model_width(model))
+            n_chunks = max(1, math.ceil(int(np.prod(grid.shape)) / chunk))
+            progress = progress or ProgressReporter(None)
+            progress.start("atlas", len(todo) * n_chunks,
+                           f"{len(todo)} GA(s) on a {'x'.join(map(str, grid.shape))} grid")
+            for i, g in enumerate(todo):
+                key = ga_text(g)
+                kw = kernels[key]
+                for note in kw.warnings:
+                    logger.warning(note)
 
-            def on_chunk(done, total, base=i * n_chunks, key=key):
-                progress.update(base + done, f"GA {key}: chunk {done}/{total}", ga_weeks=float(key))
+                def on_chunk(done, total, base=i * n_chunks, key=key):
+                    progress.update(base + done, f"GA {key}: chunk {done}/{total}", ga_weeks=float(key))
 
-            pred = predict_grid(atlas_query(model, float(key), kw.weights), grid, dev, label_values, probabilities,
-                                chunk, on_chunk)
-            entry = write_ga(out_dir, grid, g, pred, label_values, halo, abbrevs, voxel_ml, support)
-            entry.update({"ess": round(kw.ess, 4), "warnings": list(kw.warnings),
-                          "weights": {sid: round(float(w), 6) for sid, w in zip(stacks["stack_ids"], kw.weights)
-                                      if w > 1e-6}})
-            manifest["ga"][key] = entry
-            atomic_write_text(out_dir / ATLAS_MANIFEST, json.dumps(manifest, indent=1))
-            generated.append(key)
-    for key in keys_all:           # skipped GAs: refresh their support notes (same run, same σ → same values)
-        if key in kernels and key not in generated:
-            kw = kernels[key]
-            manifest["ga"][key].update({"ess": round(kw.ess, 4), "warnings": list(kw.warnings)})
-    manifest["ga"] = {k: manifest["ga"][k] for k in keys_all}
+                pred = predict_grid(atlas_query(model, float(key), kw.weights), grid, dev, label_values, probabilities,
+                                    chunk, on_chunk)
+                entry = write_ga(out_dir, grid, g, pred, label_values, halo, abbrevs, voxel_ml, support)
+                for note in entry["warnings"]:
+                    logger.warning(note)
+                entry.update({"ess": round(kw.ess, 4), "warnings": list(kw.warnings) + entry["warnings"],
+                              "weights": {sid: round(float(w), 6) for sid, w in zip(stacks["stack_ids"], kw.weights)
+                                          if w > 1e-6}})
+                manifest["ga"][key] = entry
+                atomic_write_text(out_dir / ATLAS_MANIFEST, json.dumps(manifest, indent=1))
+                generated.append(key)
+        for key in keys_all:           # skipped GAs: refresh their support notes (same run, same σ → same values)
+            if key in kernels and key not in generated:
+                kw = kernels[key]
+                degenerate = [w for w in manifest["ga"][key].get("warnings", []) if w not in kw.warnings
+                              and "weeks: the" in w]
+                manifest["ga"][key].update({"ess": round(kw.ess, 4), "warnings": list(kw.warnings) + degenerate})
+        manifest["ga"] = {k: manifest["ga"][k] for k in keys_all}
 
-    columns = list(abbrevs.values())
-    rows = []
-    for key in keys_all:
-        vols = manifest["ga"][key]["volumes_ml"]
-        rows.append({"ga_weeks": float(key), **vols})
-    columns += [m for m in MEASURE_LABELS if rows and m in rows[0]]
-    write_volumes(out_dir, rows, columns)
-    plot_growth(rows, table, out_dir / GROWTH)
-    write_montage(out_dir, manifest, keys_all)
-    manifest.update({"status": "complete", **summary_names})
-    atomic_write_text(out_dir / ATLAS_MANIFEST, json.dumps(manifest, indent=1))
-    return _summary(out_dir, manifest, generated=generated,
-                    skipped=[ga_text(g) for g in gas if ga_text(g) not in generated])
+        columns = list(abbrevs.values())
+        rows = []
+        for key in keys_all:
+            vols = manifest["ga"][key]["volumes_ml"]
+            rows.append({"ga_weeks": float(key), **vols})
+        columns += [m for m in MEASURE_LABELS if rows and m in rows[0]]
+        write_volumes(out_dir, rows, columns)
+        plot_growth(rows, table, out_dir / GROWTH)
+        write_montage(out_dir, manifest, keys_all)
+        manifest.update({"status": "complete", **summary_names})
+        atomic_write_text(out_dir / ATLAS_MANIFEST, json.dumps(manifest, indent=1))
+        return _summary(out_dir, manifest, generated=generated,
+                        skipped=[ga_text(g) for g in gas if ga_text(g) not in generated])
 
 
 def _summary(out_dir: Path, manifest: dict, generated: list[str], skipped: list[str]) -> dict:

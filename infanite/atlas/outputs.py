@@ -20,6 +20,18 @@ if TYPE_CHECKING:
 MONTAGE_ROWS = 8
 
 
+def degenerate_warnings(ga: float, intensity: np.ndarray, dseg: np.ndarray) -> list[str]:
+    """Warnings for an atlas that cannot be right: no brain label at all, or a constant T2w over the brain."""
+    if not (dseg > 0).any():
+        return [f"GA {ga_text(ga)} weeks: the segmentation is empty (no tissue label anywhere) and the T2w is "
+                f"zero: the model predicts background everywhere; check its training (diagnostics.json, the loss)"]
+    values = intensity[dseg > 0]
+    if float(values.max() - values.min()) <= 1e-6 * max(1.0, float(abs(values).max())):
+        return [f"GA {ga_text(ga)} weeks: the T2w is constant ({float(values.max()):.4g}) over the brain: the model "
+                f"predicts no contrast; check its training (diagnostics.json, the loss)"]
+    return []
+
+
 def write_ga(out_dir: Path, grid: Grid, ga: float, pred: Prediction, label_values, halo: int, abbrevs,
               voxel_ml: float, support: np.ndarray | None = None) -> dict:
     """Write one GA's NIfTI files from the raw prediction; returns its manifest entry."""
@@ -42,6 +54,7 @@ def write_ga(out_dir: Path, grid: Grid, ga: float, pred: Prediction, label_value
 
     tissue = label_volumes_ml(dseg, abbrevs, voxel_ml * 1000.0)
     return {"ga_weeks": float(ga_text(ga)), "files": files, "complete": True,
+            "warnings": degenerate_warnings(ga, intensity, dseg),
             "volumes_ml": {k: round(v, 4) for k, v in {**tissue, **measures_from_tissues(tissue)}.items()},
             "cleaning": {"reassigned_voxels": report.reassigned_voxels, "removed_voxels": report.removed_voxels,
                          "kept_raw": report.kept_raw}}

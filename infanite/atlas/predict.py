@@ -105,8 +105,7 @@ def _sha256(path: Path) -> str:
 
 def load_run(run_dir) -> TrainedRun:
     """Read and check a run folder; raises ``ValueError`` naming what is missing or unfinished."""
-    import torch
-
+    from infanite.inr.checkpoint import non_finite_parameters, read_checkpoint
     from infanite.inr.config_loading import load_train_config
 
     run_dir = Path(run_dir)
@@ -125,12 +124,12 @@ def load_run(run_dir) -> TrainedRun:
               "centre_mm", "half_extent_mm"}
     if not isinstance(stacks, dict) or needed - set(stacks):
         raise ValueError(f"{run_dir / STACKS}: missing key(s) {sorted(needed - set(stacks or {}))}")
-    try:
-        state = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for damaged files
-        raise ValueError(f"{run_dir / CHECKPOINT}: unreadable checkpoint ({exc})") from exc
-    if not isinstance(state, dict) or not {"model", "global_step", "total_steps"} <= set(state):
-        raise ValueError(f"{run_dir / CHECKPOINT}: not an infanite training checkpoint")
+    state = read_checkpoint(run_dir / CHECKPOINT, required={"model", "global_step", "total_steps"})
+    broken = non_finite_parameters(state["model"])
+    if broken:
+        raise ValueError(f"{run_dir / CHECKPOINT}: the model's parameters are not finite (NaN or inf in "
+                         f"{', '.join(broken[:4])}{' …' if len(broken) > 4 else ''}): training diverged; train again "
+                         f"with lower learning rates (--overwrite)")
     step, total = int(state["global_step"]), int(state["total_steps"])
     if step < total:
         raise ValueError(f"{run_dir / CHECKPOINT} is unfinished: training stopped at step {step} of {total} "

@@ -30,10 +30,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+
+
 def main(argv=None) -> int:
+    """Run a command; exit 0 on success, 2 for bad input (``ValueError``, a missing file, a folder in use), 1 when
+    the work failed (:class:`~infanite.errors.WorkFailed`, a full disk, out of memory), with one line on stderr."""
+    from infanite.errors import WorkFailed, describe_os_error, is_out_of_memory
+
     args = build_parser().parse_args(argv)
+    prefix = f"{args.command}: error"
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{prefix}: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except WorkFailed as exc:
+        print(f"{prefix}: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        message = describe_os_error(exc, getattr(args, "out", None))
+        if message is None:
+            raise
+        print(f"{prefix}: {message}", file=sys.stderr)
+        return 1
+    except (MemoryError, RuntimeError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        print(f"{prefix}: out of memory ({_one_line(exc)[:200]}); use a smaller model or batch (n_samples, "
+              f"inr_decoder.hidden_size, psf.samples_per_epoch) or a machine with more memory; finished parts "
+              f"are kept", file=sys.stderr)
+        return 1

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 
+from infanite.io.lock import folder_lock
 from infanite.evaluation import metrics
 from infanite.evaluation.inputs import ImageSet, plan_evaluation
 from infanite.evaluation.report import (conventions_dict, conventions_text, markdown_table, mean_row, summary_row,
@@ -81,30 +82,31 @@ def evaluate_atlas(atlas_dir, reference, out, ga_weeks=None, normative=None, tab
     """
     plan = plan_evaluation(atlas_dir, out, reference=reference, ga_weeks=ga_weeks, normative=normative,
                            table=table)
-    if progress is not None:
-        progress.start("evaluate", len(plan.pairs), f"{len(plan.pairs)} GA to compare")
-    per_ga, rows = [], []
-    for step, (ga_atlas, ga_ref) in enumerate(plan.pairs, 1):
-        atlas = plan.atlas.load(ga_atlas)
-        ref = plan.reference.load(ga_ref)
-        resampled = not _same_grid(atlas.t2w, ref.t2w)
-        test_t2 = resample(atlas.t2w, ref.t2w, None, "linear") if resampled else atlas.t2w
-        test_seg = resample(atlas.seg, ref.t2w, None, "nearest") if resampled else atlas.seg
-        result = compare(test_t2, test_seg, ref, ga_atlas, plan.normative, plan.table, (atlas.t2w, atlas.seg),
-                         names=(atlas.source, ref.source))
-        per_ga.append({"ga_weeks": ga_atlas, "reference_ga_weeks": ga_ref, "atlas": atlas.source,
-                       "reference": ref.source, "resampled_to_reference_grid": resampled, **result})
-        rows.append(summary_row(result))
+    with folder_lock(out, "evaluate"):
         if progress is not None:
-            progress.update(step, f"GA {ga_atlas:.1f}")
-    mean = mean_row(rows)
-    document = {"mode": "atlas", "atlas_dir": plan.atlas.folder, "reference": plan.reference.source,
-                "normative": plan.normative.source, "label_table": plan.table.source,
-                "conventions": conventions_dict(), "per_ga": per_ga, "summary": rows, "mean": mean}
-    conventions = conventions_text(plan.table, plan.normative, metrics.DEFAULT_DILATION_MM, "atlas", "reference")
-    markdown = markdown_table(f"Atlas evaluation: {plan.atlas.folder} vs {plan.reference.source}", conventions,
-                         ["GA (weeks)"], [[f"{ga:.1f}"] for ga, _ in plan.pairs], rows, mean, "atlas", "reference")
-    return write_outputs(plan.out, document, markdown)
+            progress.start("evaluate", len(plan.pairs), f"{len(plan.pairs)} GA to compare")
+        per_ga, rows = [], []
+        for step, (ga_atlas, ga_ref) in enumerate(plan.pairs, 1):
+            atlas = plan.atlas.load(ga_atlas)
+            ref = plan.reference.load(ga_ref)
+            resampled = not _same_grid(atlas.t2w, ref.t2w)
+            test_t2 = resample(atlas.t2w, ref.t2w, None, "linear") if resampled else atlas.t2w
+            test_seg = resample(atlas.seg, ref.t2w, None, "nearest") if resampled else atlas.seg
+            result = compare(test_t2, test_seg, ref, ga_atlas, plan.normative, plan.table, (atlas.t2w, atlas.seg),
+                             names=(atlas.source, ref.source))
+            per_ga.append({"ga_weeks": ga_atlas, "reference_ga_weeks": ga_ref, "atlas": atlas.source,
+                           "reference": ref.source, "resampled_to_reference_grid": resampled, **result})
+            rows.append(summary_row(result))
+            if progress is not None:
+                progress.update(step, f"GA {ga_atlas:.1f}")
+        mean = mean_row(rows)
+        document = {"mode": "atlas", "atlas_dir": plan.atlas.folder, "reference": plan.reference.source,
+                    "normative": plan.normative.source, "label_table": plan.table.source,
+                    "conventions": conventions_dict(), "per_ga": per_ga, "summary": rows, "mean": mean}
+        conventions = conventions_text(plan.table, plan.normative, metrics.DEFAULT_DILATION_MM, "atlas", "reference")
+        markdown = markdown_table(f"Atlas evaluation: {plan.atlas.folder} vs {plan.reference.source}", conventions,
+                             ["GA (weeks)"], [[f"{ga:.1f}"] for ga, _ in plan.pairs], rows, mean, "atlas", "reference")
+        return write_outputs(plan.out, document, markdown)
 
 
 def _same_grid(a: Volume, b: Volume) -> bool:

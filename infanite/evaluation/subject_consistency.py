@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 
+from infanite.io.lock import folder_lock
 from infanite.evaluation import metrics
 from infanite.evaluation.against_reference import compare
 from infanite.evaluation.inputs import ImageSet, plan_evaluation
@@ -48,40 +49,41 @@ def evaluate_subject_consistency(atlas_dir, registered_manifest, out, ga_weeks=N
     """
     plan = plan_evaluation(atlas_dir, out, registered=registered_manifest, ga_weeks=ga_weeks,
                            normative=normative, table=table)
-    if progress is not None:
-        progress.start("evaluate", len(plan.pairs), f"{len(plan.pairs)} stacks to compare")
-    per_subject, rows, keys = [], [], []
-    loaded: dict[float, ImageSet] = {}
-    for step, (week, record) in enumerate(plan.pairs, 1):
-        if week not in loaded:
-            loaded.clear()
-            loaded[week] = plan.atlas.load(week)
-        atlas = loaded[week]
-        stack_t2 = load_nifti(record.t2w, np.float32)
-        stack_seg = load_labels(record.seg)
-        mask_array = load_nifti(record.mask, dtype=None).array if record.mask else stack_seg.array
-        reference = ImageSet(stack_t2, stack_t2.with_array((mask_array > 0).astype(np.uint8)),
-                             stack_t2.with_array(stack_seg.array), str(record.t2w))
-        atlas_to_stack = np.eye(4) if register is None else register(atlas, week, stack_t2, reference.mask)
-        stack_to_atlas = np.linalg.inv(atlas_to_stack)
-        test_t2 = resample(atlas.t2w, stack_t2.grid, stack_to_atlas, "linear")
-        test_seg = resample(atlas.seg, stack_t2.grid, stack_to_atlas, "nearest")
-        result = compare(test_t2, test_seg, reference, week, plan.normative, plan.table, (atlas.t2w, atlas.seg),
-                         names=(atlas.source, reference.source), sides=("atlas", "stack"),
-                         reference_ga_weeks=record.scan_age)
-        per_subject.append({"subject_id": record.subject_id, "scan_age": record.scan_age, "atlas_ga_weeks": week,
-                            "atlas": atlas.source, "stack": str(record.t2w), "atlas_to_stack": atlas_to_stack.tolist(),
-                            **result})
-        rows.append(summary_row(result, ("atlas", "stack")))
-        keys.append([record.subject_id, f"{record.scan_age:.1f}", f"{week:.1f}"])
+    with folder_lock(out, "evaluate"):
         if progress is not None:
-            progress.update(step, record.subject_id)
-    mean = mean_row(rows)
-    document = {"mode": "subject_consistency", "atlas_dir": plan.atlas.folder,
-                "registered_manifest": str(Path(registered_manifest)), "normative": plan.normative.source,
-                "label_table": plan.table.source, "conventions": conventions_dict(), "per_subject": per_subject,
-                "summary": rows, "mean": mean}
-    conventions = conventions_text(plan.table, plan.normative, metrics.DEFAULT_DILATION_MM, "atlas", "stack")
-    markdown = markdown_table(f"Subject consistency: {plan.atlas.folder} vs {Path(registered_manifest)}", conventions,
-                         ["Stack", "GA (weeks)", "Atlas GA"], keys, rows, mean, "atlas", "stack")
-    return write_outputs(plan.out, document, markdown)
+            progress.start("evaluate", len(plan.pairs), f"{len(plan.pairs)} stacks to compare")
+        per_subject, rows, keys = [], [], []
+        loaded: dict[float, ImageSet] = {}
+        for step, (week, record) in enumerate(plan.pairs, 1):
+            if week not in loaded:
+                loaded.clear()
+                loaded[week] = plan.atlas.load(week)
+            atlas = loaded[week]
+            stack_t2 = load_nifti(record.t2w, np.float32)
+            stack_seg = load_labels(record.seg)
+            mask_array = load_nifti(record.mask, dtype=None).array if record.mask else stack_seg.array
+            reference = ImageSet(stack_t2, stack_t2.with_array((mask_array > 0).astype(np.uint8)),
+                                 stack_t2.with_array(stack_seg.array), str(record.t2w))
+            atlas_to_stack = np.eye(4) if register is None else register(atlas, week, stack_t2, reference.mask)
+            stack_to_atlas = np.linalg.inv(atlas_to_stack)
+            test_t2 = resample(atlas.t2w, stack_t2.grid, stack_to_atlas, "linear")
+            test_seg = resample(atlas.seg, stack_t2.grid, stack_to_atlas, "nearest")
+            result = compare(test_t2, test_seg, reference, week, plan.normative, plan.table, (atlas.t2w, atlas.seg),
+                             names=(atlas.source, reference.source), sides=("atlas", "stack"),
+                             reference_ga_weeks=record.scan_age)
+            per_subject.append({"subject_id": record.subject_id, "scan_age": record.scan_age,
+                                "atlas_ga_weeks": week, "atlas": atlas.source, "stack": str(record.t2w),
+                                "atlas_to_stack": atlas_to_stack.tolist(), **result})
+            rows.append(summary_row(result, ("atlas", "stack")))
+            keys.append([record.subject_id, f"{record.scan_age:.1f}", f"{week:.1f}"])
+            if progress is not None:
+                progress.update(step, record.subject_id)
+        mean = mean_row(rows)
+        document = {"mode": "subject_consistency", "atlas_dir": plan.atlas.folder,
+                    "registered_manifest": str(Path(registered_manifest)), "normative": plan.normative.source,
+                    "label_table": plan.table.source, "conventions": conventions_dict(), "per_subject": per_subject,
+                    "summary": rows, "mean": mean}
+        conventions = conventions_text(plan.table, plan.normative, metrics.DEFAULT_DILATION_MM, "atlas", "stack")
+        markdown = markdown_table(f"Subject consistency: {plan.atlas.folder} vs {Path(registered_manifest)}",
+                                  conventions, ["Stack", "GA (weeks)", "Atlas GA"], keys, rows, mean, "atlas", "stack")
+        return write_outputs(plan.out, document, markdown)

@@ -82,6 +82,31 @@ def build_model(config: TrainConfig, n_stacks: int, halo_label: int, centre_mm, 
                           dec.modulated_layers, dec.latent_dim, dec.omega, rigid=dec.tf_dim == 6, naive=naive)
 
 
+def check_model_fits(config: TrainConfig, data: PackedCohort, device, ga_range) -> int:
+    """``ValueError`` (before anything is allocated) when the model's parameters with their gradients and Adam
+    moments (4 × 4 bytes each) exceed 80 % of the device's memory; returns the parameter count.  The model is
+    built on PyTorch's ``meta`` device, which allocates nothing."""
+    from infanite.devices import available_memory_bytes
+
+    with torch.device("meta"):
+        model = build_model(config, len(data.stack_ids), data.halo_label, data.centre_mm, data.half_extent_mm,
+                            stack_fetus=data.stack_fetus, stack_ga_weeks=data.ga_weeks, ga_range_weeks=ga_range)
+    n_params = sum(p.numel() for p in model.parameters())
+    device = torch.device(device)
+    if device.type == "cuda":
+        memory = torch.cuda.get_device_properties(device).total_memory
+    else:
+        memory = available_memory_bytes()
+    need = 16 * n_params
+    if memory and need > 0.8 * memory:
+        d = config.inr_decoder
+        raise ValueError(f"the model has {n_params:.3g} parameters and needs about {need / 2 ** 30:.3g} GiB for "
+                         f"training (parameters, gradients, Adam moments), more than the {memory / 2 ** 30:.3g} GiB "
+                         f"of {device}: use a smaller model (inr_decoder.hidden_size {d.hidden_size}, "
+                         f"num_hidden_layers {d.num_hidden_layers}, latent_dim {d.latent_dim})")
+    return n_params
+
+
 def build_intensity_model(config: TrainConfig, data: PackedCohort) -> StackIntensity | None:
     """The per-stack gain and bias (``data.term: exact`` with ``data.intensity_model``), else None."""
     if config.data.term != "exact" or not config.data.intensity_model:

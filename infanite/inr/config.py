@@ -22,8 +22,8 @@ import yaml
 
 __all__ = [
     "TrainConfigError", "EpochsConfig", "InrDecoderConfig", "SchedulerConfig", "OptimizerConfig",
-    "SpatialWeightingConfig", "PsfConfig", "HaloConfig", "DataConfig", "TemplateConfig", "TrainConfig", "IGNORED_REFERENCE_KEYS", "CPU_DEFAULTS",
-    "DEMO_TRAINING", "default_overrides",
+    "SpatialWeightingConfig", "PsfConfig", "HaloConfig", "DataConfig", "TemplateConfig", "TrainConfig",
+    "IGNORED_REFERENCE_KEYS", "CPU_DEFAULTS", "DEMO_TRAINING", "default_overrides",
 ]
 
 MODEL_TYPES = ("infanite", "template")         # the paper's modulated SIREN; the deformation-aware template INR

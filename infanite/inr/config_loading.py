@@ -36,6 +36,8 @@ def _all_keys(cls, prefix: str = "") -> list[str]:
 
 
 _KNOWN_KEYS = _all_keys(TrainConfig)
+#: the largest learning rate accepted (Adam moves each parameter by about the learning rate per step)
+MAX_LEARNING_RATE = 1.0
 
 
 def _is_num(v) -> bool:
@@ -70,8 +72,8 @@ def _convert(kind: str, v) -> tuple[Any, str | None]:
         return val, (f"must be an integer or null, got {v!r}" if err else None)
     if kind == "float":
         x = _to_float(v)
-        if x is None or math.isnan(x):
-            return None, f"must be a number, got {v!r}"
+        if x is None or not math.isfinite(x):
+            return None, f"must be a finite number, got {v!r}"
         return x, None
     if kind == "bool":
         if isinstance(v, bool):
@@ -176,8 +178,13 @@ class _Loader:
             if v not in allowed:
                 bad(key, f"must be one of {', '.join(map(str, allowed))}; got {v!r}")
 
+        def learning_rate(key, v):
+            if v < 0 or v > MAX_LEARNING_RATE:
+                bad(key, f"must be in [0, {MAX_LEARNING_RATE:g}] (a larger Adam step than the parameters' own "
+                         f"scale diverges), got {v!r}")
+
         positive("n_samples", c.n_samples)
-        nonneg("epochs.train", c.epochs.train)
+        positive("epochs.train", c.epochs.train)
         if c.max_steps is not None:
             positive("max_steps", c.max_steps)
         positive("checkpoint_every", c.checkpoint_every)
@@ -203,8 +210,9 @@ class _Loader:
             bad("inr_decoder.omega", f"must be 2 positive numbers [omega_0, omega_hidden], got {d.omega}")
 
         o = c.optimizer
-        for k in ("lr_inr", "lr_latent", "lr_tf", "inr_weight_decay", "latent_weight_decay",
-                  "tf_weight_decay", "tf_weight", "seg_weight"):
+        for k in ("lr_inr", "lr_latent", "lr_tf"):
+            learning_rate(f"optimizer.{k}", getattr(o, k))
+        for k in ("inr_weight_decay", "latent_weight_decay", "tf_weight_decay", "tf_weight", "seg_weight"):
             nonneg(f"optimizer.{k}", getattr(o, k))
         choice("optimizer.loss_metric", o.loss_metric, LOSS_METRICS)
         choice("optimizer.scheduler.type", o.scheduler.type, SCHEDULER_TYPES)
@@ -252,8 +260,10 @@ class _Loader:
             bad("template.deformation_grid", f"must be 0 (no deformation) or >= 2 control points per axis, got "
                                              f"{t.deformation_grid}")
         for k in ("deformation_warmup", "deformation_smoothness", "deformation_magnitude", "deformation_mean",
-                  "ga_smoothness", "lr_template", "lr_deformation"):
+                  "ga_smoothness"):
             nonneg(f"template.{k}", getattr(t, k))
+        for k in ("lr_template", "lr_deformation"):
+            learning_rate(f"template.{k}", getattr(t, k))
 
 
 def _parse_override(item: str) -> tuple[dict | None, str | None]:

@@ -35,8 +35,8 @@ import torch
 from infanite.io.atomic import atomic_output, atomic_write_text
 from infanite.io.images import Volume, save_nifti
 from infanite.io.layout import CHECKPOINT, CONFIG, DIAGNOSTICS, STACKS, STOP_FILE, SUPPORT, TRAIN_LOG
-from infanite.inr.build import (build_intensity_model, build_model, build_optimizer, check_against_cohort, ga_span,
-                                 pack_training_data, psf_factors)
+from infanite.inr.build import (build_intensity_model, build_model, build_optimizer, check_against_cohort,
+                                 check_model_fits, ga_span, pack_training_data, psf_factors)
 from infanite.inr.data import psf_jitter, split_psf_loss, weighted_loss
 from infanite.inr.template import TemplateINR
 from infanite.labels import default_label_table
@@ -107,19 +107,32 @@ def _rounded(value: float | None) -> int | None:
 
 
 def train(manifest, config: TrainConfig, out, resume: bool = False, progress: ProgressReporter | None = None,
-          stop_after_steps: int | None = None) -> dict:
+          stop_after_steps: int | None = None, overwrite: bool = False) -> dict:
     """Train on ``manifest`` (a ``registered.tsv``) into ``out``; returns a summary.
+
+    ``out`` is locked for the whole call (:func:`~infanite.io.lock.folder_lock`).  A folder holding a model is
+    continued (``resume``) or replaced (``overwrite``), never restarted silently; every check (device, folder,
+    checkpoint, cohort, memory for the model) runs before anything is written (``ValueError``).  A non-finite loss
+    or parameter stops training with :class:`~infanite.errors.WorkFailed`, the last finite checkpoint kept.
 
     ``stop_after_steps`` ends this call early (as if killed) after that many steps of this session — used by the
     tests of exact resume.  A graceful stop (``STOP_FILE`` in ``out`` or SIGTERM, see :class:`StopRequest`) ends
     it at the next step boundary with the checkpoint saved and ``"stopped": True`` in the summary.
     """
-    with StopRequest(out) as stop:
-        return _train(manifest, config, Path(out), resume, progress, stop_after_steps, stop)
+    from infanite.io.lock import folder_lock
+    from infanite.inr.run_folder import check_device
+
+    check_device(config.device)
+    with folder_lock(out, "train"), StopRequest(out) as stop:
+        return _train(manifest, config, Path(out), resume, progress, stop_after_steps, stop, overwrite)
 
 
 def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: ProgressReporter | None,
-           stop_after_steps: int | None, stop: StopRequest) -> dict:
+           stop_after_steps: int | None, stop: StopRequest, overwrite: bool) -> dict:
+    from infanite.errors import is_out_of_memory
+    from infanite.inr.run_folder import check_run_folder, clear_previous_model
+
+    state = check_run_folder(out, config, resume, overwrite)
     stop.clear(stale=True)
     device = torch.device(config.device)
     torch.manual_seed(config.seed)
@@ -130,8 +143,18 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
     check_against_cohort(config, data, data.slice_thickness_mm or [])
     data = data.to(device)
     ga_range = ga_span(data.ga_weeks)
-    model = build_model(config, len(data.stack_ids), data.halo_label, data.centre_mm, data.half_extent_mm,
-                        stack_fetus=data.stack_fetus, stack_ga_weeks=data.ga_weeks, ga_range_weeks=ga_range).to(device)
+    check_model_fits(config, data, device, ga_range)
+    try:
+        model = build_model(config, len(data.stack_ids), data.halo_label, data.centre_mm, data.half_extent_mm,
+                            stack_fetus=data.stack_fetus, stack_ga_weeks=data.ga_weeks,
+                            ga_range_weeks=ga_range).to(device)
+    except (MemoryError, RuntimeError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        raise ValueError(f"the model does not fit in the memory of {device} (inr_decoder.hidden_size "
+                         f"{config.inr_decoder.hidden_size}, num_hidden_layers {config.inr_decoder.num_hidden_layers}, "
+                         f"latent_dim {config.inr_decoder.latent_dim}, {len(data.stack_ids)} stacks); use a smaller "
+                         f"model") from None
     intensity = build_intensity_model(config, data)
     if intensity is not None:
         intensity = intensity.to(device)
@@ -159,27 +182,29 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
             raise ValueError(f"class_weights has {class_weights.numel()} values; the label table + halo needs "
                              f"{n_classes} (background, labels {labels}, halo)")
     chol = psf_factors(config, data).to(device)
-    out.mkdir(parents=True, exist_ok=True)
     log_path = out / TRAIN_LOG
     global_step = 0
-    if resume and (out / CHECKPOINT).exists():
-        state = torch.load(out / CHECKPOINT, map_location=device, weights_only=True)
-        if state["stack_ids"] != data.stack_ids:
+    if state is not None:
+        if list(state["stack_ids"]) != list(data.stack_ids):
             raise ValueError(f"{out / CHECKPOINT} was trained on other stacks; use a new --out")
-        if state.get("model_type", "infanite") != config.model:
-            raise ValueError(f"{out / CHECKPOINT} holds a '{state.get('model_type', 'infanite')}' model, the config "
-                             f"asks for '{config.model}'; use a new --out")
-        model.load_state_dict(state["model"])
-        if intensity is not None:
-            intensity.load_state_dict(state["intensity"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        try:
+            model.load_state_dict(_to_device(state["model"], device))
+            if intensity is not None:
+                intensity.load_state_dict(_to_device(state["intensity"], device))
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise ValueError(f"{out / CHECKPOINT} does not fit this model ({str(exc).splitlines()[0][:160]}); "
+                             f"resume with the run's own settings, or start a new run folder") from None
         global_step = int(state["global_step"])
+        if global_step > total_steps:
+            raise ValueError(f"{out / CHECKPOINT} is already at step {global_step}, past the {total_steps} steps this "
+                             f"config asks for (max_steps / epochs.train); ask for more steps to continue it")
         lines = log_path.read_text().splitlines()[:global_step] if log_path.exists() else []
         atomic_write_text(log_path, "".join(line + "\n" for line in lines))
-    elif log_path.exists():
-        log_path.unlink()
+    else:
+        clear_previous_model(out)
     config.save_yaml(out / CONFIG)
     atomic_write_text(out / STACKS, json.dumps(
         {"model": config.model, "data_source": data.source, "stack_fetus": list(data.stack_fetus),
@@ -222,6 +247,8 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss, l_int, l_seg, penalty = _step_loss(config, forward, model, intensity, data, idx, stack, jitter,
                                                          samples, class_weights)
+            if not torch.isfinite(loss):
+                _diverged(out, global_step + 1, f"the loss is {loss.item()}", saved_step, state, config)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             loss, l_int, l_seg, penalty = loss.detach(), l_int.detach(), l_seg.detach(), penalty.detach()
@@ -231,7 +258,8 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
             session_steps += 1
             dt = time.perf_counter() - t0
             last = {"step": global_step, "epoch": epoch, "loss": loss.item(), "loss_intensity": l_int.item(),
-                    "loss_seg": l_seg.item(), "loss_penalty": penalty.item(), "psf_samples": samples, "lr_decoder": scheduler.get_last_lr()[0],
+                    "loss_seg": l_seg.item(), "loss_penalty": penalty.item(), "psf_samples": samples,
+                    "lr_decoder": scheduler.get_last_lr()[0],
                     "samples_per_s": round(len(idx) * samples / dt, 1),
                     "memory_mb": _rounded(peak_memory_mb(device))}
             log.write(json.dumps(last) + "\n")
@@ -240,6 +268,8 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
                             **{k: v for k, v in last.items() if k != "step"})
             end_of_epoch = global_step % steps_per_epoch == 0
             if global_step % config.checkpoint_every == 0 or end_of_epoch or global_step == total_steps:
+                if not _finite(model, intensity):
+                    _diverged(out, global_step, "a model parameter is NaN or inf", saved_step, state, config)
                 _save_checkpoint(out, model, intensity, optimizer, scheduler, scaler, global_step, total_steps,
                                  data.stack_ids, config)
                 saved_step = global_step
@@ -252,6 +282,10 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
         from infanite.inr.diagnostics import write_diagnostics
 
         summary["diagnostics"] = write_diagnostics(out, device)
+        if template is not None:
+            from infanite.inr.deformations import write_deformations
+
+            summary["deformations"] = [str(p) for p in write_deformations(out, template, data.fetus_ids)]
     return summary
 
 
@@ -282,6 +316,27 @@ def _step_loss(config: TrainConfig, forward, model, intensity, data, idx, stack,
     if intensity is not None:
         penalty = penalty + intensity.penalty(config.data.gain_weight, config.data.bias_weight)
     return loss + penalty, l_int, l_seg, penalty
+
+
+def _to_device(state_dict: dict, device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in state_dict.items()}
+
+
+def _finite(*modules) -> bool:
+    return all(torch.isfinite(p).all() for m in modules if m is not None for p in m.parameters())
+
+
+def _diverged(out: Path, step: int, what: str, saved_step, state, config) -> None:
+    """Stop: the loss (or a parameter) is not finite.  The last finite checkpoint stays as it is."""
+    from infanite.errors import WorkFailed
+
+    kept = saved_step if saved_step is not None else (int(state["global_step"]) if state is not None else None)
+    rates = "optimizer.lr_inr, optimizer.lr_latent" + (", template.lr_template, template.lr_deformation"
+                                                       if config.model == "template" else "")
+    where = (f"the last finite checkpoint (step {kept}) is kept in {out / CHECKPOINT}" if kept is not None
+             else "no checkpoint was written")
+    raise WorkFailed(f"training diverged at step {step}: {what}; {where}; try lower learning rates ({rates}) and "
+                     f"check the stacks ('infanite validate'), then train again with --overwrite")
 
 
 def _save_checkpoint(out: Path, model, intensity, optimizer, scheduler, scaler, global_step, total_steps, stack_ids,

@@ -32,6 +32,7 @@ from pathlib import Path
 import yaml
 
 from infanite.io.atomic import atomic_write_text
+from infanite.io.paths import name_problem
 
 REQUIRED_COLUMNS = ("subject_id", "scan_age", "T2w", "Seg")
 #: Registration also takes stacks without a known GA (empty ``scan_age``) or without a Seg (``Mask`` given).
@@ -51,7 +52,8 @@ class Problem:
     image or YAML file concerned (absolute), ``kind`` a short machine-readable code (``missing_column``,
     ``bad_value``, ``duplicate_id``, ``missing``, ``unreadable``, ``corrupt_gzip``, ``not_3d``, ``nan_inf``,
     ``grid_mismatch``, ``empty_mask``, ``unknown_labels``, ``ga_out_of_range``, ``not_labels``, ``unknown_id``,
-    ``empty_manifest``) and ``manifest`` the manifest's file name, which ``str()`` puts first.
+    ``empty_manifest``, ``singular_affine``, ``not_tab_separated``) and ``manifest`` the manifest's file name,
+    which ``str()`` puts first.
     """
 
     row: int | None
@@ -225,6 +227,23 @@ def _read_subject_ids(yaml_path: Path, dataset_name: str | None, tsv_ids: set[st
     return wanted, problems
 
 
+def _name_problems(cells: dict[str, str]) -> list[tuple[str, str]]:
+    """(column, message) for a ``subject_id`` or ``subject`` (given, or taken from a reference-style id) that is not
+    a safe file-name component (:func:`infanite.io.paths.name_problem`): both name output files."""
+    out = []
+    subject_id, subject = cells.get("subject_id"), cells.get("subject", "")
+    if subject_id and name_problem(subject_id):
+        out.append(("subject_id", f"subject_id {subject_id!r} {name_problem(subject_id)} (it names the stack's "
+                                  f"output files)"))
+    elif subject and name_problem(subject):
+        out.append(("subject", f"subject {subject!r} {name_problem(subject)} (it names the fetus's output files)"))
+    elif subject_id and not subject and name_problem(subject_from_id(subject_id)):
+        derived = subject_from_id(subject_id)
+        out.append(("subject_id", f"the fetus taken from subject_id {subject_id!r}, {derived!r}, "
+                                  f"{name_problem(derived)}; give a 'subject' column"))
+    return out
+
+
 def _parse_row(line: int, cells: dict[str, str], base: Path, manifest: str,
                registration_input: bool = False) -> tuple[StackRecord | None, list[Problem]]:
     """A record from one row's cells (None when a value is unusable) and the row's problems.
@@ -243,6 +262,9 @@ def _parse_row(line: int, cells: dict[str, str], base: Path, manifest: str,
 
     if cells.get("subject_id") == "":
         bad("subject_id", "empty subject_id")
+    else:
+        for column, message in _name_problems(cells):
+            bad(column, message)
     scan_age = _finite_number(cells.get("scan_age", ""))
     if "scan_age" in cells and scan_age is None and not (registration_input and cells["scan_age"] == ""):
         bad("scan_age", f"scan_age must be a finite number of weeks, got {cells['scan_age']!r}")
@@ -308,6 +330,10 @@ def read_manifest(path, subject_ids_yaml=None, dataset_name: str | None = None,
     if header is None:
         return Cohort(path, []), [Problem(None, None, None, "empty_manifest", "file is empty (no header row)", name)]
 
+    if len(header) == 1 and "," in header[0]:
+        return Cohort(path, []), [Problem(header_line, None, None, "not_tab_separated",
+                                          "the manifest looks comma-separated (its header has commas and no tabs); "
+                                          "INFANiTE manifests are tab-separated (.tsv): save it with tabs", name)]
     problems = [Problem(header_line, column, None, "bad_value", "column appears more than once in the header", name)
                 for column in dict.fromkeys(c for c in header if header.count(c) > 1)]
     required = REQUIRED_COLUMNS_FOR_REGISTRATION if registration_input else REQUIRED_COLUMNS

@@ -121,7 +121,11 @@ def read_header(path) -> tuple[tuple[int, int, int], np.ndarray]:
         shape = shape[:3]
     if len(shape) != 3:
         raise ImageReadError(path, "not_3d", f"expected a 3-D image, got shape {shape}")
-    return shape, np.asarray(img.affine, dtype=np.float64)
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise ImageReadError(path, "singular_affine", "the header's voxel-to-world affine is singular or not "
+                                                      "finite (no valid geometry: check the qform/sform)")
+    return shape, affine
 
 
 def load_nifti(path, dtype=np.float32) -> Volume:

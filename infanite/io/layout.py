@@ -45,11 +45,13 @@ def stack_paths(out, subject_id: str) -> dict[str, Path]:
     """Every file ``infanite register`` writes for one stack into ``out``: the images of :data:`STACK_IMAGES`,
     ``result`` (its summary JSON: the marker that it is finished), ``tfm`` (ITK transform), ``qc`` (PNG) and
     ``reference`` (the weight map under the reference trainer's name)."""
-    out = Path(out)
-    paths = {key: out / STACKS_DIR / f"{subject_id}_{suffix}.nii.gz" for key, suffix in STACK_IMAGES.items()}
-    paths.update(result=out / STACKS_DIR / f"{subject_id}.json", tfm=out / TFM_DIR / f"{subject_id}.tfm",
-                 qc=out / QC_DIR / f"{subject_id}.png",
-                 reference=out / WEIGHTS_DIR / reference_mask_sample_name(subject_id))
+    from infanite.io.paths import inside, require_name
+
+    require_name(subject_id, "subject_id")
+    paths = {key: inside(out, STACKS_DIR, f"{subject_id}_{suffix}.nii.gz") for key, suffix in STACK_IMAGES.items()}
+    paths.update(result=inside(out, STACKS_DIR, f"{subject_id}.json"), tfm=inside(out, TFM_DIR, f"{subject_id}.tfm"),
+                 qc=inside(out, QC_DIR, f"{subject_id}.png"),
+                 reference=inside(out, WEIGHTS_DIR, reference_mask_sample_name(subject_id)))
     return paths
 
 
@@ -61,6 +63,7 @@ SUPPORT = "support_mask.nii.gz"          # union of the stacks' brain + halo on 
 CONFIG = "config.yaml"                   # the resolved training config
 STOP_FILE = "STOP"                       # created (by a GUI) to stop at the next step boundary, checkpoint first
 DIAGNOSTICS = "diagnostics.json"         # a finished run: averaging vs shape removal (infanite.inr.diagnostics)
+DEFORMATIONS_DIR = "deformations"        # template model: <fetus>.h5, each fetus's fitted displacement (ITK)
 
 # -- an atlas folder (``infanite atlas --out``) ----------------------------------------------------------------------
 ATLAS_MANIFEST = "atlas_manifest.json"   # written last: the complete GAs, their files, the run, the label values

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from infanite.inr.config import default_overrides
 from infanite.io.atomic import atomic_write_text
+from infanite.io.lock import folder_lock
 from infanite.io.layout import (ATLAS_DIR, CHECKPOINT, EVALUATION_DIR, LOSS_PLOT, REGISTERED, REGISTRATION_DIR, STACKS,
                                 TIMINGS, TRAIN_LOG)
 from infanite.pipeline.report import save_loss_plot, write_report
@@ -62,39 +63,40 @@ def run_pipeline(manifest, templates, out, config_path=None, overrides=(), devic
     progress = progress or ProgressReporter(None)
     overrides = list(overrides) if config_path else default_overrides(device) + list(overrides)
     config = load_train_config(config_path, overrides + [f"device={device}"])   # validated before any work
-    out.mkdir(parents=True, exist_ok=True)
-    timings = _Timings(out)
-
-    t0 = time.perf_counter()
-    options = register_options or RegisterOptions(jobs=jobs)
-    result = register_cohort(manifest, templates, out / REGISTRATION_DIR, options, progress=progress)
-    registered = out / REGISTRATION_DIR / REGISTERED
-    if result["failed"] and not result["done"] and not result["skipped"]:
-        raise RuntimeError(f"registration failed for every stack: {result['failed']}")
-    timings.record("register", time.perf_counter() - t0,
-                   f"{len(result['done'])} stacks registered ({len(result['skipped'])} by an earlier call), "
-                   f"{len(result['failed'])} failed")
-
-    t0 = time.perf_counter()
-    summary = train(registered, config, out, resume=(out / CHECKPOINT).exists(), progress=progress)
-    timings.record("train", time.perf_counter() - t0, f"{summary['steps']}/{summary['total_steps']} steps")
-    if summary.get("stopped"):      # a STOP file or SIGTERM: the checkpoint is saved, the atlas waits for --resume
-        return {"stopped": True, "out": out, "steps": summary["steps"], "total_steps": summary["total_steps"]}
-
-    t0 = time.perf_counter()
-    stacks = json.loads((out / STACKS).read_text())
-    weeks = [float(g) for g in ga_weeks] if ga_weeks else default_atlas_weeks(stacks["ga_weeks"])
-    spacing = atlas_spacing_mm or (0.8 if str(device).startswith("cuda") else 1.6)
-    atlas = generate(out, weeks, out / ATLAS_DIR, spacing_mm=spacing, device=device, progress=progress)
-    timings.record("atlas", time.perf_counter() - t0, f"{len(weeks)} GAs at {spacing} mm")
-
-    metrics = None
-    if reference:
-        from infanite.evaluation.against_reference import evaluate_atlas
+    with folder_lock(out, "run"):
+        out.mkdir(parents=True, exist_ok=True)
+        timings = _Timings(out)
 
         t0 = time.perf_counter()
-        metrics = evaluate_atlas(out / ATLAS_DIR, reference, out / EVALUATION_DIR, progress=progress)
-        timings.record("evaluate", time.perf_counter() - t0)
-    save_loss_plot(out / TRAIN_LOG, out / LOSS_PLOT)
-    report = write_report(out, failed=result["failed"])
-    return {"report": report, "atlas": atlas, "train": summary, "registration": result, "metrics": metrics}
+        options = register_options or RegisterOptions(jobs=jobs)
+        result = register_cohort(manifest, templates, out / REGISTRATION_DIR, options, progress=progress)
+        registered = out / REGISTRATION_DIR / REGISTERED
+        if result["failed"] and not result["done"] and not result["skipped"]:
+            raise RuntimeError(f"registration failed for every stack: {result['failed']}")
+        timings.record("register", time.perf_counter() - t0,
+                       f"{len(result['done'])} stacks registered ({len(result['skipped'])} by an earlier call), "
+                       f"{len(result['failed'])} failed")
+
+        t0 = time.perf_counter()
+        summary = train(registered, config, out, resume=(out / CHECKPOINT).exists(), progress=progress)
+        timings.record("train", time.perf_counter() - t0, f"{summary['steps']}/{summary['total_steps']} steps")
+        if summary.get("stopped"):      # a STOP file or SIGTERM: the checkpoint is saved, the atlas waits for --resume
+            return {"stopped": True, "out": out, "steps": summary["steps"], "total_steps": summary["total_steps"]}
+
+        t0 = time.perf_counter()
+        stacks = json.loads((out / STACKS).read_text())
+        weeks = [float(g) for g in ga_weeks] if ga_weeks else default_atlas_weeks(stacks["ga_weeks"])
+        spacing = atlas_spacing_mm or (0.8 if str(device).startswith("cuda") else 1.6)
+        atlas = generate(out, weeks, out / ATLAS_DIR, spacing_mm=spacing, device=device, progress=progress)
+        timings.record("atlas", time.perf_counter() - t0, f"{len(weeks)} GAs at {spacing} mm")
+
+        metrics = None
+        if reference:
+            from infanite.evaluation.against_reference import evaluate_atlas
+
+            t0 = time.perf_counter()
+            metrics = evaluate_atlas(out / ATLAS_DIR, reference, out / EVALUATION_DIR, progress=progress)
+            timings.record("evaluate", time.perf_counter() - t0)
+        save_loss_plot(out / TRAIN_LOG, out / LOSS_PLOT)
+        report = write_report(out, failed=result["failed"])
+        return {"report": report, "atlas": atlas, "train": summary, "registration": result, "metrics": metrics}

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from infanite.io.lock import folder_lock
 from infanite.io.cohort import read_manifest, write_manifest, Cohort, ManifestError, Problem, StackRecord
 from infanite.io.cohort_checks import load_cohort
 from infanite.geometry import voxel_spacing
@@ -276,6 +277,12 @@ def _worker(args) -> tuple[str, dict | None, str | None]:
 
         torch.set_num_threads(1 if options.jobs > 1 else max(1, torch.get_num_threads()))
         return record.subject_id, register_one(record, templates, out, options, init_matrix, fixed_matrix), None
+    except OSError as exc:    # a full disk or a denied write is no stack's fault: it stops the command
+        from infanite.errors import describe_os_error
+
+        if describe_os_error(exc) is not None:
+            raise
+        return record.subject_id, None, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
     except Exception as exc:  # a failed stack must not stop the others
         return record.subject_id, None, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
 
@@ -291,37 +298,38 @@ def register_cohort(manifest, templates, out, options: RegisterOptions | None = 
     out = Path(out)
     library = open_library(templates)
     cohort, init, fixed = preflight(manifest, library, options, init_transforms, fixed_transforms)
-    for sub in (STACKS_DIR, TFM_DIR, QC_DIR, WEIGHTS_DIR):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    progress = progress or ProgressReporter(None)
-    todo, skipped = [], []
-    for record in cohort.stacks:
-        if stack_paths(out, record.subject_id)["result"].exists():
-            skipped.append(record.subject_id)
+    with folder_lock(out, "register"):
+        for sub in (STACKS_DIR, TFM_DIR, QC_DIR, WEIGHTS_DIR):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+        progress = progress or ProgressReporter(None)
+        todo, skipped = [], []
+        for record in cohort.stacks:
+            if stack_paths(out, record.subject_id)["result"].exists():
+                skipped.append(record.subject_id)
+            else:
+                todo.append(record)
+        progress.start("register", len(cohort.stacks), f"{len(todo)} to register, {len(skipped)} already done")
+        step = len(skipped)
+        failed: dict[str, str] = {}
+        jobs = [(r, str(templates), out, options, init.get(r.subject_id), fixed.get(r.subject_id)) for r in todo]
+        if options.jobs > 1 and len(jobs) > 1:
+            with ProcessPoolExecutor(options.jobs, mp_context=get_context("spawn")) as pool:
+                for future in as_completed([pool.submit(_worker, j) for j in jobs]):
+                    sid, _, error = future.result()
+                    step += 1
+                    if error:
+                        failed[sid] = error
+                    progress.update(step, f"{sid}{' FAILED' if error else ''}")
         else:
-            todo.append(record)
-    progress.start("register", len(cohort.stacks), f"{len(todo)} to register, {len(skipped)} already done")
-    step = len(skipped)
-    failed: dict[str, str] = {}
-    jobs = [(r, str(templates), out, options, init.get(r.subject_id), fixed.get(r.subject_id)) for r in todo]
-    if options.jobs > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(options.jobs, mp_context=get_context("spawn")) as pool:
-            for future in as_completed([pool.submit(_worker, j) for j in jobs]):
-                sid, _, error = future.result()
+            for job in jobs:
+                sid, _, error = _worker(job)
                 step += 1
                 if error:
                     failed[sid] = error
                 progress.update(step, f"{sid}{' FAILED' if error else ''}")
-    else:
-        for job in jobs:
-            sid, _, error = _worker(job)
-            step += 1
-            if error:
-                failed[sid] = error
-            progress.update(step, f"{sid}{' FAILED' if error else ''}")
-    _write_cohort_outputs(cohort, out, failed)
-    return {"done": [r.subject_id for r in cohort.stacks if r.subject_id not in failed],
-            "failed": failed, "skipped": skipped}
+        _write_cohort_outputs(cohort, out, failed)
+        return {"done": [r.subject_id for r in cohort.stacks if r.subject_id not in failed],
+                "failed": failed, "skipped": skipped}
 
 
 #: registered.tsv columns that point back at the acquired stack (absolute paths) and hold its pose: training on

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from infanite.io.lock import folder_lock
 from infanite.geometry import (apply_matrix, fit_rigid, random_rotation, rigid_matrix, rotation_angle_deg,
                                rotation_matrix)
 from infanite.io.atomic import atomic_write_text
@@ -362,40 +363,41 @@ def simulate_cohort(config: SimulationConfig, out: Path, atlas_dir=None, progres
     out = Path(out)
     if library is None:
         library = TemplateLibrary.from_folder(atlas_dir) if atlas_dir else phantom_library(config.phantom_spacing_mm)
-    settings = {"config": asdict(config), "source": library.source}
-    settings_path = out / "simulation.json"
-    if settings_path.exists():
-        previous = json.loads(settings_path.read_text())
-        if previous != json.loads(json.dumps(settings)):
-            raise ValueError(f"{out} holds a simulation with other settings ({settings_path}); "
-                             f"use an empty folder")
-    (out / "stacks").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(settings_path, json.dumps(settings, indent=1))
-    progress = progress or ProgressReporter(None)
-    ages = subject_ages(config)
-    progress.start("simulate", config.n_subjects, f"{config.n_subjects} subjects from {library.source}")
-    all_truth, all_records = {}, []
-    for i, ga in enumerate(ages, start=1):
-        part = out / "stacks" / f"{i:04d}.truth.json"
-        if part.exists():
-            saved = json.loads(part.read_text())
-        else:
-            truth, records = _simulate_subject(i, float(ga), library, config, out)
-            saved = {"truth": asdict(truth), "records": records}
-            atomic_write_text(part, json.dumps(saved))
-        all_truth[saved["truth"]["subject"]] = saved["truth"]
-        all_records.extend(saved["records"])
-        progress.update(i, f"subject {i:04d} GA {ga:.1f}")
-    stacks = {sid: {**st, "subject": subj["subject"], "ga_weeks": subj["ga_weeks"]}
-              for subj in all_truth.values() for sid, st in subj["stacks"].items()}
-    subjects = {k: {key: v for key, v in subj.items() if key != "stacks"} for k, subj in all_truth.items()}
-    truth_doc = {"coordinates": "RAS", "direction": "template_to_stack", "units": "mm",
-                 "template_source": library.source, "config": asdict(config),
-                 "stacks": stacks, "subjects": subjects}
-    atomic_write_text(out / TRUTH, json.dumps(truth_doc, indent=1))
-    lines = ["\t".join(MANIFEST_COLUMNS)]
-    lines += ["\t".join(str(r[c]) for c in MANIFEST_COLUMNS) for r in all_records]
-    return atomic_write_text(out / COHORT, "\n".join(lines) + "\n")
+    with folder_lock(out, "simulate"):
+        settings = {"config": asdict(config), "source": library.source}
+        settings_path = out / "simulation.json"
+        if settings_path.exists():
+            previous = json.loads(settings_path.read_text())
+            if previous != json.loads(json.dumps(settings)):
+                raise ValueError(f"{out} holds a simulation with other settings ({settings_path}); "
+                                 f"use an empty folder")
+        (out / "stacks").mkdir(parents=True, exist_ok=True)
+        atomic_write_text(settings_path, json.dumps(settings, indent=1))
+        progress = progress or ProgressReporter(None)
+        ages = subject_ages(config)
+        progress.start("simulate", config.n_subjects, f"{config.n_subjects} subjects from {library.source}")
+        all_truth, all_records = {}, []
+        for i, ga in enumerate(ages, start=1):
+            part = out / "stacks" / f"{i:04d}.truth.json"
+            if part.exists():
+                saved = json.loads(part.read_text())
+            else:
+                truth, records = _simulate_subject(i, float(ga), library, config, out)
+                saved = {"truth": asdict(truth), "records": records}
+                atomic_write_text(part, json.dumps(saved))
+            all_truth[saved["truth"]["subject"]] = saved["truth"]
+            all_records.extend(saved["records"])
+            progress.update(i, f"subject {i:04d} GA {ga:.1f}")
+        stacks = {sid: {**st, "subject": subj["subject"], "ga_weeks": subj["ga_weeks"]}
+                  for subj in all_truth.values() for sid, st in subj["stacks"].items()}
+        subjects = {k: {key: v for key, v in subj.items() if key != "stacks"} for k, subj in all_truth.items()}
+        truth_doc = {"coordinates": "RAS", "direction": "template_to_stack", "units": "mm",
+                     "template_source": library.source, "config": asdict(config),
+                     "stacks": stacks, "subjects": subjects}
+        atomic_write_text(out / TRUTH, json.dumps(truth_doc, indent=1))
+        lines = ["\t".join(MANIFEST_COLUMNS)]
+        lines += ["\t".join(str(r[c]) for c in MANIFEST_COLUMNS) for r in all_records]
+        return atomic_write_text(out / COHORT, "\n".join(lines) + "\n")
 
 
 def tiny_phantom_cohort(out, weeks=(27, 28, 29), n_subjects: int = 2, stacks_per_subject: int = 2,
