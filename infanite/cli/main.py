@@ -13,16 +13,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from infanite.cli import (atlas, demo, devices, evaluate, get_templates, register, run, simulate, train,
-                          validate)
+from infanite.cli import (atlas, demo, devices, evaluate, get_templates, manifest, register, run, simulate,
+                          train, validate)
 
 #: the commands in the order ``--help`` lists them
-COMMANDS = (validate, simulate, register, train, atlas, evaluate, run, demo, get_templates, devices)
+COMMANDS = (validate, manifest, simulate, register, train, atlas, evaluate, run, demo, get_templates, devices)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m infanite", description=__doc__.split("\n\n")[0] + "\n\n"
                                      + __doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    from infanite import __version__
+
+    parser.add_argument("--version", action="version", version=f"infanite {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     sub.required = True
     for command in COMMANDS:
