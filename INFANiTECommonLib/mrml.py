@@ -128,3 +128,32 @@ def remove_nodes(scene, nodes) -> None:
         if hasattr(node, "GetStorageNode") and node.GetStorageNode() is not None:
             scene.RemoveNode(node.GetStorageNode())
         scene.RemoveNode(node)
+
+
+def mask_volume(node, reference):
+    """A brain mask as a :class:`~infanite.io.images.Volume` (uint8 0/1) on the grid of the volume node
+    ``reference`` (the stack's T2), from a labelmap/scalar volume node (> 0) or from a segmentation node drawn in the
+    Segment Editor (every segment, exported on the reference's geometry by Slicer's segmentations logic)."""
+    from infanite.io.images import Volume
+
+    if node.IsA("vtkMRMLSegmentationNode"):
+        import vtk
+        from slicer import vtkSlicerSegmentationsModuleLogic as SegmentationsLogic
+
+        scene = node.GetScene()
+        labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"{node.GetName()} (mask export)")
+        try:
+            ids = vtk.vtkStringArray()
+            node.GetSegmentation().GetSegmentIDs(ids)
+            if ids.GetNumberOfValues() == 0:
+                raise ValueError(f"segmentation {node.GetName()!r} has no segment: draw the brain in the Segment "
+                                 f"Editor first")
+            if not SegmentationsLogic.ExportSegmentsToLabelmapNode(node, ids, labelmap, reference):
+                raise ValueError(f"segmentation {node.GetName()!r} could not be exported on the grid of "
+                                 f"{reference.GetName()!r}")
+            volume = node_volume(labelmap)
+        finally:
+            scene.RemoveNode(labelmap)
+    else:
+        volume = node_volume(node)
+    return Volume((volume.array > 0).astype(np.uint8), volume.voxel_to_ras)

@@ -4,11 +4,11 @@ The module wires a widget to :mod:`INFANiTERegistrationLib` (MRML-level, tested 
 package ``infanite`` (run as ``python -m infanite register`` in a background process).
 """
 import pathlib
-from typing import Annotated
+from typing import Annotated, Union
 
 import qt
 import slicer
-from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode
+from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
@@ -43,7 +43,7 @@ def registerSampleData():
 class INFANiTERegistrationParameterNode:
     manifestPath: pathlib.Path
     t2Volume: vtkMRMLScalarVolumeNode
-    maskVolume: vtkMRMLLabelMapVolumeNode
+    maskVolume: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode, None]   # a segmentation: drawn
     segVolume: vtkMRMLLabelMapVolumeNode
     gaWeeks: Annotated[float, WithinRange(0.0, 45.0)] = 0.0
     inputStacks: list[str]
@@ -67,7 +67,7 @@ class INFANiTERegistrationWidget(ParameterNodeWidgetMixin, ScriptedLoadableModul
         self.setupModuleUi("INFANiTERegistration", INFANiTERegistrationLogic())
         logic, background = self.logic, self.startInBackground
         for button, handler in (
-                (self.ui.addStackButton, lambda: logic.addInputStack(logic.getParameterNode())),
+                (self.ui.addStackButton, self.onAddStack),
                 (self.ui.registerButton, lambda: background(logic.startRegistration, self.onProgress,
                                                             self.onRegistrationFinished)),
                 (self.ui.cancelButton, logic.cancel),
@@ -150,6 +150,19 @@ class INFANiTERegistrationWidget(ParameterNodeWidgetMixin, ScriptedLoadableModul
         self.onStep(0)
         self._onParameterNodeModified()
 
+    def onAddStack(self):
+        """Add the selected stack; a stack with no brain mask (and no labels) gets the offer to draw one first."""
+        p = self.logic.getParameterNode()
+        if p.t2Volume is not None and p.maskVolume is None and p.segVolume is None:
+            if slicer.util.confirmOkCancelDisplay(
+                    f"{p.t2Volume.GetName()} has no brain mask. Draw one now in the Segment Editor (a segmentation "
+                    f"on this stack's grid is created and selected as its mask), then come back here and add the "
+                    f"stack?", "INFANiTE: brain mask needed"):
+                p.maskVolume = self.logic.newMaskSegmentation(p.t2Volume)
+                slicer.util.selectModule("SegmentEditor")
+            return
+        self.logic.addInputStack(p)
+
     def onGetTemplates(self):
         from infanite.reference.download import LICENCE_TEXT
 
@@ -183,6 +196,11 @@ class INFANiTERegistrationLogic(BackgroundProcessLogicMixin, ScriptedLoadableMod
 
     def getParameterNode(self):
         return INFANiTERegistrationParameterNode(super().getParameterNode())
+
+    def newMaskSegmentation(self, t2Volume):
+        from INFANiTERegistrationLib import new_mask_segmentation
+
+        return new_mask_segmentation(slicer.mrmlScene, t2Volume)
 
     def addInputStack(self, p):
         from INFANiTERegistrationLib import StackEntry

@@ -100,6 +100,18 @@ def test_ga_at_an_isolated_stack_takes_all_the_weight():
     assert any("effective sample size 1.00" in w for w in kw.warnings)      # ESS < 3 is flagged
 
 
+def test_ess_counts_fetuses_not_stacks():
+    """Three stacks of one fetus are one sample: the ESS sums each fetus's weights first."""
+    one_fetus = gkr_weights([28.0, 28.0, 28.0], 28.0, stack_fetus=[0, 0, 0])
+    assert one_fetus.ess == pytest.approx(1.0) and one_fetus.ess_stacks == pytest.approx(3.0)
+    assert any("fetuses" in w and "widen --sigma" in w for w in one_fetus.warnings)
+    three = gkr_weights([28.0, 28.0, 28.0], 28.0, stack_fetus=[0, 1, 2])
+    assert three.ess == pytest.approx(3.0) and three.warnings == ()
+    a = math.exp(-0.5 * (1.0 / 0.5) ** 2)
+    mixed = gkr_weights([28.0, 28.0, 29.0], 28.0, stack_fetus=["f1", "f1", "f2"])
+    assert mixed.ess == pytest.approx((2 + a) ** 2 / (4 + a * a))
+
+
 def test_ess_matches_the_analytic_value():
     a = math.exp(-0.5)                                  # stacks at 28 and 29, target 28, σ = 1
     kw = gkr_weights([28.0, 29.0], 28.0, sigma_weeks=1.0)
@@ -270,7 +282,9 @@ def test_atlas_files_labels_and_overlap_with_the_template(trained, atlas):
     assert manifest["status"] == "complete" and list(manifest["ga"]) == ["27.5", "28.5"]
     assert manifest["checkpoint"]["global_step"] == 150 and manifest["spacing_mm"] == [3.0, 3.0, 3.0]
     entry = manifest["ga"]["28.5"]
-    assert entry["ess"] == pytest.approx(2.42, abs=0.01)          # 2 stacks at 27.4 w, 2 at 28.8 w, σ 0.5
+    # 2 stacks of one fetus at 27.4 w, 2 of another at 28.8 w, σ 0.5: ESS 2.42 stacks, half that in fetuses
+    assert entry["ess_stacks"] == pytest.approx(2.42, abs=0.01)
+    assert entry["ess"] == pytest.approx(1.21, abs=0.01)
     assert any("effective sample size" in w for w in entry["warnings"])
     assert entry["files"] == {"T2w": "atlas_ga-28.5_T2w.nii.gz", "dseg": "atlas_ga-28.5_dseg.nii.gz"}
 
@@ -365,3 +379,26 @@ def test_command_writes_an_atlas_with_probabilities_and_progress(tmp_path, capsy
     manifest = json.loads((tmp_path / "atlas" / ATLAS_MANIFEST).read_text())
     assert list(manifest["ga"]) == ["26.0", "28.0"]
     assert manifest["ga"]["28.0"]["weights"] == {"s1": 1.0} or manifest["ga"]["28.0"]["weights"]["s1"] > 0.99
+
+
+def test_stacks_of_estimated_ga_take_no_part_in_the_regression_unless_accepted(trained, tmp_path):
+    """A GA that register estimated (no scan_age) would condition the atlas on its own guess: left out by default."""
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run)
+    stacks = json.loads((run / "stacks.json").read_text())
+    estimated = [sid for sid, g in zip(stacks["stack_ids"], stacks["ga_weeks"]) if g > 28.0]   # the 28.8 w fetus
+    assert len(estimated) == 2
+    stacks["ga_estimated"] = estimated
+    (run / "stacks.json").write_text(json.dumps(stacks))
+    result = generate(run, [28.5], tmp_path / "atlas", spacing_mm=4.0)
+    entry = result["ga"]["28.5"]
+    assert set(entry["weights"]) == set(stacks["stack_ids"]) - set(estimated)
+    manifest = json.loads((tmp_path / "atlas" / ATLAS_MANIFEST).read_text())
+    assert manifest["ga_estimated_stacks"] == estimated and manifest["ga_estimated_used"] is False
+    accepted = generate(run, [28.5], tmp_path / "accepted", spacing_mm=4.0, accept_estimated_ga=True)
+    assert set(accepted["ga"]["28.5"]["weights"]) == set(stacks["stack_ids"])
+    stacks["ga_estimated"] = list(stacks["stack_ids"])
+    (run / "stacks.json").write_text(json.dumps(stacks))
+    with pytest.raises(ValueError, match="--accept-estimated-ga"):
+        generate(run, [28.5], tmp_path / "none", spacing_mm=4.0)
+    assert not (tmp_path / "none").exists()

@@ -334,11 +334,20 @@ def test_one_failure(setup, case):
 
 
 def test_missing_column(setup):
-    setup.columns.remove("Seg")
+    setup.columns.remove("T2w")
     tsv = write_tsv(setup.root / "cohort.tsv", setup.columns, setup.rows)
     (problem,) = problems_of(tsv)
-    assert (problem.kind, problem.row, problem.column) == ("missing_column", 1, "Seg")
-    assert str(problem).startswith("cohort.tsv row 1, column Seg")
+    assert (problem.kind, problem.row, problem.column) == ("missing_column", 1, "T2w")
+    assert str(problem).startswith("cohort.tsv row 1, column T2w")
+
+
+def test_a_header_needs_a_seg_or_a_mask_column(setup):
+    """Seg is optional (mask-only stacks), but a stack needs one of the two for its brain."""
+    columns = [c for c in setup.columns if c not in ("Seg", "Mask")]
+    tsv = write_tsv(setup.root / "cohort.tsv", columns, setup.rows)
+    kinds = [(p.kind, p.column) for p in problems_of(tsv)]
+    assert ("missing_column", "Mask") in kinds
+    assert any("Mask (brain mask) or a Seg" in str(p) for p in problems_of(tsv))
 
 
 def test_header_only_manifest_is_empty(tmp_path):

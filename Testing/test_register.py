@@ -152,14 +152,16 @@ def test_failure_is_isolated_then_resumed(cohort, templates, tmp_path, monkeypat
 
 
 def _bad_copy(cohort, tmp_path, edit):
-    """A one-stack manifest whose mask is edited by ``edit(mask_volume) -> volume``."""
+    """A one-stack manifest whose mask is edited by ``edit(mask_volume) -> volume`` (the stack keeps its Seg, so
+    that the mask's own checks are what is tested, not the plausible-volume check of mask-only stacks)."""
     stack = load_cohort(cohort / "cohort.tsv").stacks[0]
     folder = tmp_path / "bad"
     folder.mkdir()
     shutil.copy(stack.t2w, folder / "t2.nii.gz")
+    shutil.copy(stack.seg, folder / "seg.nii.gz")
     save_nifti(edit(load_nifti(stack.mask, dtype=None), load_nifti(stack.t2w)), folder / "mask.nii.gz")
-    (folder / "m.tsv").write_text(f"subject_id\tscan_age\tT2w\tMask\n{stack.subject_id}\t{stack.scan_age}\t"
-                                  "t2.nii.gz\tmask.nii.gz\n")
+    (folder / "m.tsv").write_text(f"subject_id\tscan_age\tT2w\tSeg\tMask\n{stack.subject_id}\t{stack.scan_age}\t"
+                                  "t2.nii.gz\tseg.nii.gz\tmask.nii.gz\n")
     return folder / "m.tsv"
 
 

@@ -409,3 +409,33 @@ def test_stack_entries_round_trip_through_the_parameter_node_string(mrml, search
             StackEntry.from_parameter(bad)
     scene.RemoveNode(seg)
     assert entry.stack_input(scene).seg is None
+
+
+def test_a_mask_drawn_in_the_segment_editor_is_the_stack_s_brain_mask(mrml, searched, tmp_path):
+    """A segmentation node as the mask: exported on the T2's grid by Slicer's segmentations logic."""
+    from slicer import vtkSlicerSegmentationsModuleLogic as SegmentationsLogic
+
+    from infanite.io.cohort import read_manifest
+
+    from INFANiTECommonLib.mrml import load_volume
+    from INFANiTERegistrationLib import StackInput, manifest_from_nodes, new_mask_segmentation
+
+    scene = mrml["scene"]
+    record = read_manifest(searched["manifest"])[0].stacks[0]
+    t2 = load_volume(scene, record.t2w, "stack one")
+    labels = load_volume(scene, record.mask, "stack one drawn mask", labelmap=True)
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "brain drawn")
+    assert SegmentationsLogic.ImportLabelmapToSegmentationNode(labels, segmentation)
+    empty = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "nothing drawn")
+    with pytest.raises(ValueError, match="no segment: draw the brain in the Segment Editor"):
+        manifest_from_nodes([StackInput(t2, mask=empty, ga_weeks=record.scan_age)], tmp_path / "w0")
+    offered = new_mask_segmentation(scene, t2)             # what the widget offers a stack without a mask
+    assert offered.GetSegmentation().GetNumberOfSegments() == 1 and offered.GetName() == "stack one brain mask"
+    with pytest.raises(ValueError, match="is empty: draw the brain"):          # nothing drawn in it yet
+        manifest_from_nodes([StackInput(t2, mask=offered, ga_weeks=record.scan_age)], tmp_path / "w1")
+    manifest = manifest_from_nodes([StackInput(t2, mask=segmentation, ga_weeks=record.scan_age)], tmp_path / "w")
+    written, problems = read_manifest(manifest, registration_input=True)
+    assert not problems and written.stacks[0].seg is None
+    drawn, original = nib.load(str(written.stacks[0].mask)), nib.load(str(record.mask))
+    np.testing.assert_allclose(drawn.affine, nib.load(str(record.t2w)).affine, atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(drawn.dataobj) > 0, np.asarray(original.dataobj) > 0)

@@ -303,3 +303,23 @@ def test_describe_devices(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)                  # import torch -> ImportError
     assert describe_devices().startswith("PyTorch is not installed")
     assert detect_devices() == ["cpu"]
+
+
+def test_the_cohort_check_says_where_the_atlas_labels_come_from(registered, tmp_path):
+    """A mask-only cohort is accepted; the message says its labels will come from the templates."""
+    labelled = read_cohort(registered, check_images=False)
+    assert labelled.ok and "learnt from the 4 of 4 stacks with a Seg" in labelled.message()
+    lines = registered.read_text().splitlines()
+    header = lines[0].split("\t")
+    rows = [line.split("\t") for line in lines[1:]]
+    for row in rows:
+        for column in ("Seg", "source_Seg"):
+            row[header.index(column)] = ""
+        for i, name in enumerate(header):
+            if name in ("T2w", "Mask", "Weight", "Observed") and row[i]:
+                row[i] = str((registered.parent / row[i]).resolve())
+    mask_only = tmp_path / "registered.tsv"
+    mask_only.write_text("\n".join("\t".join(r) for r in [header, *rows]) + "\n")
+    summary = read_cohort(mask_only)
+    assert summary.ok, [r.status for r in summary.rows]
+    assert "no stack has tissue labels" in summary.message() and "templates'" in summary.message()

@@ -11,8 +11,9 @@ from pathlib import Path
 
 @dataclass
 class StackInput:
-    """One stack given as nodes: T2 volume, brain mask and/or tissue labels (labelmap volumes), GA in weeks
-    (``None``: estimated from the brain volume by the registration)."""
+    """One stack given as nodes: T2 volume, brain mask (a label map, or a segmentation node drawn in the Segment
+    Editor: every segment is brain) and/or tissue labels (a label map), GA in weeks (``None``: estimated from the
+    brain volume by the registration)."""
 
     t2w: object
     mask: object = None
@@ -74,6 +75,16 @@ def _stack_id(stack: StackInput, index: int) -> str:
     return safe_name(name or "", f"stack{index + 1}")
 
 
+def new_mask_segmentation(scene, t2w):
+    """An empty segmentation (one segment, "brain") on the grid of the volume node ``t2w``, in which to draw the
+    stack's brain mask in the Segment Editor; it is then the stack's mask (:func:`manifest_from_nodes`)."""
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{t2w.GetName()} brain mask")
+    node.SetReferenceImageGeometryParameterFromVolumeNode(t2w)
+    node.GetSegmentation().AddEmptySegment("brain", "brain")
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
 def manifest_from_nodes(stacks: list[StackInput], work_dir) -> Path:
     """Write every stack's images to ``work_dir/inputs/`` and a manifest ``work_dir/cohort.tsv``; returns it.
 
@@ -83,11 +94,14 @@ def manifest_from_nodes(stacks: list[StackInput], work_dir) -> Path:
     from infanite.io.cohort import StackRecord, write_manifest
     from infanite.io.layout import COHORT
 
-    from INFANiTECommonLib.mrml import save_volume
+    import numpy as np
+    from infanite.io.images import save_nifti
+
+    from INFANiTECommonLib.mrml import mask_volume, save_volume
 
     if not stacks:
         raise ValueError("no stacks given: add at least one T2 stack with its brain mask or segmentation")
-    ids, problems = [], []
+    ids, problems, masks = [], [], {}
     for index, stack in enumerate(stacks):
         sid = _stack_id(stack, index)
         where = f"stack {index + 1} ({sid})"
@@ -96,8 +110,24 @@ def manifest_from_nodes(stacks: list[StackInput], work_dir) -> Path:
         if stack.mask is None and stack.seg is None:
             problems.append(f"{where}: needs a brain mask or a tissue segmentation")
         for role, node in (("mask", stack.mask), ("segmentation", stack.seg)):
-            if node is not None and node.GetImageData() is None:
+            if node is None:
+                continue
+            if node.IsA("vtkMRMLSegmentationNode"):
+                if role != "mask" or node.GetSegmentation().GetNumberOfSegments() == 0:
+                    problems.append(f"{where}: the {role} node {node.GetName()!r} " + (
+                        "has no segment: draw the brain in the Segment Editor first" if role == "mask" else
+                        "is a segmentation; give the tissue labels as a label map"))
+            elif node.GetImageData() is None:
                 problems.append(f"{where}: the {role} node {node.GetName()!r} holds no image")
+        if stack.mask is not None and stack.t2w is not None and not any(where in p for p in problems):
+            try:
+                masks[index] = mask_volume(stack.mask, stack.t2w)
+            except ValueError as exc:
+                problems.append(f"{where}: {exc}")
+            else:
+                if not masks[index].array.any():
+                    problems.append(f"{where}: the brain mask {stack.mask.GetName()!r} is empty: draw the brain "
+                                    f"(Segment Editor) or choose another mask")
         if stack.ga_weeks is not None and not (stack.ga_weeks > 0):
             problems.append(f"{where}: GA must be a positive number of weeks, got {stack.ga_weeks}")
         if sid in ids:
@@ -107,9 +137,12 @@ def manifest_from_nodes(stacks: list[StackInput], work_dir) -> Path:
         raise ValueError("cannot register these stacks:\n  - " + "\n  - ".join(problems))
     folder = Path(work_dir) / "inputs"
     records = []
-    for row, (sid, stack) in enumerate(zip(ids, stacks), start=2):
+    for index, (sid, stack) in enumerate(zip(ids, stacks)):
+        row = index + 2
         t2 = save_volume(stack.t2w, folder / f"{sid}_T2w.nii.gz")
-        mask = save_volume(stack.mask, folder / f"{sid}_mask.nii.gz", "uint8") if stack.mask is not None else None
+        mask = None
+        if stack.mask is not None:        # a labelmap, or a segmentation drawn in the Segment Editor
+            mask = save_nifti(masks[index], folder / f"{sid}_mask.nii.gz", dtype=np.uint8)
         seg = save_volume(stack.seg, folder / f"{sid}_dseg.nii.gz", "int16") if stack.seg is not None else None
         records.append(StackRecord(row, sid, stack.ga_weeks, t2, seg, mask))
     return write_manifest(records, Path(work_dir) / COHORT)

@@ -57,12 +57,25 @@ class CohortSummary:
     def n_subjects(self) -> int:
         return len({r.subject for r in self.rows})
 
+    def labels_message(self) -> str:
+        """What tissue labels the atlas will get: learnt from the stacks with a Seg, or, when none has one (a
+        mask-only cohort), the templates' labels propagated by registration."""
+        labelled = sum(1 for r in self.rows if r.seg)
+        if not self.rows:
+            return ""
+        if labelled == 0:
+            return ("no stack has tissue labels (Seg): the atlas's labels will be the templates', carried over by "
+                    "registration when the atlas is generated")
+        return f"the atlas's tissue labels are learnt from the {labelled} of {len(self.rows)} stacks with a Seg"
+
     def message(self) -> str:
         """One line for the GUI."""
         bad = sum(not r.ok for r in self.rows)
         text = f"{len(self.rows)} stacks of {self.n_subjects} fetuses"
         if bad:
             text += f"; {bad} with problems"
+        elif self.rows:
+            text += f"; {self.labels_message()}"
         if self.errors:
             text += "; " + "; ".join(self.errors)
         return text

@@ -31,7 +31,7 @@ import numpy as np
 from infanite.atlas.folder import entry_complete, read_atlas_manifest, remove_atlas
 from infanite.atlas.kernel import check_sigma_top_k, gkr_weights
 from infanite.atlas.labels import label_abbrevs
-from infanite.atlas.outputs import plot_growth, write_ga, write_montage, write_volumes
+from infanite.atlas.outputs import plot_growth, support_flag, write_ga, write_montage, write_volumes
 from infanite.atlas.predict import (atlas_grid, atlas_query, chunk_size, load_run, model_width, predict_grid,
                                     resolve_device, training_support)
 from infanite.io.layout import ATLAS_MANIFEST, ATLAS_MANIFEST_FORMAT, GROWTH, MONTAGE, VOLUMES, ga_text
@@ -85,7 +85,8 @@ def check_grid_size(grid, n_classes: int, probabilities: bool, spacing_mm) -> No
 
 def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_weeks: float = 0.5,
              top_k: int | None = None, probabilities: bool = False, overwrite: bool = False,
-             progress: ProgressReporter | None = None, normative=None) -> dict:
+             progress: ProgressReporter | None = None, normative=None, templates=None,
+             label_method: str = "demons", accept_estimated_ga: bool = False) -> dict:
     """Generate the atlas of a finished run at the GAs ``ga_weeks`` (weeks, rounded to 0.1) into ``out_dir``.
 
     ``spacing_mm``: atlas voxel size (mm; 1 or 3 values); ``sigma_weeks``: GKR kernel width (weeks); ``top_k``:
@@ -97,6 +98,16 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
 
     Returns a summary dict: ``out_dir``, ``manifest``, ``ga`` (per-GA entries: files, ESS, warnings, volumes),
     ``generated`` and ``skipped`` GA keys, ``warnings``, and the summary file paths.
+
+    A run none of whose stacks had a ``Seg`` (``stacks.json`` ``labelled_stacks`` empty: a mask-only cohort) learnt
+    where the brain is but not its tissues: each GA's labels are then the template labels of ``templates`` (a
+    template folder) propagated by deformable registration (:mod:`infanite.atlas.propagate`, ``label_method``), and
+    each GA's manifest entry says so (``labels``).  ``templates`` defaults to the folder the stacks were registered
+    to (``stacks.json`` ``templates``); a run that records none and no ``templates`` is refused before any work.
+
+    Stacks whose GA ``register`` estimated (no ``scan_age``: the template week that matched best) take no part in
+    the GA regression, which would otherwise be conditioned on its own guess, unless ``accept_estimated_ga``; the
+    manifest lists them (``ga_estimated_stacks``, ``ga_estimated_used``).
     """
     from infanite.io.atomic import atomic_write_text
 
@@ -109,16 +120,27 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
     run = load_run(run_dir)
     table = open_normative(normative)
     stacks = run.stacks
-    kernels = {ga_text(g): gkr_weights(stacks["ga_weeks"], g, sigma_weeks, top_k) for g in gas}
+    estimated = list(stacks.get("ga_estimated") or [])
+    regression_ga = [None if sid in estimated and not accept_estimated_ga else g
+                     for sid, g in zip(stacks["stack_ids"], stacks["ga_weeks"])]
+    if all(g is None for g in regression_ga):
+        raise ValueError(f"every stack of {run.run_dir} has an estimated GA (no scan_age was given): give the GAs "
+                         f"in the manifest, or pass --accept-estimated-ga to regress on register's estimates")
+    kernels = {ga_text(g): gkr_weights(regression_ga, g, sigma_weeks, top_k, stacks.get("stack_fetus"))
+               for g in gas}
     grid = atlas_grid(stacks["grid_shape"], stacks["grid_voxel_to_ras"], spacing)
     check_grid_size(grid, len(stacks["label_values"]) + 2, probabilities, spacing_mm)
     support = training_support(run.run_dir, grid)
+    library = _label_templates(run, templates, label_method, probabilities)
     out_dir = Path(out_dir)
     with folder_lock(out_dir, "atlas"):
         identity = json.loads(json.dumps({"checkpoint_sha256": run.checkpoint_sha256,
                                           "spacing_mm": [round(float(s), 6) for s in spacing],
                                           "sigma_weeks": float(sigma_weeks),
-                                          "top_k": None if top_k is None else int(top_k)}))
+                                          "top_k": None if top_k is None else int(top_k),
+                                          "ga_estimated_used": bool(accept_estimated_ga and estimated),
+                                          "labels": "stacks" if library is None else
+                                          {"propagated_from": library.source, "method": label_method}}))
         try:
             previous = read_atlas_manifest(out_dir, "; use another output folder or --overwrite")
         except ValueError:
@@ -160,7 +182,8 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
                     "grid": {"shape": list(grid.shape), "voxel_to_ras": grid.voxel_to_ras.tolist()},
                     "label_values": label_values, "probseg_labels": label_values,
                     "stack_ga_range_weeks": list(next(iter(kernels.values())).support_weeks),
-                    "normative": table.source, "ga": dict(done_entries)}
+                    "normative": table.source, "ga_estimated_stacks": estimated,
+                    "ga_estimated_used": bool(accept_estimated_ga and estimated), "ga": dict(done_entries)}
         out_dir.mkdir(parents=True, exist_ok=True)
         generated = []
         if todo:
@@ -181,10 +204,12 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
 
                 pred = predict_grid(atlas_query(model, float(key), kw.weights), grid, dev, label_values, probabilities,
                                     chunk, on_chunk)
-                entry = write_ga(out_dir, grid, g, pred, label_values, halo, abbrevs, voxel_ml, support)
+                relabel = None if library is None else _propagation(library, float(key), grid, label_method)
+                entry = write_ga(out_dir, grid, g, pred, label_values, halo, abbrevs, voxel_ml, support, relabel)
                 for note in entry["warnings"]:
                     logger.warning(note)
-                entry.update({"ess": round(kw.ess, 4), "warnings": list(kw.warnings) + entry["warnings"],
+                entry.update({"ess": round(kw.ess, 4), "ess_stacks": round(kw.ess_stacks, 4),
+                              "warnings": list(kw.warnings) + entry["warnings"],
                               "weights": {sid: round(float(w), 6) for sid, w in zip(stacks["stack_ids"], kw.weights)
                                           if w > 1e-6}})
                 manifest["ga"][key] = entry
@@ -195,7 +220,8 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
                 kw = kernels[key]
                 degenerate = [w for w in manifest["ga"][key].get("warnings", []) if w not in kw.warnings
                               and "weeks: the" in w]
-                manifest["ga"][key].update({"ess": round(kw.ess, 4), "warnings": list(kw.warnings) + degenerate})
+                manifest["ga"][key].update({"ess": round(kw.ess, 4), "ess_stacks": round(kw.ess_stacks, 4),
+                                            "warnings": list(kw.warnings) + degenerate})
         manifest["ga"] = {k: manifest["ga"][k] for k in keys_all}
 
         columns = list(abbrevs.values())
@@ -205,12 +231,50 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
             rows.append({"ga_weeks": float(key), **vols})
         columns += [m for m in MEASURE_LABELS if rows and m in rows[0]]
         write_volumes(out_dir, rows, columns)
-        plot_growth(rows, table, out_dir / GROWTH)
+        plot_growth([{**row, "weak": bool(support_flag(manifest["ga"][key]))} for row, key in zip(rows, keys_all)],
+                    table, out_dir / GROWTH)
         write_montage(out_dir, manifest, keys_all)
         manifest.update({"status": "complete", **summary_names})
         atomic_write_text(out_dir / ATLAS_MANIFEST, json.dumps(manifest, indent=1))
         return _summary(out_dir, manifest, generated=generated,
                         skipped=[ga_text(g) for g in gas if ga_text(g) not in generated])
+
+
+def _label_templates(run, templates, label_method: str, probabilities: bool):
+    """The template library whose labels a mask-only run's atlas takes (None when the run learnt labels)."""
+    from infanite.atlas.propagate import METHODS
+
+    labelled = run.stacks.get("labelled_stacks")
+    if labelled is None or len(labelled) > 0:
+        return None
+    if templates is None and run.stacks.get("templates"):
+        templates = run.stacks["templates"]           # the folder the stacks were registered to
+    if label_method not in METHODS:
+        raise ValueError(f"--label-method must be one of {', '.join(METHODS)}, got {label_method!r}")
+    if templates is None:
+        raise ValueError(f"no stack of {run.run_dir} had a Seg (a mask-only cohort), so the atlas's tissue labels "
+                         f"come from templates registered to it, and the run does not record its templates: give "
+                         f"--templates DIR (the folder 'infanite register' used)")
+    if probabilities:
+        raise ValueError("--probabilities needs a run trained on stacks with a Seg; this run learnt no tissue "
+                         "classes (its labels are propagated from the templates)")
+    from infanite.registration.register import open_library
+
+    library = open_library(templates)
+    if library.nearest(float(np.median(run.stacks["ga_weeks"]))).seg is None:
+        raise ValueError(f"the templates in {templates} have no label maps to propagate")
+    return library
+
+
+def _propagation(library, ga: float, grid, method: str):
+    """``relabel(intensity, brain) -> (labels, note)`` for one GA: the nearest week's template labels."""
+    from infanite.atlas.propagate import propagate_template_labels
+
+    def relabel(intensity, brain):
+        done = propagate_template_labels(intensity, brain, grid.voxel_to_ras, library.nearest(ga), method=method)
+        return done.labels, done.note
+
+    return relabel
 
 
 def _summary(out_dir: Path, manifest: dict, generated: list[str], skipped: list[str]) -> dict:

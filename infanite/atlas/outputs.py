@@ -33,8 +33,11 @@ def degenerate_warnings(ga: float, intensity: np.ndarray, dseg: np.ndarray) -> l
 
 
 def write_ga(out_dir: Path, grid: Grid, ga: float, pred: Prediction, label_values, halo: int, abbrevs,
-              voxel_ml: float, support: np.ndarray | None = None) -> dict:
-    """Write one GA's NIfTI files from the raw prediction; returns its manifest entry."""
+              voxel_ml: float, support: np.ndarray | None = None, relabel=None) -> dict:
+    """Write one GA's NIfTI files from the raw prediction; returns its manifest entry.
+
+    ``relabel(intensity, brain) -> (labels, note)`` replaces the predicted tissue labels inside the predicted brain
+    (a mask-only run: template labels propagated); the entry's ``labels`` records how they were made."""
     from infanite.io.images import Volume, save_nifti
 
     names = atlas_filenames(ga)
@@ -43,6 +46,9 @@ def write_ga(out_dir: Path, grid: Grid, ga: float, pred: Prediction, label_value
         raw = np.where(support, raw, 0).astype(raw.dtype)
     dseg, report = clean_labels(raw)
     intensity = np.where(dseg > 0, np.clip(pred.intensity, 0.0, None), 0.0).astype(np.float32)
+    labels_note = {"labels_from": "stacks"}
+    if relabel is not None and (dseg > 0).any():
+        dseg, labels_note = relabel(intensity, dseg > 0)
     files = {"T2w": names["T2w"], "dseg": names["dseg"]}
     if pred.probabilities is not None:
         _save_nifti_4d(pred.probabilities, grid.voxel_to_ras, out_dir / names["probseg"])
@@ -54,7 +60,7 @@ def write_ga(out_dir: Path, grid: Grid, ga: float, pred: Prediction, label_value
 
     tissue = label_volumes_ml(dseg, abbrevs, voxel_ml * 1000.0)
     return {"ga_weeks": float(ga_text(ga)), "files": files, "complete": True,
-            "warnings": degenerate_warnings(ga, intensity, dseg),
+            "warnings": degenerate_warnings(ga, intensity, dseg), "labels": labels_note,
             "volumes_ml": {k: round(v, 4) for k, v in {**tissue, **measures_from_tissues(tissue)}.items()},
             "cleaning": {"reassigned_voxels": report.reassigned_voxels, "removed_voxels": report.removed_voxels,
                          "kept_raw": report.kept_raw}}
@@ -79,7 +85,8 @@ def write_volumes(out_dir: Path, rows: list[dict], columns: list[str]) -> Path:
 def plot_growth(rows: list[dict], table: NormativeTable, path) -> Path:
     """``growth.png``: per normative measure, atlas volume (mL) vs GA over the normative mean ± 1 SD and ± 2 SD.
 
-    ``rows``: dicts with ``ga_weeks`` and measure volumes (mL), as in ``volumes.tsv``.
+    ``rows``: dicts with ``ga_weeks`` and measure volumes (mL), as in ``volumes.tsv``, and optionally ``weak``
+    (True for a weakly supported or extrapolated GA: drawn as an open marker, explained in the legend).
     """
     from infanite.io.figures import plt, save_figure
 
@@ -98,6 +105,10 @@ def plot_growth(rows: list[dict], table: NormativeTable, path) -> Path:
         ax.fill_between(x, mean - sd, mean + sd, color="tab:blue", alpha=0.3, lw=0, label="±1 SD")
         ax.plot(x, mean, color="tab:blue", lw=1, label="normative mean")
         ax.plot(ga, [r[m] for r in rows], "o-", color="tab:red", ms=4, lw=1, label="atlas")
+        weak = [r for r in rows if r.get("weak")]
+        if weak:
+            ax.plot([r["ga_weeks"] for r in weak], [r[m] for r in weak], "o", mfc="white", mec="tab:red", ms=6,
+                    label="weak support / extrapolated")
         ax.set_title(m, fontsize=9)
         ax.set_xlabel("GA (weeks)", fontsize=8)
         ax.set_ylabel("volume (mL)", fontsize=8)
@@ -118,6 +129,14 @@ def _montage_selection(keys: list[str]) -> list[str]:
     return [keys[i] for i in idx]
 
 
+def support_flag(entry: dict) -> str:
+    """`` (extrapolated)``, `` (weak support)`` or both, from a GA's manifest entry; empty when well supported."""
+    warnings = " ".join(entry.get("warnings", []))
+    flags = [name for name, marker in (("extrapolated", "extrapolation"), ("weak support", "weak support"))
+             if marker in warnings]
+    return f" ({', '.join(flags)})" if flags else ""
+
+
 def write_montage(out_dir: Path, manifest: dict, keys: list[str]) -> Path:
     from infanite.io.images import load_labels, load_nifti
     from infanite.io.figures import save_montage
@@ -125,5 +144,6 @@ def write_montage(out_dir: Path, manifest: dict, keys: list[str]) -> Path:
     rows = []
     for key in _montage_selection(keys):
         files = manifest["ga"][key]["files"]
-        rows.append((f"GA {key} w", load_nifti(out_dir / files["T2w"]), load_labels(out_dir / files["dseg"])))
+        rows.append((f"GA {key} w{support_flag(manifest['ga'][key])}", load_nifti(out_dir / files["T2w"]),
+                     load_labels(out_dir / files["dseg"])))
     return save_montage(rows, out_dir / MONTAGE, title="INFANiTE atlas")

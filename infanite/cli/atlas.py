@@ -20,7 +20,8 @@ def add_parser(sub) -> None:
     p.add_argument("--ga-step", type=float, default=1.0, help="step of --ga-range in weeks (default 1)")
     p.add_argument("--spacing", type=float, default=0.8, help="atlas voxel size in mm (default 0.8)")
     p.add_argument("--out", required=True, help="atlas folder (NIfTI per GA, volumes.tsv, growth.png, ...)")
-    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N (default cpu)")
+    p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:N (default auto: the GPU "
+                                                  "when PyTorch sees one)")
     p.add_argument("--sigma", type=float, default=0.5,
                    help="Gaussian kernel width over stack GAs in weeks (default 0.5)")
     p.add_argument("--top-k", type=int, default=None, metavar="K", help="regress from the K most weighted stacks only")
@@ -29,6 +30,13 @@ def add_parser(sub) -> None:
     p.add_argument("--normative", default=None, metavar="CSV",
                    help="normative volume table for growth.png (default: built-in Ren et al. 2022)")
     p.add_argument("--overwrite", action="store_true", help="replace a different atlas already in --out")
+    p.add_argument("--templates", default=None, metavar="DIR",
+                   help="template folder whose labels a mask-only run's atlas takes (needed when no stack had a Seg)")
+    p.add_argument("--label-method", choices=["demons", "bspline", "none"], default="demons",
+                   help="how template labels reach a mask-only run's atlas: diffeomorphic demons registration "
+                        "(default), B-spline registration, or none (the template's labels as they lie)")
+    p.add_argument("--accept-estimated-ga", action="store_true",
+                   help="let stacks whose GA 'register' estimated (no scan_age) take part in the GA regression")
     add_progress(p)
     p.set_defaults(func=run)
 
@@ -39,6 +47,7 @@ def run(args) -> int:
     Support warnings are printed once here (the module logger is muted meanwhile, so they do not appear twice).
     """
     from infanite.atlas.generate import ga_list, generate, logger
+    from infanite.devices import choose_device
 
     mute = logging.NullHandler()
     logger.addHandler(mute)
@@ -46,9 +55,12 @@ def run(args) -> int:
     try:
         gas = ga_list(getattr(args, "ga", None), getattr(args, "ga_range", None), getattr(args, "ga_step", 1.0))
         with ProgressReporter(getattr(args, "progress_json", None)) as progress:
-            result = generate(args.run, gas, args.out, spacing_mm=args.spacing, device=args.device,
+            result = generate(args.run, gas, args.out, spacing_mm=args.spacing,
+                              device=choose_device(args.device),
                               sigma_weeks=args.sigma, top_k=args.top_k, probabilities=args.probabilities,
-                              overwrite=args.overwrite, progress=progress, normative=args.normative)
+                              overwrite=args.overwrite, progress=progress, normative=args.normative,
+                              templates=args.templates, label_method=args.label_method,
+                              accept_estimated_ga=args.accept_estimated_ga)
     except (ValueError, FileNotFoundError) as exc:
         message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         print(f"atlas: error: {message}", file=sys.stderr)

@@ -4,7 +4,7 @@ Two sources (``data.term``): the reference's, every registered stack resampled o
 (:func:`pack_cohort`, here: brain + halo voxels of the resampled stacks, weighted by the W maps), and the acquired
 samples themselves (:func:`infanite.inr.samples.pack_acquired`).  Per sample: template RAS coordinates (mm),
 intensity (min–max normalised per stack over its brain voxels), label (the Seg value; ``halo_label`` for the
-background halo around the brain, as in the reference; ``IGNORE_LABEL`` where a stack has no Seg), weight,
+background halo around the brain, as in the reference; ``BRAIN_LABEL`` where a stack has no Seg), weight,
 stack index and fetus index.  Per stack: the slice-aware PSF covariance in template space (mm², from
 ``registered.tsv``'s ``psf_cov_mm2``) and the GA.
 
@@ -26,15 +26,19 @@ from infanite.geometry import apply_matrix, voxel_spacing
 from infanite.io.images import load_labels, load_nifti
 
 
-#: label of a sample whose stack has no tissue segmentation: it teaches the intensity only
+#: label of a sample that teaches the intensity only
 IGNORE_LABEL = -1
+#: label of a brain voxel of a stack with a brain mask and no tissue segmentation (a mask-only stack): it is some
+#: tissue, which one is unknown; the label loss is −log P(any tissue class) (the classes other than background
+#: and the halo), so mask-only stacks teach where the brain is, and stacks with a Seg which tissue it is
+BRAIN_LABEL = -2
 
 
 @dataclass
 class PackedCohort:
     coords_mm: torch.Tensor      # (V, 3) float32, template RAS
     intensity: torch.Tensor      # (V,) float32 in [0, 1]
-    label: torch.Tensor          # (V,) int64 (IGNORE_LABEL: no segmentation)
+    label: torch.Tensor          # (V,) int64 (BRAIN_LABEL: brain, tissue unknown)
     weight: torch.Tensor         # (V,) float32
     stack: torch.Tensor          # (V,) int64
     psf_cov_mm2: torch.Tensor    # (S, 3, 3) float32
@@ -148,7 +152,7 @@ def pack_cohort(manifest, label_values, w_int: float = 0.8, halo_sigma_voxels: f
             else:
                 parts["intensity"].append(normalised[region])
                 parts["label"].append(seg.array[region].astype(np.int64) if seg is not None else
-                                      np.full(len(ijk), IGNORE_LABEL, np.int64))
+                                      np.full(len(ijk), BRAIN_LABEL, np.int64))
                 parts["weight"].append(weight[region].astype(np.float32))
             parts["stack"].append(np.full(len(ijk), s, np.int64))
         covs.append(psf_covariance(record, isotropic_sigma_mm))
@@ -174,9 +178,15 @@ def psf_jitter(coords_mm: torch.Tensor, chol_mm: torch.Tensor, samples: int, gen
 
 def _segmentation_loss(logits: torch.Tensor, label: torch.Tensor, weight: torch.Tensor,
                        class_weights: torch.Tensor) -> torch.Tensor:
-    """Σw·CE/Σw over the samples that have a label (``IGNORE_LABEL`` excluded)."""
+    """Σw·CE/Σw over the samples that have a label (``IGNORE_LABEL`` excluded); a :data:`BRAIN_LABEL` sample
+    contributes −log Σ_tissue softmax (the classes other than 0 and the last, the halo)."""
     has = label != IGNORE_LABEL
+    brain = label == BRAIN_LABEL
     ce = torch.nn.functional.cross_entropy(logits, label.clamp_min(0), weight=class_weights, reduction="none")
+    if bool(brain.any()):
+        log_all = torch.logsumexp(logits.float(), dim=1)
+        log_tissue = torch.logsumexp(logits[:, 1:-1].float(), dim=1)
+        ce = torch.where(brain, (log_all - log_tissue).to(ce.dtype), ce)
     w = weight * has
     return (w * ce).sum() / w.sum().clamp_min(1e-12)
 

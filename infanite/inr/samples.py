@@ -7,10 +7,11 @@ how slice-to-volume methods (NeSVoR, SVRTK) treat slices, and what removes the p
 training on stacks resampled onto the template grid (``data.term: reference``).
 
 Per stack: the brain voxels (``source_Mask``, else ``source_Seg > 0``) with their intensity (min–max normalised
-over the brain, as the resampled data) and label (the stack's own ``source_Seg``; ``IGNORE_LABEL`` without
-one), and the halo: voxels within ``halo_mm`` of the brain, outside it, as the background-halo class with intensity
-0 at half weight (the reference's halo weight ratio w_int / w_obs).  The template grid and its box still come
-from the registration's resampled stacks (the atlas is generated on that grid's field of view), and the support
+over the brain, as the resampled data) and label (the stack's own ``source_Seg``; ``BRAIN_LABEL``, "some
+tissue", without one), and the halo: voxels within ``halo_mm`` of the brain, outside it, as the background-halo
+class with intensity 0 at half weight (the reference's halo weight ratio w_int / w_obs).  The template grid and its
+box still come from the registration's resampled stacks (the atlas is generated on that grid's field of view), and
+the support
 (where the network is trained, outside which the atlas is background) is the union of the registered brain masks
 dilated by the same ``halo_mm``.
 """
@@ -21,7 +22,7 @@ import torch
 from scipy import ndimage
 
 from infanite.geometry import apply_matrix, voxel_spacing
-from infanite.inr.data import (IGNORE_LABEL, PackedCohort, brain_normalised, fetus_index, grid_box, psf_covariance,
+from infanite.inr.data import (BRAIN_LABEL, PackedCohort, brain_normalised, fetus_index, grid_box, psf_covariance,
                                training_grid)
 from infanite.io.cohort_checks import load_cohort
 from infanite.io.images import load_labels, load_nifti
@@ -98,7 +99,7 @@ def pack_acquired(manifest, label_values, halo_mm: float = 4.0) -> PackedCohort:
             else:
                 parts["intensity"].append(normalised[region])
                 parts["label"].append(seg.array[region].astype(np.int64) if seg is not None else
-                                      np.full(n, IGNORE_LABEL, np.int64))
+                                      np.full(n, BRAIN_LABEL, np.int64))
                 parts["weight"].append(np.ones(n, np.float32))
             parts["stack"].append(np.full(n, s, np.int64))
         registered = load_nifti(record.mask, dtype=None) if record.mask else load_labels(record.seg)

@@ -210,6 +210,8 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
         {"model": config.model, "data_source": data.source, "stack_fetus": list(data.stack_fetus),
          "fetus_ids": list(data.fetus_ids), "ga_range_weeks": list(ga_range),
          "stack_ids": data.stack_ids, "ga_weeks": data.ga_weeks, "halo_label": data.halo_label,
+         "labelled_stacks": labelled_stacks(data), "ga_estimated": estimated_ga_stacks(manifest),
+         "templates": registration_templates(manifest),
          "label_values": [int(v) for v in labels], "grid_shape": [int(n) for n in data.shape],
          "grid_voxel_to_ras": np.asarray(data.voxel_to_ras).tolist(),
          "centre_mm": np.asarray(data.centre_mm).tolist(), "half_extent_mm": np.asarray(data.half_extent_mm).tolist()},
@@ -337,6 +339,30 @@ def _diverged(out: Path, step: int, what: str, saved_step, state, config) -> Non
              else "no checkpoint was written")
     raise WorkFailed(f"training diverged at step {step}: {what}; {where}; try lower learning rates ({rates}) and "
                      f"check the stacks ('infanite validate'), then train again with --overwrite")
+
+
+def registration_templates(manifest) -> str | None:
+    """The template folder the stacks were registered to (``registered.tsv``'s ``templates`` column), if one."""
+    from infanite.io.cohort import read_manifest
+
+    cohort, _ = read_manifest(manifest)
+    found = {str(r.extra.get("templates", "")).strip() for r in cohort.stacks} - {""}
+    return found.pop() if len(found) == 1 else None
+
+
+def estimated_ga_stacks(manifest) -> list[str]:
+    """The ids of the stacks whose GA ``register`` estimated (``ga_estimated`` = 1: no ``scan_age`` was given)."""
+    from infanite.io.cohort import read_manifest
+
+    cohort, _ = read_manifest(manifest)
+    return [r.subject_id for r in cohort.stacks if str(r.extra.get("ga_estimated", "")).strip() in ("1", "true")]
+
+
+def labelled_stacks(data) -> list[str]:
+    """The ids of the stacks whose samples carry tissue labels (a ``Seg``); a mask-only stack's brain samples carry
+    :data:`~infanite.inr.data.BRAIN_LABEL` and its halo the halo class only."""
+    tissue = (data.label >= 0) & (data.label != data.halo_label)
+    return [data.stack_ids[int(i)] for i in torch.unique(data.stack[tissue]).tolist()]
 
 
 def _save_checkpoint(out: Path, model, intensity, optimizer, scheduler, scaler, global_step, total_steps, stack_ids,

@@ -5,8 +5,11 @@ Columns (tab separated, one header row; paths relative to the TSV's folder, or a
 * ``subject_id`` (required, unique): the reference form ``GA_SUBJECT_STACK`` (e.g. ``24_0001_602``) or any
   non-empty string;
 * ``scan_age`` (required): gestational age at the scan, in weeks;
-* ``T2w``, ``Seg`` (required): the stack and its label map on the same voxel grid;
-* ``Mask`` (optional): brain mask on the same grid; empty means ``Seg > 0``;
+* ``T2w`` (required): the stack;
+* ``Seg`` and ``Mask``: its tissue label map and its brain mask, on the same voxel grid; each row needs at least one
+  of them (a header needs at least one of the two columns).  A mask-only stack (``T2w`` + ``Mask``, what clinical
+  pipelines have) teaches the intensity; a stack with a ``Seg`` also teaches the labels.  An empty ``Mask`` means
+  ``Seg > 0``;
 * ``subject`` (optional): groups the stacks of one fetus; empty means the middle part of a reference-style id
   (``24_0001_602`` → ``0001``), else the id itself;
 * ``slice_thickness_mm`` (optional): empty means the largest voxel size of the T2w image, in mm.
@@ -34,10 +37,12 @@ import yaml
 from infanite.io.atomic import atomic_write_text
 from infanite.io.paths import name_problem
 
-REQUIRED_COLUMNS = ("subject_id", "scan_age", "T2w", "Seg")
-#: Registration also takes stacks without a known GA (empty ``scan_age``) or without a Seg (``Mask`` given).
+REQUIRED_COLUMNS = ("subject_id", "scan_age", "T2w")
+#: Registration also takes stacks without a known GA (empty ``scan_age``).
 REQUIRED_COLUMNS_FOR_REGISTRATION = ("subject_id", "T2w")
-OPTIONAL_COLUMNS = ("Mask", "subject", "slice_thickness_mm")
+#: a header needs at least one of these; a row at least one of them filled in
+BRAIN_COLUMNS = ("Seg", "Mask")
+OPTIONAL_COLUMNS = ("Seg", "Mask", "subject", "slice_thickness_mm")
 #: Key of the reference's ``subject_ids.yaml`` used when the file has several and none is named.
 DEFAULT_DATASET_NAME = "fetal_atlas"
 _REFERENCE_ID = re.compile(r"^\d+(?:\.\d+)?_([^_\s]+)_[^_\s]+$")
@@ -270,8 +275,9 @@ def _parse_row(line: int, cells: dict[str, str], base: Path, manifest: str,
         bad("scan_age", f"scan_age must be a finite number of weeks, got {cells['scan_age']!r}")
     if cells.get("T2w") == "":
         bad("T2w", "empty T2w path")
-    if cells.get("Seg") == "" and not (registration_input and cells.get("Mask")):
-        bad("Seg", "empty Seg path" + (" (give a Mask when there is no Seg)" if registration_input else ""))
+    if not cells.get("Seg") and not cells.get("Mask") and any(c in cells for c in BRAIN_COLUMNS):
+        bad("Seg" if "Seg" in cells else "Mask", "no Seg and no Mask: a stack needs its brain mask (Mask) or its "
+                                                 "tissue labels (Seg), on the T2w's grid")
     thickness = None
     if cells.get("slice_thickness_mm"):
         thickness = _finite_number(cells["slice_thickness_mm"])
@@ -340,9 +346,10 @@ def read_manifest(path, subject_ids_yaml=None, dataset_name: str | None = None,
     problems += [Problem(header_line, column, None, "missing_column",
                          f"required column is missing (header: {', '.join(header)})", name)
                  for column in required if column not in header]
-    if registration_input and "Seg" not in header and "Mask" not in header:
+    if not any(column in header for column in BRAIN_COLUMNS):
         problems.append(Problem(header_line, "Mask", None, "missing_column",
-                                "registration needs a Mask or a Seg column for the brain mask", name))
+                                f"the header needs a Mask (brain mask) or a Seg (tissue labels) column "
+                                f"(header: {', '.join(header)})", name))
     table = []
     for line, cells in rows:
         if len(cells) > len(header):

@@ -93,9 +93,30 @@ def _stack_image_problems(record: StackRecord, label_table: LabelTable, manifest
         except ImageReadError as exc:
             add(column, exc.kind, exc.detail)
             continue
-        for kind, message in _voxel_problems(column, volume.array, record.mask is None, label_table):
+        found = _voxel_problems(column, volume.array, record.mask is None, label_table)
+        for kind, message in found:
             add(column, kind, message)
+        if column == "Mask" and record.seg is None and not found:
+            problem = _implausible_mask(volume, record.scan_age)
+            if problem:
+                add(column, "small_mask", problem)
     return problems
+
+
+def _implausible_mask(mask, ga_weeks: float | None) -> str | None:
+    """Why a mask-only stack's brain mask is too small to be a fetal brain at ``ga_weeks``, else None."""
+    from infanite.reference.volumes import MIN_MASK_FRACTION_OF_TBV, mean_total_brain_volume_ml, minimum_brain_mask_ml
+
+    voxel_ml = abs(float(np.linalg.det(np.asarray(mask.voxel_to_ras)[:3, :3]))) / 1000.0
+    volume_ml = float(np.count_nonzero(mask.array)) * voxel_ml
+    bound = minimum_brain_mask_ml(ga_weeks)
+    if volume_ml >= bound:
+        return None
+    at = f"GA {ga_weeks:g} weeks" if ga_weeks is not None else "18 weeks (GA unknown)"
+    return (f"brain mask of {volume_ml:.1f} mL is smaller than any plausible fetal brain at {at}: the bound is "
+            f"{bound:.1f} mL ({MIN_MASK_FRACTION_OF_TBV:g} × the mean total brain volume "
+            f"{mean_total_brain_volume_ml(18.0 if ga_weeks is None else ga_weeks):.1f} mL of Jarvis et al. 2016); "
+            f"a stack with only a Mask needs one that covers the whole brain")
 
 
 def validate_images(cohort: Cohort, label_table: LabelTable, ga_range=(21.0, 39.0)) -> list[Problem]:

@@ -57,3 +57,21 @@ def measures_from_tissues(tissue_ml: dict) -> dict:
 def measure_volumes_ml(seg, voxel_volume_mm3: float | None = None, table: LabelTable | None = None) -> dict:
     """The normative measures (mL) of a label map (see :func:`measures_from_tissues`)."""
     return measures_from_tissues(tissue_volumes_ml(seg, voxel_volume_mm3, table))
+
+
+#: Fraction of the mean total brain volume below which a brain mask is implausible (thick-slice masks
+#: overestimate the brain; a mask under half of it has missed most of the brain, or is not a brain mask).
+MIN_MASK_FRACTION_OF_TBV = 0.5
+
+
+def mean_total_brain_volume_ml(ga_weeks: float) -> float:
+    """Mean fetal total brain volume (mL) at ``ga_weeks``: Jarvis et al. 2016's quadratic
+    TBV = 89.69 − 13.33·GA + 0.53·GA² (GA clamped to 18–40 weeks, where it was fitted)."""
+    ga = min(max(float(ga_weeks), 18.0), 40.0)
+    return 89.69 - 13.33 * ga + 0.53 * ga * ga
+
+
+def minimum_brain_mask_ml(ga_weeks: float | None) -> float:
+    """The smallest plausible brain-mask volume (mL) of a stack at ``ga_weeks`` (None: unknown GA, the bound at
+    18 weeks): :data:`MIN_MASK_FRACTION_OF_TBV` × :func:`mean_total_brain_volume_ml`."""
+    return MIN_MASK_FRACTION_OF_TBV * mean_total_brain_volume_ml(18.0 if ga_weeks is None else ga_weeks)

@@ -327,7 +327,7 @@ def register_cohort(manifest, templates, out, options: RegisterOptions | None = 
                 if error:
                     failed[sid] = error
                 progress.update(step, f"{sid}{' FAILED' if error else ''}")
-        _write_cohort_outputs(cohort, out, failed)
+        _write_cohort_outputs(cohort, out, failed, templates)
         return {"done": [r.subject_id for r in cohort.stacks if r.subject_id not in failed],
                 "failed": failed, "skipped": skipped}
 
@@ -348,7 +348,12 @@ def source_columns(record: StackRecord, template_to_stack) -> dict:
             "template_to_stack": ",".join(f"{v:.10g}" for v in matrix.ravel())}
 
 
-def _write_cohort_outputs(cohort: Cohort, out: Path, failed: dict[str, str]) -> None:
+def _write_cohort_outputs(cohort: Cohort, out: Path, failed: dict[str, str], templates=None) -> None:
+    """``registered.tsv`` (with each stack's ``source_*`` columns, ``template_to_stack`` and ``templates``, the
+    template folder it was registered to: what a mask-only run's atlas takes its labels from), transforms.json and
+    the failures file."""
+    source = "" if templates is None else ("phantom" if str(templates) == "phantom" else
+                                            str(Path(templates).resolve()))
     records, transforms, qc = [], {}, {}
     for record in cohort.stacks:
         paths = stack_paths(out, record.subject_id)
@@ -364,6 +369,8 @@ def _write_cohort_outputs(cohort: Cohort, out: Path, failed: dict[str, str]) -> 
                      **source_columns(record, summary["template_to_stack"]))
         if summary["qc"]["ga_estimated"]:
             extra["ga_estimated"] = "1"
+        if source:
+            extra["templates"] = source
         records.append(StackRecord(record.row, record.subject_id, summary["qc"]["template_ga"]
                                    if record.scan_age is None else record.scan_age, paths["T2w"],
                                    paths["Seg"] if record.seg else None, paths["Mask"], record.subject,
