@@ -230,7 +230,7 @@ def test_a_bad_image_is_reported_with_its_row_column_and_file(phantom, tmp_path,
     (lambda h, rows: rows[1].__setitem__(h.index("subject_id"), rows[0][h.index("subject_id")]),
      ("row 3", "subject_id", "rows 2 and 3")),
     (lambda h, rows: rows[2].append("extra"), ("row 4", "cells")),
-    (lambda h, rows: h.remove("Seg"), ("Seg", "missing")),
+    (lambda h, rows: h.remove("T2w"), ("T2w", "missing")),
 ])
 def test_a_bad_manifest_row_is_reported_by_row_and_column(phantom, tmp_path, edit, expected):
     result = cli("validate", manifest_with(phantom, tmp_path, edit))

@@ -155,12 +155,15 @@ def _complete_lines(path) -> list[str]:
 
 def test_kill_9_mid_epoch_then_resume_reproduces_the_loss_curve(registered, tmp_path):
     """A real SIGKILL of ``python -m infanite train``, then ``--resume``: the losses equal an uninterrupted run."""
+    from infanite.inr.config import default_overrides
+
     overrides = TINY + ["max_steps=400", "epochs.train=50"]
-    config = load_train_config(None, overrides)
+    # what the command line trains without --config on a CPU: the CPU defaults, then the --set values
+    config = load_train_config(None, default_overrides("cpu") + overrides + ["device=cpu"])
     train(registered, config, tmp_path / "full", stop_after_steps=60)
     run, events = tmp_path / "killed", tmp_path / "progress.jsonl"
     cmd = [sys.executable, "-m", "infanite", "train", "--manifest", str(registered), "--out", str(run),
-           "--progress-json", str(events)] + [a for o in overrides for a in ("--set", o)]
+           "--device", "cpu", "--progress-json", str(events)] + [a for o in overrides for a in ("--set", o)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:

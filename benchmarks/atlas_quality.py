@@ -98,10 +98,10 @@ ROWS = {
     "a": ("paper model, reference data term", "inr", ["data.term=reference"]),
     "a'": ("paper model, exact data term", "inr", ["data.term=exact"]),
     "g": ("template + deformation", "inr", TEMPLATE),
-    "g0": ("g without deformation", "inr", TEMPLATE + ["template.deformation_grid=0"]),
-    "gP": ("g without PSF", "inr", TEMPLATE + ["psf.mode=none"]),
     "oU": ("oracle: mean of undeformed templates", "oracle", {"deformed": False}),
     "oD": ("oracle: mean of deformed truths", "oracle", {"deformed": True}),
+    "g0": ("g without deformation", "inr", TEMPLATE + ["template.deformation_grid=0"]),
+    "gP": ("g without PSF", "inr", TEMPLATE + ["psf.mode=none"]),
 }
 ABLATIONS = ("g0", "gP")
 
@@ -432,6 +432,8 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="registration worker processes (default 2)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of this process (default 2)")
     parser.add_argument("--device", default="cpu", help="training/atlas device (default cpu)")
+    parser.add_argument("--rows", nargs="+", default=None, metavar="ROW",
+                        help=f"only these rows ({', '.join(ROWS)}; default: every row of the mode)")
     args = parser.parse_args(argv)
 
     mode_name = "smoke" if args.smoke else "quick" if args.quick else "full"
@@ -463,6 +465,12 @@ def main(argv=None) -> int:
     gas = settings["atlas_ga"]
     training = list(settings["training"]) + [f"max_steps={settings['steps']}", f"device={args.device}"]
     names = [n for n in ROWS if settings["ablations"] or n not in ABLATIONS]
+    if args.rows:
+        unknown = sorted(set(args.rows) - set(ROWS))
+        if unknown:
+            print(f"atlas_quality: unknown --rows {unknown}; rows are {', '.join(ROWS)}", file=sys.stderr)
+            return 2
+        names = [n for n in ROWS if n in args.rows]
     sim_config = SimulationConfig(n_subjects=settings["subjects"], stacks_per_subject=STACKS_PER_SUBJECT,
                                   ga_range=settings["ga_range"], seed=SEED)
     print(f"# INFANiTE atlas quality benchmark — mode {mode_name}"

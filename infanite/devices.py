@@ -114,3 +114,13 @@ def available_memory_bytes() -> int | None:
         return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
     except (AttributeError, ValueError, OSError):
         return None
+
+
+def choose_device(requested: str | None) -> str:
+    """``requested`` as a torch device name; ``None`` or ``"auto"``: ``"cuda"`` when PyTorch sees a CUDA GPU, else
+    ``"cpu"`` (what every command's ``--device auto`` default means)."""
+    if requested is None or str(requested).strip().lower() == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(requested)

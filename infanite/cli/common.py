@@ -15,3 +15,10 @@ def error(command: str, exc: BaseException, prefix: str = "error") -> int:
     message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
     print(f"{command}: {prefix}: {message}", file=sys.stderr)
     return 2
+
+
+def command_line() -> str:
+    """This process's command line as a user would type it again (``python -m infanite …``, shell-quoted)."""
+    import shlex
+
+    return "python -m infanite " + " ".join(shlex.quote(a) for a in sys.argv[1:])

@@ -21,15 +21,17 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--spacing", type=float, default=None,
                    help="isotropic output spacing in mm (default: the template grid, 0.8 mm for CRL)")
-    p.add_argument("--jobs", type=int, default=1, help="stacks registered in parallel (processes)")
+    p.add_argument("--jobs", type=int, default=1, help="stacks registered in parallel (processes; default 1)")
     p.add_argument("--n4", action="store_true", help="N4 bias-field correction of each stack first")
     p.add_argument("--backend", choices=["torch", "sitk"], default="torch",
                    help="fine registration back end: batched PyTorch NMI (default) or SimpleITK correlation")
-    p.add_argument("--device", default="cpu", help="torch device for the NMI back end (cpu, cuda)")
+    p.add_argument("--device", default="auto", help="torch device for the NMI back end: auto, cpu, cuda (default "
+                                                  "auto: the GPU when PyTorch sees one)")
     p.add_argument("--w-obs", type=float, default=1.6, help="weight of observed voxels (default 1.6)")
     p.add_argument("--w-int", type=float, default=0.8, help="weight of interpolated brain voxels (default 0.8)")
     p.add_argument("--max-ga-gap", type=float, default=2.0,
-                   help="largest accepted distance (weeks) from a stack's GA to the nearest template week")
+                   help="largest accepted distance (weeks) from a stack's GA to the nearest template week "
+                        "(default 2)")
     p.add_argument("--init-transforms", default=None, metavar="JSON",
                    help="start these stacks from the given template_to_stack matrices (no search), then refine")
     p.add_argument("--fixed-transforms", default=None, metavar="JSON",
@@ -41,13 +43,15 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from infanite.devices import choose_device
     from infanite.io.cohort import ManifestError
     from infanite.registration.register import RegisterOptions, register_cohort
     from infanite.registration.stack import RegistrationSettings
 
     options = RegisterOptions(spacing_mm=args.spacing, jobs=args.jobs, n4=args.n4, w_obs=args.w_obs,
                               w_int=args.w_int, fix_headers=args.fix_headers, max_ga_gap_weeks=args.max_ga_gap,
-                              settings=RegistrationSettings(fine_backend=args.backend, device=args.device))
+                              settings=RegistrationSettings(fine_backend=args.backend,
+                                                             device=choose_device(args.device)))
     try:
         with ProgressReporter(args.progress_json) as progress:
             result = register_cohort(args.manifest, args.templates, args.out, options, args.init_transforms,

@@ -28,7 +28,8 @@ def add_parser(sub) -> None:
     p.add_argument("--motion-deg", type=float, default=2.0, help="per-slice rotation SD, degrees (default 2)")
     p.add_argument("--motion-mm", type=float, default=1.0, help="per-slice translation SD, mm (default 1)")
     p.add_argument("--deformation-mm", type=float, default=2.0, help="max smooth deformation, mm (default 2)")
-    p.add_argument("--noise", type=float, default=0.03, help="Rician noise σ relative to the 99th percentile")
+    p.add_argument("--noise", type=float, default=0.03,
+                   help="Rician noise σ relative to the 99th percentile (default 0.03)")
     p.add_argument("--bias", type=float, default=0.2, help="bias field amplitude (fraction, default 0.2)")
     p.add_argument("--phantom-spacing", type=float, default=0.8, help="phantom grid spacing mm (default 0.8)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed → same cohort)")

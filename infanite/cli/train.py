@@ -17,7 +17,8 @@ def add_parser(sub) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config key, value parsed as YAML (e.g. inr_decoder.modulated_layers=[1,3])")
     p.add_argument("--out", required=True, help="run folder (checkpoint.pt, train_log.jsonl, config.yaml)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: the config's)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the config's device when "
+                                                 "--config names one, else auto: the GPU when PyTorch sees one)")
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt exactly")
     p.add_argument("--overwrite", action="store_true", help="replace a model already in --out (refused otherwise)")
     add_progress(p)
@@ -27,6 +28,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     import sys
 
+    from infanite.devices import choose_device
     from infanite.inr.config import default_overrides
     from infanite.inr.config_loading import load_train_config
     from infanite.inr.train import train
@@ -41,12 +43,16 @@ def run(args) -> int:
         print(f"train: warning: {config_path} is empty; the model is sized for the device as without --config",
               file=sys.stderr)
         config_path = None
-    if config_path is None:
-        device = args.device or load_train_config(None, overrides).device
-        overrides = default_overrides(device) + overrides
-    if args.device:
-        overrides.append(f"device={args.device}")
+    sized = config_path is None
+    if sized:
+        device = choose_device(args.device)
+        overrides = default_overrides(device) + overrides + [f"device={device}"]
+    elif args.device:
+        overrides.append(f"device={choose_device(args.device)}")
     config = load_train_config(config_path, overrides)
+    print(f"train: model {config.model} (hidden {config.inr_decoder.hidden_size} × "
+          f"{config.inr_decoder.num_hidden_layers} layers, data term {config.data.term}) on {config.device}"
+          f"{' (no --config: sized for the device)' if sized else ''}", file=sys.stderr)
     if config.device == "cpu" and config.inr_decoder.hidden_size >= 512 and config.model == "infanite":
         print(f"train: warning: a {config.inr_decoder.hidden_size}-wide model on a CPU takes minutes per step; the "
               f"CPU defaults ('infanite run', no --config) train in about an hour", file=sys.stderr)

@@ -250,8 +250,8 @@ class TrainConfig:
 #: Overrides of the paper's settings used on a CPU when no ``--config`` is given (a small model, ~1 h budget).
 CPU_DEFAULTS = ["inr_decoder.hidden_size=128", "inr_decoder.num_hidden_layers=3",
                 "inr_decoder.modulated_layers=[1,3]", "inr_decoder.latent_dim=[32,3,3,3]", "n_samples=4000",
-                "epochs.train=20", "max_steps=3000", "checkpoint_every=250", "optimizer.lr_inr=1e-3",
-                "optimizer.lr_latent=1e-2", "inr_decoder.tf_dim=0"]
+                "epochs.train=20", "max_steps=4000", "checkpoint_every=250", "optimizer.lr_inr=1e-3",
+                "optimizer.lr_latent=1e-2", "inr_decoder.tf_dim=0", "psf.samples_per_epoch=[4]"]
 #: The demo: a tiny model that trains in a couple of minutes on 2 CPU cores.
 DEMO_TRAINING = ["inr_decoder.hidden_size=64", "inr_decoder.num_hidden_layers=3",
                  "inr_decoder.modulated_layers=[1,3]", "inr_decoder.latent_dim=[16,3,3,3]", "n_samples=3000",

@@ -103,9 +103,11 @@ METRICS_MD = "metrics.md"
 # -- a simulated cohort (``infanite simulate --out``) ----------------------------------------------------------------
 COHORT = "cohort.tsv"
 TRUTH = "truth.json"
+SIMULATION = "simulation.json"            # the simulator's settings: the cohort is synthetic
 
 # -- a whole pipeline (``infanite run --out``): the run folder itself is the training run ---------------------------
 REGISTRATION_DIR, ATLAS_DIR, EVALUATION_DIR = "registration", "atlas", "evaluation"
 TIMINGS = "timings.json"
+RUN_INFO = "run_info.json"
 LOSS_PLOT = "loss.png"
 REPORT = "report.html"

@@ -38,7 +38,8 @@ def run_demo(out: Path, atlas_dir=None, progress: ProgressReporter | None = None
     manifest = simulate_cohort(DEMO_CONFIG, out / "cohort", library=library, progress=progress)
     result = run_pipeline(manifest, templates, out / "run", overrides=DEMO_TRAINING, device="cpu",
                           atlas_spacing_mm=DEMO_SPACING_MM, reference=templates,
-                          register_options=RegisterOptions(spacing_mm=DEMO_SPACING_MM), progress=progress)
+                          register_options=RegisterOptions(spacing_mm=DEMO_SPACING_MM), progress=progress,
+                          command="python -m infanite demo")
     if result.get("stopped"):
         raise RuntimeError(f"the demo's training was stopped at step {result['steps']}; run it again to resume")
     return result["report"]

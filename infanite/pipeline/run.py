@@ -6,7 +6,7 @@ Layout of ``OUT`` (``OUT`` itself is the training run, so it is a valid ``--run`
     OUT/checkpoint.pt, config.yaml, stacks.json, train_log.jsonl                    (infanite train)
     OUT/atlas/          atlas_ga-<GA>_T2w/_dseg.nii.gz, volumes.tsv, growth.png, montage.png (infanite atlas)
     OUT/evaluation/     metrics.json, metrics.md        (only with a reference atlas)
-    OUT/loss.png, OUT/timings.json, OUT/report.html
+    OUT/loss.png, OUT/timings.json, OUT/run_info.json, OUT/report.html
 
 A second call with the same ``OUT`` skips what is finished: registered stacks, a finished checkpoint (an unfinished one
 is resumed exactly), atlas weeks already written.  Without a config the model is sized for the device:
@@ -23,8 +23,8 @@ from pathlib import Path
 from infanite.inr.config import default_overrides
 from infanite.io.atomic import atomic_write_text
 from infanite.io.lock import folder_lock
-from infanite.io.layout import (ATLAS_DIR, CHECKPOINT, EVALUATION_DIR, LOSS_PLOT, REGISTERED, REGISTRATION_DIR, STACKS,
-                                TIMINGS, TRAIN_LOG)
+from infanite.io.layout import (ATLAS_DIR, CHECKPOINT, EVALUATION_DIR, LOSS_PLOT, REGISTERED, REGISTRATION_DIR,
+                                RUN_INFO, STACKS, TIMINGS, TRAIN_LOG)
 from infanite.pipeline.report import save_loss_plot, write_report
 from infanite.progress import ProgressReporter
 
@@ -49,11 +49,34 @@ class _Timings:
         atomic_write_text(self.path, json.dumps(self.values, indent=1))
 
 
+def _write_run_info(out: Path, manifest, config, device: str, command: str | None, spacing: float) -> None:
+    """``OUT/run_info.json``: what the report's header states (version, date, command, device, model, data)."""
+    import datetime
+
+    import torch
+
+    from infanite import __version__
+    from infanite.io.layout import SIMULATION
+
+    state = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True)
+    parameters = sum(int(v.numel()) for v in state["model"].values() if hasattr(v, "numel"))
+    info = {"version": __version__, "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "command": command, "device": str(device), "manifest": str(Path(manifest).resolve()),
+            "synthetic": (Path(manifest).resolve().parent / SIMULATION).is_file(), "atlas_spacing_mm": spacing,
+            "model": {"type": config.model, "hidden_size": config.inr_decoder.hidden_size,
+                      "hidden_layers": config.inr_decoder.num_hidden_layers, "parameters": parameters,
+                      "data_term": config.data.term}}
+    atomic_write_text(out / RUN_INFO, json.dumps(info, indent=1))
+
+
 def run_pipeline(manifest, templates, out, config_path=None, overrides=(), device: str = "cpu",
                  ga_weeks=None, atlas_spacing_mm: float | None = None, reference=None, jobs: int = 1,
-                 register_options=None, progress: ProgressReporter | None = None) -> dict:
+                 register_options=None, progress: ProgressReporter | None = None, command: str | None = None,
+                 atlas_options: dict | None = None) -> dict:
     """Run every stage into ``out``; returns a summary with the report path.  Bad input raises ``ValueError``
-    (from the stage that reads it) before that stage writes anything."""
+    (from the stage that reads it) before that stage writes anything.  ``atlas_options``: keywords of
+    :func:`~infanite.atlas.generate.generate` (``sigma_weeks``, ``probabilities``, ``label_method``,
+    ``accept_estimated_ga``)."""
     from infanite.atlas.generate import generate
     from infanite.registration.register import RegisterOptions, register_cohort
     from infanite.inr.train import train
@@ -87,7 +110,8 @@ def run_pipeline(manifest, templates, out, config_path=None, overrides=(), devic
         stacks = json.loads((out / STACKS).read_text())
         weeks = [float(g) for g in ga_weeks] if ga_weeks else default_atlas_weeks(stacks["ga_weeks"])
         spacing = atlas_spacing_mm or (0.8 if str(device).startswith("cuda") else 1.6)
-        atlas = generate(out, weeks, out / ATLAS_DIR, spacing_mm=spacing, device=device, progress=progress)
+        atlas = generate(out, weeks, out / ATLAS_DIR, spacing_mm=spacing, device=device, progress=progress,
+                         templates=templates, **(atlas_options or {}))
         timings.record("atlas", time.perf_counter() - t0, f"{len(weeks)} GAs at {spacing} mm")
 
         metrics = None
@@ -98,5 +122,6 @@ def run_pipeline(manifest, templates, out, config_path=None, overrides=(), devic
             metrics = evaluate_atlas(out / ATLAS_DIR, reference, out / EVALUATION_DIR, progress=progress)
             timings.record("evaluate", time.perf_counter() - t0)
         save_loss_plot(out / TRAIN_LOG, out / LOSS_PLOT)
+        _write_run_info(out, manifest, config, device, command, spacing)
         report = write_report(out, failed=result["failed"])
         return {"report": report, "atlas": atlas, "train": summary, "registration": result, "metrics": metrics}

@@ -27,7 +27,7 @@ from infanite.geometry import (apply_matrix, fit_rigid, random_rotation, rigid_m
                                rotation_matrix)
 from infanite.io.atomic import atomic_write_text
 from infanite.io.images import Volume, save_nifti
-from infanite.io.layout import COHORT, REGISTERED, TRUTH
+from infanite.io.layout import COHORT, REGISTERED, SIMULATION, TRUTH
 from infanite.progress import ProgressReporter
 from infanite.io.resample import FWHM_TO_SIGMA
 from infanite.reference.templates import TemplateLibrary
@@ -365,7 +365,7 @@ def simulate_cohort(config: SimulationConfig, out: Path, atlas_dir=None, progres
         library = TemplateLibrary.from_folder(atlas_dir) if atlas_dir else phantom_library(config.phantom_spacing_mm)
     with folder_lock(out, "simulate"):
         settings = {"config": asdict(config), "source": library.source}
-        settings_path = out / "simulation.json"
+        settings_path = out / SIMULATION
         if settings_path.exists():
             previous = json.loads(settings_path.read_text())
             if previous != json.loads(json.dumps(settings)):
