@@ -12,8 +12,8 @@ brain voxel the warped template leaves at 0 takes the label of the nearest label
 ``method`` ``"bspline"`` (Mattes mutual information, a free-form B-spline with control points every ``mesh_mm``)
 and ``"none"`` (the template's labels as they lie in template space) are kept for the measurement that chose
 demons (README, *Stacks without a Seg*): on the phantom (the template one or two weeks from the atlas) demons gains
-4–10 Dice points over none in 6 s, as B-spline does in 40–50 s; on the CRL simulator, whose weeks share one space,
-demons equals none and B-spline loses 8 points.
+4–10 Dice points over none in 6 s, as B-spline does in 40–50 s; on the CRL simulator (5 GAs, the template one week
+away) the mean Dice is 0.819 with demons, 0.809 with none and 0.753 with B-spline.
 """
 from __future__ import annotations
 
