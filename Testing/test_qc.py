@@ -138,3 +138,23 @@ def test_anisotropic_template_grid_and_grid_mismatch(tmp_path):
     with pytest.raises(ValueError, match="template grid"):
         save_registration_qc(other, aniso, tmp_path / "x.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["aniso.png"]
+
+
+def test_report_planes_are_shown_as_slicer_shows_them_for_any_voxel_order():
+    """Radiological like 3D Slicer's default views: the patient's right on the left of the axial view, posterior at
+    the bottom; the same picture whatever the voxel axes' order or signs (an LPS-stored copy)."""
+    from infanite.io.figures import slicer_planes
+    from infanite.io.images import Volume
+
+    data = np.zeros((4, 5, 6))
+    data[3, 0, 0] = 1.0                                   # x = 3 (the most right), y = 0 (posterior), z = 0 (inferior)
+    ras = Volume(data, np.eye(4))
+    axial, coronal, sagittal = slicer_planes(ras, (3.0, 0.0, 0.0))
+    assert [tuple(p) for p in np.argwhere(axial == 1)] == [(4, 0)]      # bottom row (P), left column (R)
+    assert [tuple(p) for p in np.argwhere(coronal == 1)] == [(5, 0)]    # bottom row (I), left column (R)
+    assert [tuple(p) for p in np.argwhere(sagittal == 1)] == [(5, 4)]   # bottom row (I), right column (P)
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0])
+    affine[:3, 3] = [3.0, 4.0, 0.0]
+    lps = Volume(data[::-1, ::-1, :].copy(), affine)     # the same image, voxel axes flipped in x and y
+    for a, b in zip(slicer_planes(ras, (3.0, 0.0, 0.0)), slicer_planes(lps, (3.0, 0.0, 0.0))):
+        np.testing.assert_array_equal(a, b)
