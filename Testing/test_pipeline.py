@@ -66,7 +66,9 @@ def check_report_against_the_run(out):
     # self-contained: every image is embedded, none is a file link
     sources = re.findall(r'<img src="([^"]*)"', report)
     qc = sorted((out / "registration" / "qc").glob("*.png"))
-    assert len(sources) == 3 + len(qc) and all(src.startswith("data:image/png;base64,") for src in sources)
+    # montage, growth chart, atlas beside the reference (the run was evaluated against one), loss, QC thumbnails
+    assert len(sources) == 4 + len(qc) and all(src.startswith("data:image/png;base64,") for src in sources)
+    assert (out / "evaluation" / "atlas_vs_reference.png").is_file() and "The atlas (odd rows)" in text
     transforms = json.loads((out / "registration" / "transforms.json").read_text())
     for path in qc:
         assert f"{path.stem}: NMI {transforms['qc'][path.stem]['nmi']:.2f}" in text

@@ -196,6 +196,10 @@ def write_report(out: Path, failed: dict | None = None) -> Path:
     metrics = _read_json(out / EVALUATION_DIR / METRICS_JSON)
     if metrics:
         parts.append("<h2>Quality against the reference</h2>" + _metrics_table(metrics))
+        figure = _reference_montage(out, manifest, metrics)
+        if figure is not None:
+            parts.append("<p>The atlas (odd rows) above the reference at the same GA (even rows), same views.</p>"
+                         + _embedded(figure, "atlas beside the reference", link=True))
 
     # -- training
     config_text = (out / CONFIG).read_text() if (out / CONFIG).is_file() else ""
@@ -233,6 +237,45 @@ def write_report(out: Path, failed: dict | None = None) -> Path:
     path = out / REPORT
     atomic_write_text(path, "\n".join(parts))
     return path
+
+
+def _reference_montage(out: Path, manifest: dict, metrics: dict) -> Path | None:
+    """``OUT/evaluation/atlas_vs_reference.png``: each montage GA of the atlas above the reference image (and its
+    labels, when it has them) that the evaluation compared it with; None when nothing can be drawn."""
+    from infanite.atlas.outputs import _montage_selection, support_flag
+    from infanite.io.figures import save_montage
+    from infanite.io.images import ImageReadError, load_labels, load_nifti
+
+    entries = manifest.get("ga") or {}
+    by_ga = {f"{float(e['ga_weeks']):.1f}": e for e in metrics.get("per_ga") or []
+             if isinstance(e, dict) and e.get("reference")}
+    rows = []
+    try:
+        for key in _montage_selection([k for k in entries if k in by_ga]):
+            files = entries[key]["files"]
+            rows.append((f"atlas {key} w{support_flag(entries[key])}", load_nifti(out / ATLAS_DIR / files["T2w"]),
+                         load_labels(out / ATLAS_DIR / files["dseg"])))
+            reference = Path(by_ga[key]["reference"])
+            seg = _reference_labels(reference)
+            rows.append((f"reference {float(by_ga[key].get('reference_ga_weeks', key)):.1f} w", load_nifti(reference),
+                         load_labels(seg) if seg is not None else None))
+    except (OSError, ValueError, ImageReadError, KeyError):
+        return None
+    if not rows:
+        return None
+    return save_montage(rows, out / EVALUATION_DIR / "atlas_vs_reference.png", title="atlas and reference")
+
+
+def _reference_labels(t2w: Path) -> Path | None:
+    """The label map beside a reference T2w: ``*_dseg`` for ``*_T2w`` (phantom/our layout) or ``parcellation`` for
+    CRL's ``srr``; None when there is none."""
+    name = t2w.name
+    for old, new in (("_T2w.nii.gz", "_dseg.nii.gz"), ("srr.nii.gz", "parcellation.nii.gz")):
+        if name.endswith(old):
+            candidate = t2w.with_name(name[: -len(old)] + new)
+            if candidate.is_file():
+                return candidate
+    return None
 
 
 def _metrics_table(metrics: dict) -> str:
