@@ -210,8 +210,7 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
         {"model": config.model, "data_source": data.source, "stack_fetus": list(data.stack_fetus),
          "fetus_ids": list(data.fetus_ids), "ga_range_weeks": list(ga_range),
          "stack_ids": data.stack_ids, "ga_weeks": data.ga_weeks, "halo_label": data.halo_label,
-         "labelled_stacks": labelled_stacks(data), "ga_estimated": estimated_ga_stacks(manifest),
-         "templates": registration_templates(manifest),
+         "labelled_stacks": labelled_stacks(data), **registration_record(manifest),
          "label_values": [int(v) for v in labels], "grid_shape": [int(n) for n in data.shape],
          "grid_voxel_to_ras": np.asarray(data.voxel_to_ras).tolist(),
          "centre_mm": np.asarray(data.centre_mm).tolist(), "half_extent_mm": np.asarray(data.half_extent_mm).tolist()},
@@ -341,21 +340,17 @@ def _diverged(out: Path, step: int, what: str, saved_step, state, config) -> Non
                      f"check the stacks ('infanite validate'), then train again with --overwrite")
 
 
-def registration_templates(manifest) -> str | None:
-    """The template folder the stacks were registered to (``registered.tsv``'s ``templates`` column), if one."""
+def registration_record(manifest) -> dict:
+    """What ``registered.tsv`` says beyond the training data, read once: ``templates``, the template folder the
+    stacks were registered to (None unless exactly one), and ``ga_estimated``, the ids of the stacks whose GA
+    ``register`` estimated (no ``scan_age`` was given)."""
     from infanite.io.cohort import read_manifest
 
     cohort, _ = read_manifest(manifest)
     found = {str(r.extra.get("templates", "")).strip() for r in cohort.stacks} - {""}
-    return found.pop() if len(found) == 1 else None
-
-
-def estimated_ga_stacks(manifest) -> list[str]:
-    """The ids of the stacks whose GA ``register`` estimated (``ga_estimated`` = 1: no ``scan_age`` was given)."""
-    from infanite.io.cohort import read_manifest
-
-    cohort, _ = read_manifest(manifest)
-    return [r.subject_id for r in cohort.stacks if str(r.extra.get("ga_estimated", "")).strip() in ("1", "true")]
+    return {"templates": found.pop() if len(found) == 1 else None,
+            "ga_estimated": [r.subject_id for r in cohort.stacks
+                             if str(r.extra.get("ga_estimated", "")).strip() in ("1", "true")]}
 
 
 def labelled_stacks(data) -> list[str]:

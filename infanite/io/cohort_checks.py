@@ -105,10 +105,10 @@ def _stack_image_problems(record: StackRecord, label_table: LabelTable, manifest
 
 def _implausible_mask(mask, ga_weeks: float | None) -> str | None:
     """Why a mask-only stack's brain mask is too small to be a fetal brain at ``ga_weeks``, else None."""
-    from infanite.reference.volumes import MIN_MASK_FRACTION_OF_TBV, mean_total_brain_volume_ml, minimum_brain_mask_ml
+    from infanite.reference.volumes import (MIN_MASK_FRACTION_OF_TBV, mean_total_brain_volume_ml,
+                                            minimum_brain_mask_ml, voxel_volume_mm3)
 
-    voxel_ml = abs(float(np.linalg.det(np.asarray(mask.voxel_to_ras)[:3, :3]))) / 1000.0
-    volume_ml = float(np.count_nonzero(mask.array)) * voxel_ml
+    volume_ml = float(np.count_nonzero(mask.array)) * voxel_volume_mm3(mask) / 1000.0
     bound = minimum_brain_mask_ml(ga_weeks)
     if volume_ml >= bound:
         return None
