@@ -402,3 +402,36 @@ def test_stacks_of_estimated_ga_take_no_part_in_the_regression_unless_accepted(t
     with pytest.raises(ValueError, match="--accept-estimated-ga"):
         generate(run, [28.5], tmp_path / "none", spacing_mm=4.0)
     assert not (tmp_path / "none").exists()
+
+
+def test_ga_local_support_is_where_the_fetuses_near_the_ga_were_seen(tmp_path):
+    """Two fetuses, a young one seen in a small cube and an old one in a large cube: with the kernel on the young
+    fetus the support is its cube, not the union; with equal weights (share 0.5 ≥ 0.5) it is the union; a run
+    without the per-fetus file falls back to the union."""
+    from infanite.atlas.predict import GASupport
+    from infanite.io.images import Volume, save_nifti, save_nifti_array
+
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = [-20.0, -30.0, -10.0]
+    small = np.zeros((20, 20, 20), bool)
+    small[8:12, 8:12, 8:12] = True
+    large = np.zeros_like(small)
+    large[4:16, 4:16, 4:16] = True
+    save_nifti_array(np.stack([small, large], -1).astype(np.uint8), affine, tmp_path / "support_fetuses.nii.gz")
+    save_nifti(Volume((small | large).astype(np.uint8), affine), tmp_path / "support_mask.nii.gz", dtype=np.uint8)
+    grid = Grid((20, 20, 20), affine)
+    support = GASupport(tmp_path, grid, stack_fetus=[0, 0, 1])     # 3 stacks: two of the young fetus
+    assert support.ga_local
+    assert np.array_equal(support.at([0.5, 0.5, 0.0]), small)
+    assert np.array_equal(support.at([0.25, 0.25, 0.5]), large)
+    assert np.array_equal(support.at([0.05, 0.05, 0.9]), large)
+    fine = atlas_grid((20, 20, 20), affine, 1.0)                  # on a finer atlas grid: the same region in mm
+    at_fine = support.__class__(tmp_path, fine, stack_fetus=[0, 0, 1]).at([0.5, 0.5, 0.0])
+    centres = apply_matrix(fine.voxel_to_ras, np.argwhere(at_fine))
+    inside = apply_matrix(affine, np.argwhere(small))
+    assert len(centres) > 0
+    assert np.all(centres.min(0) >= inside.min(0) - 1.0) and np.all(centres.max(0) <= inside.max(0) + 1.0)
+    assert np.all(centres.min(0) <= inside.min(0)) and np.all(centres.max(0) >= inside.max(0))
+    (tmp_path / "support_fetuses.nii.gz").unlink()
+    fallback = GASupport(tmp_path, grid, stack_fetus=[0, 0, 1])
+    assert not fallback.ga_local and np.array_equal(fallback.at([1.0, 0.0, 0.0]), small | large)

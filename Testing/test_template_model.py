@@ -215,6 +215,24 @@ def test_the_atlas_of_a_template_run_is_the_template_at_the_ga(template_run, tmp
         through = atlas_query(model, 28.0, None)(xyz)[:, 0].numpy()
     np.testing.assert_allclose(t2.array[tuple(brain.T)], np.clip(direct, 0, None), atol=1e-5)
     np.testing.assert_allclose(direct, through, atol=1e-6)
+    assert result["ga"]["28.0"]["support"] == "ga_local"
+
+
+def test_the_run_keeps_each_fetus_support_and_their_union(template_run):
+    """``support_fetuses.nii.gz``: one frame per fetus of ``stacks.json``, on the training grid, whose union is
+    ``support_mask.nii.gz``; every fetus is observed somewhere and no fetus covers the whole union."""
+    import nibabel as nib
+
+    run, _ = template_run
+    stacks = json.loads((run / "stacks.json").read_text())
+    frames = nib.load(str(run / "support_fetuses.nii.gz"))
+    union = nib.load(str(run / "support_mask.nii.gz"))
+    masks = np.asanyarray(frames.dataobj) > 0
+    assert masks.shape == tuple(stacks["grid_shape"]) + (len(stacks["fetus_ids"]),)
+    np.testing.assert_allclose(frames.affine, np.asarray(stacks["grid_voxel_to_ras"]), atol=1e-5)
+    assert np.array_equal(masks.any(-1), np.asanyarray(union.dataobj) > 0)
+    counts = masks.reshape(-1, masks.shape[-1]).sum(0)
+    assert (counts > 0).all() and (counts < masks.any(-1).sum()).all()
 
 
 # --------------------------------------------------------------------------------------------- refusals

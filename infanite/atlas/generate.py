@@ -33,7 +33,7 @@ from infanite.atlas.kernel import check_sigma_top_k, gkr_weights
 from infanite.atlas.labels import label_abbrevs
 from infanite.atlas.outputs import plot_growth, support_flag, write_ga, write_montage, write_volumes
 from infanite.atlas.predict import (atlas_grid, atlas_query, chunk_size, load_run, model_width, predict_grid,
-                                    resolve_device, training_support)
+                                    resolve_device, GASupport)
 from infanite.io.layout import ATLAS_MANIFEST, ATLAS_MANIFEST_FORMAT, GROWTH, MONTAGE, VOLUMES, ga_text
 from infanite.io.lock import folder_lock
 from infanite.progress import ProgressReporter
@@ -130,7 +130,7 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
                for g in gas}
     grid = atlas_grid(stacks["grid_shape"], stacks["grid_voxel_to_ras"], spacing)
     check_grid_size(grid, len(stacks["label_values"]) + 2, probabilities, spacing_mm)
-    support = training_support(run.run_dir, grid)
+    support = GASupport(run.run_dir, grid, stacks.get("stack_fetus"))
     library = _label_templates(run, templates, label_method, probabilities)
     out_dir = Path(out_dir)
     with folder_lock(out_dir, "atlas"):
@@ -205,7 +205,9 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
                 pred = predict_grid(atlas_query(model, float(key), kw.weights), grid, dev, label_values, probabilities,
                                     chunk, on_chunk)
                 relabel = None if library is None else _propagation(library, float(key), grid, label_method)
-                entry = write_ga(out_dir, grid, g, pred, label_values, halo, abbrevs, voxel_ml, support, relabel)
+                entry = write_ga(out_dir, grid, g, pred, label_values, halo, abbrevs, voxel_ml, support.at(kw.weights),
+                                 relabel)
+                entry["support"] = "ga_local" if support.ga_local else "union"
                 for note in entry["warnings"]:
                     logger.warning(note)
                 entry.update({"ess": round(kw.ess, 4), "ess_stacks": round(kw.ess_stacks, 4),

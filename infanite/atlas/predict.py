@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from infanite.geometry import as_matrix, direction_cosines, voxel_spacing
-from infanite.io.layout import CHECKPOINT, CONFIG, STACKS, SUPPORT
+from infanite.io.layout import CHECKPOINT, CONFIG, FETUS_SUPPORT, STACKS, SUPPORT
 
 if TYPE_CHECKING:   # torch, SciPy, nibabel and SimpleITK load on first use
     import torch
@@ -249,3 +249,50 @@ def training_support(run_dir: Path, grid: Grid) -> np.ndarray | None:
     if not path.exists():
         return None
     return resample(load_nifti(path, dtype=np.float32), grid, None, "nearest").array > 0.5
+
+
+#: a voxel is in the support of GA *t* when the fetuses observing it (brain + halo) hold at least this share of the
+#: GA kernel's weight
+GA_SUPPORT_FRACTION = 0.5
+
+
+class GASupport:
+    """The GA-local support of a run: where the fetuses near a GA were observed.
+
+    The union of every stack's brain + halo (:func:`training_support`) spans the largest brains of the cohort; at a
+    young GA most of it was seen only as brain of older fetuses, and a GA-conditioned model extrapolates tissue
+    into that shell.  The support of GA *t* is instead the voxels where the fetuses observing them (each fetus's
+    brain + halo, ``support_fetuses.nii.gz`` of the run) carry at least ``fraction`` of the kernel weights of *t*
+    (each fetus weighs the sum of its stacks' weights): the kernel-weighted median fetus's brain + halo.  Runs that
+    predate the file fall back to the union (``ga_local`` False)."""
+
+    def __init__(self, run_dir: Path, grid: Grid, stack_fetus, fraction: float = GA_SUPPORT_FRACTION):
+        self.grid, self.fraction = grid, float(fraction)
+        self.union = training_support(run_dir, grid)
+        path = Path(run_dir) / FETUS_SUPPORT
+        self.ga_local = path.exists() and stack_fetus is not None
+        if self.ga_local:
+            import nibabel as nib
+
+            img = nib.load(str(path))                    # (X, Y, Z, F), written by training
+            masks = np.asanyarray(img.dataobj) > 0
+            self.fetus_masks = np.moveaxis(masks if masks.ndim == 4 else masks[..., None], -1, 0)
+            self.source_affine = np.asarray(img.affine, dtype=np.float64)
+            self.stack_fetus = np.asarray(stack_fetus, dtype=np.int64)
+            if self.stack_fetus.max() >= len(self.fetus_masks):
+                raise ValueError(f"{path} holds {len(self.fetus_masks)} fetuses, fewer than stacks.json names")
+
+    def at(self, stack_weights) -> np.ndarray | None:
+        """The support (bool on the atlas grid) for the GA whose kernel gives ``stack_weights`` (one per stack)."""
+        if not self.ga_local:
+            return self.union
+        from infanite.io.images import Volume
+        from infanite.io.resample import resample
+
+        w = np.bincount(self.stack_fetus, weights=np.asarray(stack_weights, dtype=np.float64),
+                        minlength=len(self.fetus_masks))
+        if w.sum() <= 0:
+            return self.union
+        share = np.tensordot(w / w.sum(), self.fetus_masks.astype(np.float32), axes=1).astype(np.float32)
+        local = resample(Volume(share, self.source_affine), self.grid, None, "linear").array >= self.fraction
+        return local if self.union is None else local & self.union

@@ -1,6 +1,8 @@
 """``infanite train``: fit the INR to a registered cohort (resumable)."""
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 from infanite.cli.common import add_progress
@@ -21,13 +23,15 @@ def add_parser(sub) -> None:
                                                  "--config names one, else auto: the GPU when PyTorch sees one)")
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt exactly")
     p.add_argument("--overwrite", action="store_true", help="replace a model already in --out (refused otherwise)")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="data-parallel training in N processes on this machine (torchrun --standalone: one GPU each "
+                        "on CUDA with NCCL, gloo on CPU); the same as 'torchrun --nproc-per-node N -m infanite "
+                        "train ...', which also runs across nodes")
     add_progress(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    import sys
-
     from infanite.devices import choose_device
     from infanite.inr.config import default_overrides
     from infanite.inr.config_loading import load_train_config
@@ -56,8 +60,77 @@ def run(args) -> int:
     if config.device == "cpu" and config.inr_decoder.hidden_size >= 512 and config.model == "infanite":
         print(f"train: warning: a {config.inr_decoder.hidden_size}-wide model on a CPU takes minutes per step; the "
               f"CPU defaults ('infanite run', no --config) train in about an hour", file=sys.stderr)
-    with ProgressReporter(args.progress_json) as progress:
+    if args.nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
+    from infanite.inr.distributed import launched_by_torchrun
+
+    if args.nproc > 1 and not launched_by_torchrun():
+        return launch(args, config)
+    worker = launched_by_torchrun() and int(os.environ["RANK"]) > 0     # rank 0 alone reports
+    with ProgressReporter(None if worker else args.progress_json) as progress:
         summary = train(args.manifest, config, Path(args.out), resume=args.resume, progress=progress,
                         overwrite=args.overwrite)
+    if worker:
+        return 0
     print(f"trained {summary['steps']}/{summary['total_steps']} steps in {summary['seconds']} s: {args.out}")
     return 0
+
+
+def launch(args, config) -> int:
+    """``--nproc N``: check what can be checked here (device, run folder, lock), then run this command in N
+    processes through ``torchrun --standalone``; returns its exit status.  SIGTERM/SIGINT are passed on, so a
+    graceful stop reaches every rank."""
+    import signal
+    import subprocess
+
+    import torch
+
+    from infanite.inr.distributed import torchrun_command
+    from infanite.inr.run_folder import check_device, check_run_folder
+    from infanite.io.lock import folder_lock
+
+    check_device(config.device)
+    if torch.device(config.device).type == "cuda" and args.nproc > torch.cuda.device_count():
+        raise ValueError(f"--nproc {args.nproc}: this machine has {torch.cuda.device_count()} CUDA device(s); one "
+                         f"process per GPU")
+    with folder_lock(args.out, "train"):                # refused now, not in a worker, when another run holds it
+        check_run_folder(args.out, config, args.resume, args.overwrite, args.nproc)
+    argv = ["train", "--manifest", str(args.manifest), "--out", str(args.out), "--device", config.device]
+    if args.config:
+        argv += ["--config", str(args.config)]
+    for item in args.set or []:
+        argv += ["--set", item]
+    argv += ["--resume"] * bool(args.resume) + ["--overwrite"] * bool(args.overwrite)
+    if args.progress_json:
+        argv += ["--progress-json", args.progress_json]
+    child = subprocess.Popen(torchrun_command(args.nproc, argv))
+    previous = {}
+
+    def forward(signum, frame):
+        child.send_signal(signum)
+
+    for name in ("SIGTERM", "SIGINT"):
+        if hasattr(signal, name):
+            previous[name] = signal.signal(getattr(signal, name), forward)
+    try:
+        status = child.wait()
+    finally:
+        for name, handler in previous.items():
+            signal.signal(getattr(signal, name), handler)
+    if status != 0:
+        print(f"train: error: a training process failed (torchrun exit status {status}; its report is above); "
+              f"{_kept(Path(args.out))}", file=sys.stderr)
+    return status
+
+
+def _kept(out: Path) -> str:
+    """What a failed distributed run left: the last checkpoint's step and how to continue."""
+    from infanite.inr.checkpoint import read_checkpoint
+    from infanite.io.layout import CHECKPOINT
+
+    try:
+        state = read_checkpoint(out / CHECKPOINT)
+    except (FileNotFoundError, ValueError):
+        return f"no checkpoint was written in {out}"
+    return (f"the last checkpoint (step {int(state['global_step'])} of {int(state['total_steps'])}) is kept in "
+            f"{out / CHECKPOINT}; continue with --resume --nproc {int(state.get('world_size', 1))}")

@@ -55,6 +55,7 @@ class PackedCohort:
     source: str = "resampled"    # "resampled" (the template grid) or "acquired" (each stack's own voxels)
     slice_thickness_mm: list = None    # (S,) slice thickness of each acquired stack (mm)
     finest_spacing_mm: float = None    # the finest voxel spacing of the data (mm)
+    fetus_support: np.ndarray = None   # (F, *shape) bool: each fetus's stacks' brain + halo on the grid
 
     @property
     def n_voxels(self) -> int:
@@ -128,7 +129,8 @@ def pack_cohort(manifest, label_values, w_int: float = 0.8, halo_sigma_voxels: f
     parts = {k: [] for k in ("coords", "intensity", "label", "weight", "stack")}
     covs, ids, ages = [], [], []
     grid = training_grid(cohort.stacks, cohort.manifest_path)
-    support = None
+    stack_fetus, fetus_ids = fetus_index(cohort.stacks)
+    fetus_support = np.zeros((len(fetus_ids),) + tuple(grid[0]), dtype=bool)
     for s, record in enumerate(cohort.stacks):
         t2 = load_nifti(record.t2w)
         seg = load_labels(record.seg) if record.seg else None
@@ -140,7 +142,7 @@ def pack_cohort(manifest, label_values, w_int: float = 0.8, halo_sigma_voxels: f
         else:
             weight = load_nifti(base / weight_path).array if weight_path else np.where(mask, w_int, 0.0)
         halo = (ndimage.gaussian_filter(mask.astype(np.float32), halo_sigma_voxels) > halo_threshold) & ~mask
-        support = (mask | halo) if support is None else (support | mask | halo)
+        fetus_support[stack_fetus[s]] |= mask | halo
         normalised = brain_normalised(t2.array, mask)
         for region, is_halo in ((mask, False), (halo, True)):
             ijk = np.argwhere(region)
@@ -160,13 +162,13 @@ def pack_cohort(manifest, label_values, w_int: float = 0.8, halo_sigma_voxels: f
         ages.append(record.scan_age)
     shape, affine = grid
     centre, half = grid_box(shape, affine)
-    stack_fetus, fetus_ids = fetus_index(cohort.stacks)
     return PackedCohort(
         torch.from_numpy(np.concatenate(parts["coords"])), torch.from_numpy(np.concatenate(parts["intensity"])),
         torch.from_numpy(np.concatenate(parts["label"])), torch.from_numpy(np.concatenate(parts["weight"])),
         torch.from_numpy(np.concatenate(parts["stack"])), torch.as_tensor(np.stack(covs), dtype=torch.float32),
-        ids, ages, halo_label, support, centre, half, affine, shape, stack_fetus, fetus_ids, "resampled",
-        [r.slice_thickness_mm for r in cohort.stacks], float(np.min(voxel_spacing(affine))))
+        ids, ages, halo_label, fetus_support.any(0), centre, half, affine, shape, stack_fetus, fetus_ids,
+        "resampled", [r.slice_thickness_mm for r in cohort.stacks], float(np.min(voxel_spacing(affine))),
+        fetus_support)
 
 
 def psf_jitter(coords_mm: torch.Tensor, chol_mm: torch.Tensor, samples: int, generator=None) -> torch.Tensor:
@@ -176,10 +178,18 @@ def psf_jitter(coords_mm: torch.Tensor, chol_mm: torch.Tensor, samples: int, gen
     return coords_mm[:, None, :] + torch.einsum("nij,npj->npi", chol_mm, eps)
 
 
+def loss_norms(weight: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The normalisers of the data term over a batch: (Σw for intensity, Σw over the labelled samples for the
+    segmentation).  Data-parallel training computes them on the global batch and passes them to every rank's
+    shard (``norms`` of :func:`weighted_loss` / :func:`split_psf_loss`), so that the shards' terms add up."""
+    return weight.sum().clamp_min(1e-12), (weight * (label != IGNORE_LABEL)).sum().clamp_min(1e-12)
+
+
 def _segmentation_loss(logits: torch.Tensor, label: torch.Tensor, weight: torch.Tensor,
-                       class_weights: torch.Tensor) -> torch.Tensor:
+                       class_weights: torch.Tensor, norm: torch.Tensor | None = None) -> torch.Tensor:
     """Σw·CE/Σw over the samples that have a label (``IGNORE_LABEL`` excluded); a :data:`BRAIN_LABEL` sample
-    contributes −log Σ_tissue softmax (the classes other than 0 and the last, the halo)."""
+    contributes −log Σ_tissue softmax (the classes other than 0 and the last, the halo).  ``norm`` replaces the
+    batch's Σw (a shard of a larger batch)."""
     has = label != IGNORE_LABEL
     brain = label == BRAIN_LABEL
     ce = torch.nn.functional.cross_entropy(logits, label.clamp_min(0), weight=class_weights, reduction="none")
@@ -188,37 +198,38 @@ def _segmentation_loss(logits: torch.Tensor, label: torch.Tensor, weight: torch.
         log_tissue = torch.logsumexp(logits[:, 1:-1].float(), dim=1)
         ce = torch.where(brain, (log_all - log_tissue).to(ce.dtype), ce)
     w = weight * has
-    return (w * ce).sum() / w.sum().clamp_min(1e-12)
+    return (w * ce).sum() / (w.sum().clamp_min(1e-12) if norm is None else norm)
 
 
 def weighted_loss(pred: torch.Tensor, intensity: torch.Tensor, label: torch.Tensor, weight: torch.Tensor,
-                  class_weights: torch.Tensor, metric: str = "l1", seg_weight: float = 1.0):
+                  class_weights: torch.Tensor, metric: str = "l1", seg_weight: float = 1.0, norms=None):
     """The reference's data term on the mean prediction over the PSF samples ``pred`` (N, 1 + classes):
-    Σw·ℓ_int/Σw + seg_weight·Σw·CE/Σw (CE with class weights); returns (total, int, seg)."""
+    Σw·ℓ_int/Σw + seg_weight·Σw·CE/Σw (CE with class weights); returns (total, int, seg).  ``norms``: the
+    (intensity, segmentation) normalisers of the global batch (:func:`loss_norms`) when this is a shard of it."""
     diff = pred[:, 0] - intensity
     per_voxel = diff.abs() if metric == "l1" else diff * diff
-    norm = weight.sum().clamp_min(1e-12)
-    l_int = (weight * per_voxel).sum() / norm
-    l_seg = _segmentation_loss(pred[:, 1:], label, weight, class_weights)
+    norm_int, norm_seg = norms if norms is not None else (weight.sum().clamp_min(1e-12), None)
+    l_int = (weight * per_voxel).sum() / norm_int
+    l_seg = _segmentation_loss(pred[:, 1:], label, weight, class_weights, norm_seg)
     return l_int + seg_weight * l_seg, l_int, l_seg
 
 
 def split_psf_loss(samples: torch.Tensor, intensity: torch.Tensor, label: torch.Tensor, weight: torch.Tensor,
-                   class_weights: torch.Tensor, seg_weight: float = 1.0):
+                   class_weights: torch.Tensor, seg_weight: float = 1.0, norms=None):
     """The unbiased data term on the P PSF samples of each target, ``samples`` (N, P, 1 + classes).
 
     Intensity: Σw·(ā_A − y)(ā_B − y)/Σw with ā_A, ā_B the means of the two halves of the P samples (P even;
     P = 1 is plain MSE).  The halves are independent, so the expectation of the product is (Kf − y)², the squared
     error of the PSF-convolved field, with no variance term that rewards flattening the field inside the PSF.
     A single product may be negative; the batch mean is what is minimised.  Labels: class-weighted CE of the
-    mean logits over the P samples.  Returns (total, int, seg)."""
+    mean logits over the P samples.  Returns (total, int, seg).  ``norms`` as for :func:`weighted_loss`."""
     p = samples.shape[1]
     if p == 1:
         a = b = samples[:, 0, 0]
     else:
         half = p // 2
         a, b = samples[:, :half, 0].mean(1), samples[:, half:2 * half, 0].mean(1)
-    norm = weight.sum().clamp_min(1e-12)
-    l_int = (weight * (a - intensity) * (b - intensity)).sum() / norm
-    l_seg = _segmentation_loss(samples[:, :, 1:].mean(1), label, weight, class_weights)
+    norm_int, norm_seg = norms if norms is not None else (weight.sum().clamp_min(1e-12), None)
+    l_int = (weight * (a - intensity) * (b - intensity)).sum() / norm_int
+    l_seg = _segmentation_loss(samples[:, :, 1:].mean(1), label, weight, class_weights, norm_seg)
     return l_int + seg_weight * l_seg, l_int, l_seg

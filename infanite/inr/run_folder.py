@@ -56,11 +56,12 @@ def check_device(device: str) -> None:
         raise ValueError(f"device {device!r}: MPS is not available here; use --device cpu")
 
 
-def check_run_folder(out, config, resume: bool, overwrite: bool) -> dict | None:
+def check_run_folder(out, config, resume: bool, overwrite: bool, world_size: int = 1) -> dict | None:
     """Check ``out`` for this training call; returns the checkpoint state to resume from (None: start at 0).
 
     ``ValueError`` (nothing written): a model there without ``--resume``/``--overwrite``; ``--resume`` and
-    ``--overwrite`` together; a checkpoint that is not valid, or of another model or size (the keys named)."""
+    ``--overwrite`` together; a checkpoint that is not valid, or of another model or size (the keys named), or
+    trained by another number of processes than ``world_size`` (data-parallel training)."""
     from infanite.inr.checkpoint import read_checkpoint
 
     out = Path(out)
@@ -90,6 +91,11 @@ def check_run_folder(out, config, resume: bool, overwrite: bool) -> dict | None:
             raise ValueError(f"cannot resume {checkpoint}: it holds another model than the config asks for ("
                              + "; ".join(differences) + f"); resume with the run's own settings (omit --config "
                              f"and --set, or --config {out / CONFIG}), or start a new run folder")
+    trained_by = int(state.get("world_size", 1))
+    if trained_by != int(world_size):
+        raise ValueError(f"cannot resume {checkpoint}: it was trained by {trained_by} process(es), this run has "
+                         f"{int(world_size)}; resume with the same number (--nproc {trained_by}, or torchrun "
+                         f"--nproc-per-node {trained_by} on one node), or start a new run folder")
     return state
 
 

@@ -69,7 +69,8 @@ def pack_acquired(manifest, label_values, halo_mm: float = 4.0) -> PackedCohort:
     grid = training_grid(cohort.stacks, cohort.manifest_path)
     parts = {k: [] for k in ("coords", "intensity", "label", "weight", "stack")}
     covs, ids, ages = [], [], []
-    support = np.zeros(grid[0], dtype=bool)
+    stack_fetus, fetus_ids = fetus_index(cohort.stacks)
+    fetus_support = np.zeros((len(fetus_ids),) + tuple(grid[0]), dtype=bool)
     finest = float("inf")
     for s, record in enumerate(cohort.stacks):
         t2 = load_nifti(record.extra["source_T2w"])
@@ -104,17 +105,17 @@ def pack_acquired(manifest, label_values, halo_mm: float = 4.0) -> PackedCohort:
             parts["stack"].append(np.full(n, s, np.int64))
         registered = load_nifti(record.mask, dtype=None) if record.mask else load_labels(record.seg)
         registered_mask = registered.array > 0
-        support |= ndimage.distance_transform_edt(~registered_mask, sampling=voxel_spacing(registered.voxel_to_ras)) \
+        fetus_support[stack_fetus[s]] |= ndimage.distance_transform_edt(
+            ~registered_mask, sampling=voxel_spacing(registered.voxel_to_ras)) \
             <= float(halo_mm)
         covs.append(psf_covariance(record))
         ids.append(record.subject_id)
         ages.append(record.scan_age)
     shape, affine = grid
     centre, half = grid_box(shape, affine)
-    stack_fetus, fetus_ids = fetus_index(cohort.stacks)
     return PackedCohort(
         torch.from_numpy(np.concatenate(parts["coords"])), torch.from_numpy(np.concatenate(parts["intensity"])),
         torch.from_numpy(np.concatenate(parts["label"])), torch.from_numpy(np.concatenate(parts["weight"])),
         torch.from_numpy(np.concatenate(parts["stack"])), torch.as_tensor(np.stack(covs), dtype=torch.float32),
-        ids, ages, halo_label, support, centre, half, affine, shape, stack_fetus, fetus_ids, "acquired",
-        [r.slice_thickness_mm for r in cohort.stacks], finest)
+        ids, ages, halo_label, fetus_support.any(0), centre, half, affine, shape, stack_fetus, fetus_ids,
+        "acquired", [r.slice_thickness_mm for r in cohort.stacks], finest, fetus_support)

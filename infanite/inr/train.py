@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -33,11 +34,13 @@ import numpy as np
 import torch
 
 from infanite.io.atomic import atomic_output, atomic_write_text
-from infanite.io.images import Volume, save_nifti
-from infanite.io.layout import CHECKPOINT, CONFIG, DIAGNOSTICS, STACKS, STOP_FILE, SUPPORT, TRAIN_LOG
+from infanite.io.images import Volume, save_nifti, save_nifti_array
+from infanite.io.layout import (CHECKPOINT, CONFIG, DIAGNOSTICS, FETUS_SUPPORT, STACKS, STOP_FILE, SUPPORT,
+                                TRAIN_LOG)
 from infanite.inr.build import (build_intensity_model, build_model, build_optimizer, check_against_cohort,
                                  check_model_fits, ga_span, pack_training_data, psf_factors)
-from infanite.inr.data import psf_jitter, split_psf_loss, weighted_loss
+from infanite.inr.data import loss_norms, psf_jitter, split_psf_loss, weighted_loss
+from infanite.inr.distributed import Ranks
 from infanite.inr.template import TemplateINR
 from infanite.labels import default_label_table
 from infanite.progress import ProgressReporter
@@ -119,22 +122,31 @@ def train(manifest, config: TrainConfig, out, resume: bool = False, progress: Pr
     tests of exact resume.  A graceful stop (``STOP_FILE`` in ``out`` or SIGTERM, see :class:`StopRequest`) ends
     it at the next step boundary with the checkpoint saved and ``"stopped": True`` in the summary.
     """
+    import contextlib
+
     from infanite.io.lock import folder_lock
+    from infanite.inr.distributed import setup, teardown
     from infanite.inr.run_folder import check_device
 
     check_device(config.device)
-    with folder_lock(out, "train"), StopRequest(out) as stop:
-        return _train(manifest, config, Path(out), resume, progress, stop_after_steps, stop, overwrite)
+    ranks, device = setup(config.device)
+    try:
+        with (folder_lock(out, "train") if ranks.main else contextlib.nullcontext()), StopRequest(out) as stop:
+            return _train(manifest, config, Path(out), resume, progress, stop_after_steps, stop, overwrite, ranks,
+                          device)
+    finally:
+        teardown(ranks)
 
 
 def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: ProgressReporter | None,
-           stop_after_steps: int | None, stop: StopRequest, overwrite: bool) -> dict:
+           stop_after_steps: int | None, stop: StopRequest, overwrite: bool, ranks: Ranks, device_name: str) -> dict:
     from infanite.errors import is_out_of_memory
-    from infanite.inr.run_folder import check_run_folder, clear_previous_model
+    from infanite.inr.run_folder import check_run_folder
 
-    state = check_run_folder(out, config, resume, overwrite)
-    stop.clear(stale=True)
-    device = torch.device(config.device)
+    state = check_run_folder(out, config, resume, overwrite, ranks.world_size)
+    if ranks.main:
+        stop.clear(stale=True)
+    device = torch.device(device_name)
     torch.manual_seed(config.seed)
     if config.deterministic and device.type == "cpu":
         torch.use_deterministic_algorithms(True)
@@ -201,7 +213,102 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
         if global_step > total_steps:
             raise ValueError(f"{out / CHECKPOINT} is already at step {global_step}, past the {total_steps} steps this "
                              f"config asks for (max_steps / epochs.train); ask for more steps to continue it")
-        lines = log_path.read_text().splitlines()[:global_step] if log_path.exists() else []
+    if ranks.main:
+        _write_run_files(out, config, data, manifest, ga_range, labels, log_path, global_step if state else None)
+    ranks.barrier()                                      # the folder is ready before any rank looks at it
+    progress = (progress if ranks.main else None) or ProgressReporter(None)
+    progress.start("train", total_steps, f"{data.n_voxels} voxels of {len(data.stack_ids)} stacks"
+                   + (f", {ranks.world_size} processes" if ranks.distributed else ""), initial=global_step)
+    session_steps, t_start, last = 0, time.perf_counter(), {}
+    perm_epoch, perm = None, None
+    saved_step, stopped = None, False
+    parameters = list(model.parameters()) + (list(intensity.parameters()) if intensity is not None else [])
+    with (log_path.open("a") if ranks.main else open(os.devnull, "w")) as log:
+        while global_step < total_steps:
+            if ranks.any(stop.requested(), device):      # a step boundary: save, report, return normally
+                if session_steps > 0 and saved_step != global_step and ranks.main:
+                    _save_checkpoint(out, model, intensity, optimizer, scheduler, scaler, global_step,
+                                     total_steps, data.stack_ids, config, ranks.world_size)
+                stopped = True
+                progress.update(global_step, f"stopped at step {global_step} of {total_steps}; continue with "
+                                             f"--resume", stopped=True)
+                break
+            epoch, step_in_epoch = divmod(global_step, steps_per_epoch)
+            if epoch != perm_epoch:                       # one shuffle per epoch, derived from (seed, epoch)
+                perm = torch.randperm(data.n_voxels, generator=_generator(config.seed, epoch)).to(device)
+                perm_epoch = epoch
+            idx = perm[step_in_epoch * config.n_samples:(step_in_epoch + 1) * config.n_samples]
+            samples = 1 if config.psf.mode == "none" else config.psf_samples(epoch)
+            t0 = time.perf_counter()
+            stack = data.stack[idx]
+            jitter = psf_jitter(data.coords_mm[idx], chol[stack], samples,
+                                generator=_generator(config.seed, epoch, step_in_epoch + 1, device=device))
+            norms, batch = None, len(idx)
+            if ranks.distributed:                        # this rank's shard; the loss normalised by the global batch
+                norms = loss_norms(data.weight[idx], data.label[idx])
+                part = ranks.shard(len(idx))
+                idx, stack, jitter = idx[part], stack[part], jitter[part]
+            if template is not None:                     # displacements free after the warm-up
+                template.use_deformation = global_step >= config.template.deformation_warmup
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss, l_int, l_seg, penalty = _step_loss(config, forward, model, intensity, data, idx, stack, jitter,
+                                                         samples, class_weights, norms, ranks.world_size)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            ranks.all_reduce_gradients(parameters)
+            loss, l_int, l_seg, penalty = ranks.sum(torch.stack([loss.detach(), l_int.detach(), l_seg.detach(),
+                                                                 penalty.detach()]).float()).unbind()
+            if not torch.isfinite(loss):
+                _diverged(out, global_step + 1, f"the loss is {loss.item()}", saved_step, state, config)
+            optimizer.step()
+            scheduler.step()
+            global_step += 1
+            session_steps += 1
+            dt = time.perf_counter() - t0
+            last = {"step": global_step, "epoch": epoch, "loss": loss.item(), "loss_intensity": l_int.item(),
+                    "loss_seg": l_seg.item(), "loss_penalty": penalty.item(), "psf_samples": samples,
+                    "lr_decoder": scheduler.get_last_lr()[0],
+                    "samples_per_s": round(batch * samples / dt, 1),
+                    "memory_mb": _rounded(peak_memory_mb(device))}
+            log.write(json.dumps(last) + "\n")
+            log.flush()
+            progress.update(global_step, f"epoch {epoch} loss {last['loss']:.4f}",
+                            **{k: v for k, v in last.items() if k != "step"})
+            end_of_epoch = global_step % steps_per_epoch == 0
+            if global_step % config.checkpoint_every == 0 or end_of_epoch or global_step == total_steps:
+                if not _finite(model, intensity):
+                    _diverged(out, global_step, "a model parameter is NaN or inf", saved_step, state, config)
+                if ranks.main:
+                    _save_checkpoint(out, model, intensity, optimizer, scheduler, scaler, global_step, total_steps,
+                                     data.stack_ids, config, ranks.world_size)
+                saved_step = global_step
+            if stop_after_steps is not None and session_steps >= stop_after_steps:
+                break
+    summary = {"steps": global_step, "total_steps": total_steps, "last": last,
+               "seconds": round(time.perf_counter() - t_start, 2), "stopped": stopped,
+               "world_size": ranks.world_size}
+    if not ranks.main:
+        return summary
+    stop.clear()
+    if global_step >= total_steps and not stopped and (session_steps > 0 or not (out / DIAGNOSTICS).exists()):
+        from infanite.inr.diagnostics import write_diagnostics
+
+        summary["diagnostics"] = write_diagnostics(out, device)
+        if template is not None:
+            from infanite.inr.deformations import write_deformations
+
+            summary["deformations"] = [str(p) for p in write_deformations(out, template, data.fetus_ids)]
+    return summary
+
+
+def _write_run_files(out: Path, config: TrainConfig, data, manifest, ga_range, labels, log_path: Path,
+                     resumed_step: int | None) -> None:
+    """Rank 0, before the first step: the log cut back to the checkpoint (resume) or the previous model removed,
+    then ``config.yaml``, ``stacks.json``, the support masks."""
+    from infanite.inr.run_folder import clear_previous_model
+
+    if resumed_step is not None:
+        lines = log_path.read_text().splitlines()[:resumed_step] if log_path.exists() else []
         atomic_write_text(log_path, "".join(line + "\n" for line in lines))
     else:
         clear_previous_model(out)
@@ -217,82 +324,18 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
         indent=1))
     save_nifti(Volume(data.support_mask.astype(np.uint8), np.asarray(data.voxel_to_ras)), out / SUPPORT,
                dtype=np.uint8)
-    progress = progress or ProgressReporter(None)
-    progress.start("train", total_steps, f"{data.n_voxels} voxels of {len(data.stack_ids)} stacks",
-                   initial=global_step)
-    session_steps, t_start, last = 0, time.perf_counter(), {}
-    perm_epoch, perm = None, None
-    saved_step, stopped = None, False
-    with log_path.open("a") as log:
-        while global_step < total_steps:
-            if stop.requested():                          # a step boundary: save, report, return normally
-                if session_steps > 0 and saved_step != global_step:
-                    _save_checkpoint(out, model, intensity, optimizer, scheduler, scaler, global_step,
-                                     total_steps, data.stack_ids, config)
-                stopped = True
-                progress.update(global_step, f"stopped at step {global_step} of {total_steps}; continue with "
-                                             f"--resume", stopped=True)
-                break
-            epoch, step_in_epoch = divmod(global_step, steps_per_epoch)
-            if epoch != perm_epoch:                       # one shuffle per epoch, derived from (seed, epoch)
-                perm = torch.randperm(data.n_voxels, generator=_generator(config.seed, epoch)).to(device)
-                perm_epoch = epoch
-            idx = perm[step_in_epoch * config.n_samples:(step_in_epoch + 1) * config.n_samples]
-            samples = 1 if config.psf.mode == "none" else config.psf_samples(epoch)
-            t0 = time.perf_counter()
-            stack = data.stack[idx]
-            jitter = psf_jitter(data.coords_mm[idx], chol[stack], samples,
-                                generator=_generator(config.seed, epoch, step_in_epoch + 1, device=device))
-            if template is not None:                     # displacements free after the warm-up
-                template.use_deformation = global_step >= config.template.deformation_warmup
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss, l_int, l_seg, penalty = _step_loss(config, forward, model, intensity, data, idx, stack, jitter,
-                                                         samples, class_weights)
-            if not torch.isfinite(loss):
-                _diverged(out, global_step + 1, f"the loss is {loss.item()}", saved_step, state, config)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            loss, l_int, l_seg, penalty = loss.detach(), l_int.detach(), l_seg.detach(), penalty.detach()
-            optimizer.step()
-            scheduler.step()
-            global_step += 1
-            session_steps += 1
-            dt = time.perf_counter() - t0
-            last = {"step": global_step, "epoch": epoch, "loss": loss.item(), "loss_intensity": l_int.item(),
-                    "loss_seg": l_seg.item(), "loss_penalty": penalty.item(), "psf_samples": samples,
-                    "lr_decoder": scheduler.get_last_lr()[0],
-                    "samples_per_s": round(len(idx) * samples / dt, 1),
-                    "memory_mb": _rounded(peak_memory_mb(device))}
-            log.write(json.dumps(last) + "\n")
-            log.flush()
-            progress.update(global_step, f"epoch {epoch} loss {last['loss']:.4f}",
-                            **{k: v for k, v in last.items() if k != "step"})
-            end_of_epoch = global_step % steps_per_epoch == 0
-            if global_step % config.checkpoint_every == 0 or end_of_epoch or global_step == total_steps:
-                if not _finite(model, intensity):
-                    _diverged(out, global_step, "a model parameter is NaN or inf", saved_step, state, config)
-                _save_checkpoint(out, model, intensity, optimizer, scheduler, scaler, global_step, total_steps,
-                                 data.stack_ids, config)
-                saved_step = global_step
-            if stop_after_steps is not None and session_steps >= stop_after_steps:
-                break
-    stop.clear()
-    summary = {"steps": global_step, "total_steps": total_steps, "last": last,
-               "seconds": round(time.perf_counter() - t_start, 2), "stopped": stopped}
-    if global_step >= total_steps and not stopped and (session_steps > 0 or not (out / DIAGNOSTICS).exists()):
-        from infanite.inr.diagnostics import write_diagnostics
-
-        summary["diagnostics"] = write_diagnostics(out, device)
-        if template is not None:
-            from infanite.inr.deformations import write_deformations
-
-            summary["deformations"] = [str(p) for p in write_deformations(out, template, data.fetus_ids)]
-    return summary
+    if data.fetus_support is not None:                   # (X, Y, Z, F): the atlas's GA-local support
+        save_nifti_array(np.moveaxis(data.fetus_support, 0, -1).astype(np.uint8), np.asarray(data.voxel_to_ras),
+                         out / FETUS_SUPPORT)
 
 
-def _step_loss(config: TrainConfig, forward, model, intensity, data, idx, stack, jitter, samples, class_weights):
+def _step_loss(config: TrainConfig, forward, model, intensity, data, idx, stack, jitter, samples, class_weights,
+               norms=None, world_size: int = 1):
     """The loss of one step: data term (``data.term``, see :mod:`infanite.inr.data`) + the penalties of the model
-    and of the intensity model.  Returns (total, intensity term, segmentation term, penalties)."""
+    and of the intensity model.  Returns (total, intensity term, segmentation term, penalties).
+
+    Data-parallel (``world_size`` > 1): ``idx`` is this rank's shard, ``norms`` the global batch's normalisers,
+    and the penalties are divided by ``world_size``: the ranks' losses (and gradients) add up to the full step's."""
     coords = jitter.reshape(-1, 3)
     stacks = stack.repeat_interleave(samples)
     raw = forward(coords, stacks).float()
@@ -301,10 +344,10 @@ def _step_loss(config: TrainConfig, forward, model, intensity, data, idx, stack,
     per_sample = raw.reshape(len(idx), samples, -1)
     target = (data.intensity[idx], data.label[idx], data.weight[idx], class_weights)
     if config.data.term == "exact" and config.data.psf_estimator == "split":
-        loss, l_int, l_seg = split_psf_loss(per_sample, *target, config.optimizer.seg_weight)
+        loss, l_int, l_seg = split_psf_loss(per_sample, *target, config.optimizer.seg_weight, norms)
     else:
         metric = "mse" if config.data.term == "exact" else config.optimizer.loss_metric
-        loss, l_int, l_seg = weighted_loss(per_sample.mean(1), *target, metric, config.optimizer.seg_weight)
+        loss, l_int, l_seg = weighted_loss(per_sample.mean(1), *target, metric, config.optimizer.seg_weight, norms)
     penalty = loss.new_zeros(())
     if isinstance(model, TemplateINR):
         t, terms = config.template, model.penalties()
@@ -316,6 +359,8 @@ def _step_loss(config: TrainConfig, forward, model, intensity, data, idx, stack,
         penalty = penalty + config.optimizer.tf_weight * model.rigid_penalty()
     if intensity is not None:
         penalty = penalty + intensity.penalty(config.data.gain_weight, config.data.bias_weight)
+    if world_size > 1:
+        penalty = penalty / world_size
     return loss + penalty, l_int, l_seg, penalty
 
 
@@ -361,11 +406,11 @@ def labelled_stacks(data) -> list[str]:
 
 
 def _save_checkpoint(out: Path, model, intensity, optimizer, scheduler, scaler, global_step, total_steps, stack_ids,
-                     config) -> None:
+                     config, world_size: int = 1) -> None:
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "scaler": scaler.state_dict(), "global_step": global_step, "total_steps": total_steps,
              "stack_ids": list(stack_ids), "model_type": config.model,
              "intensity": intensity.state_dict() if intensity is not None else {},
-             "torch_rng": torch.get_rng_state(), "config": config.to_dict()}
+             "torch_rng": torch.get_rng_state(), "config": config.to_dict(), "world_size": int(world_size)}
     with atomic_output(out / CHECKPOINT) as tmp:
         torch.save(state, tmp)

@@ -60,6 +60,7 @@ CHECKPOINT = "checkpoint.pt"             # model, optimizer, scheduler, RNG stat
 TRAIN_LOG = "train_log.jsonl"            # one JSON object per step: step, loss terms, samples/s, memory
 STACKS = "stacks.json"                   # stack ids, GAs and the training grid
 SUPPORT = "support_mask.nii.gz"          # union of the stacks' brain + halo on the training grid
+FETUS_SUPPORT = "support_fetuses.nii.gz"  # 4-D: each fetus's brain + halo on the training grid (GA-local support)
 CONFIG = "config.yaml"                   # the resolved training config
 STOP_FILE = "STOP"                       # created (by a GUI) to stop at the next step boundary, checkpoint first
 DIAGNOSTICS = "diagnostics.json"         # a finished run: averaging vs shape removal (infanite.inr.diagnostics)
