@@ -304,6 +304,26 @@ def test_rerun_is_a_no_op_and_a_lost_file_is_regenerated_alone(trained, atlas, t
     assert after["atlas_ga-28.5_dseg.nii.gz"][1] == before["atlas_ga-28.5_dseg.nii.gz"][1]   # deterministic
 
 
+def test_gas_made_in_two_processes_equal_those_made_in_one(trained, atlas, tmp_path):
+    """``jobs=2`` (``--jobs 2``): every GA made in its own process; the files and the manifest's entries are those
+    of the one-process atlas (voxel values to float tolerance; the prediction is the same computation)."""
+    out = tmp_path / "atlas"
+    result = generate(trained["run"], [27.5, 28.5], out, spacing_mm=3.0, jobs=2)
+    assert sorted(result["generated"]) == ["27.5", "28.5"]
+    for ga in ("27.5", "28.5"):
+        for kind in ("T2w", "dseg"):
+            ours = load_nifti(out / f"atlas_ga-{ga}_{kind}.nii.gz", dtype=np.float64)
+            one = load_nifti(atlas[0] / f"atlas_ga-{ga}_{kind}.nii.gz", dtype=np.float64)
+            np.testing.assert_array_equal(ours.voxel_to_ras, one.voxel_to_ras)
+            np.testing.assert_allclose(ours.array, one.array, atol=1e-5)
+        ours, one = result["ga"][ga], atlas[1]["ga"][ga]
+        assert ours["volumes_ml"] == one["volumes_ml"] and ours["weights"] == one["weights"]
+    manifest = json.loads((out / ATLAS_MANIFEST).read_text())
+    assert manifest["status"] == "complete" and list(manifest["ga"]) == ["27.5", "28.5"]
+    with pytest.raises(ValueError, match="--jobs must be a whole number >= 1"):
+        generate(trained["run"], [27.5], tmp_path / "other", spacing_mm=3.0, jobs=0)
+
+
 def test_a_different_atlas_in_the_output_folder_is_refused(trained, atlas, tmp_path):
     out = tmp_path / "atlas"
     shutil.copytree(atlas[0], out)

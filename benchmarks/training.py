@@ -1,6 +1,14 @@
 """Benchmark of one INR training step: samples/s and peak memory, ours against the reference's naive latents.
 
     python benchmarks/training.py [--device cpu|cuda] [--quick] [--json results.json]
+    python benchmarks/training.py --nproc 2 [--steps 40] [--json scaling.json]
+
+``--nproc N`` measures data-parallel scaling instead: the real ``infanite train`` (CPU defaults: the model and
+batch ``infanite run`` trains on a CPU) on a simulated phantom cohort, in 1 process (torch's default threads, and
+one thread) and in N processes (``--nproc N``: torchrun, gloo on CPU, one thread each; NCCL with ``--device
+cuda``), in the same run.  Per-step time is the median over the steps after the first five, from rank 0's
+``train_log.jsonl`` (``samples_per_s`` of the global batch, the all-reduce included); scaling efficiency =
+speed-up over one process ÷ N.
 
 A *sample* is one jittered coordinate: a step of N coordinates at PSF size P processes N·P samples.  Each case
 runs a full training step — index a packed cohort, jitter with each stack's PSF, forward, weighted loss,
@@ -152,6 +160,62 @@ def available_ram_mb() -> float:
     return int(re.search(r"MemAvailable:\s+(\d+)", text).group(1)) / 1024
 
 
+def scaling(nproc: int, steps: int, device: str, json_path: str | None) -> None:
+    """``--nproc``: per-step time and scaling efficiency of ``infanite train`` in 1 and ``nproc`` processes."""
+    import statistics
+    import tempfile
+
+    from infanite.inr.config import default_overrides
+    from infanite.simulation.stacks import tiny_phantom_cohort
+
+    work = Path(tempfile.mkdtemp(prefix="infanite-scaling-"))
+    cohort = tiny_phantom_cohort(work / "cohort", n_subjects=4, stacks_per_subject=3, register=True)
+    overrides = default_overrides("cpu") + [f"max_steps={steps}", "checkpoint_every=100000", f"device={device}"]
+    cases = [("1 process", 1, None), ("1 process, 1 thread", 1, "1"), (f"{nproc} processes", nproc, None)]
+    if device.startswith("cuda"):
+        cases = [c for c in cases if c[2] is None]
+    rows = []
+    for name, n, threads in cases:
+        out = work / name.replace(" ", "_").replace(",", "")
+        env = dict(os.environ, **({"OMP_NUM_THREADS": threads} if threads else {}))
+        cmd = [sys.executable, "-m", "infanite", "train", "--manifest", str(cohort["registered"]), "--out", str(out),
+               *[a for o in overrides for a in ("--set", o)]] + (["--nproc", str(n)] if n > 1 else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            rows.append({"case": name, "processes": n, "error": proc.stderr.strip().splitlines()[-1][:200]})
+            continue
+        log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+        rate = statistics.median(r["samples_per_s"] for r in log[5:])
+        batch = log[-1]["psf_samples"] * next(int(o.split("=")[1]) for o in overrides if o.startswith("n_samples="))
+        rows.append({"case": name, "processes": n, "threads_per_process": threads or str(torch_threads()),
+                     "samples_per_s": rate, "seconds_per_step": batch / rate, "final_loss": log[-1]["loss"]})
+    base = next((r for r in rows if r["processes"] == 1 and "error" not in r), None)
+    print(f"\n## Data-parallel training ({device}, {os.cpu_count()} CPU cores; {steps} steps of the CPU defaults on a "
+          f"4-fetus × 3-stack phantom cohort)\n")
+    print("| case | processes | threads/process | s/step | samples/s | speed-up vs 1 process | scaling efficiency |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['case']} | {r['processes']} | | failed: {r['error']} | | | |")
+            continue
+        speedup = r["samples_per_s"] / base["samples_per_s"] if base else None
+        r["speedup"], r["efficiency"] = speedup, speedup / r["processes"] if speedup else None
+        print(f"| {r['case']} | {r['processes']} | {r['threads_per_process']} | {r['seconds_per_step']:.3f} | "
+              f"{r['samples_per_s']:,.0f} | {fmt(speedup, '.2f')}× | "
+              f"{fmt(r['efficiency'] and 100 * r['efficiency'], '.0f')}% |")
+    losses = {r["case"]: r["final_loss"] for r in rows if "error" not in r}
+    print(f"\nFinal loss after {steps} steps (the same global batch, so the same curve): "
+          + ", ".join(f"{k} {v:.6f}" for k, v in losses.items()))
+    if json_path:
+        Path(json_path).write_text(json.dumps(rows, indent=1))
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def fmt(value, spec=".0f") -> str:
     return "—" if value is None else format(value, spec)
 
@@ -162,10 +226,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer steps; skip the full-size CPU check")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per case (default: torch's)")
+    parser.add_argument("--nproc", type=int, default=None,
+                        help="measure data-parallel scaling of 'infanite train' in 1 and N processes instead")
+    parser.add_argument("--steps", type=int, default=40, help="--nproc: training steps per case")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
+        return
+    if args.nproc:
+        scaling(args.nproc, args.steps, args.device, args.json)
         return
     cuda = args.device.startswith("cuda")
     results = []

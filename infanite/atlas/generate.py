@@ -86,7 +86,7 @@ def check_grid_size(grid, n_classes: int, probabilities: bool, spacing_mm) -> No
 def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_weeks: float = 0.5,
              top_k: int | None = None, probabilities: bool = False, overwrite: bool = False,
              progress: ProgressReporter | None = None, normative=None, templates=None,
-             label_method: str = "demons", accept_estimated_ga: bool = False) -> dict:
+             label_method: str = "demons", accept_estimated_ga: bool = False, jobs: int = 1) -> dict:
     """Generate the atlas of a finished run at the GAs ``ga_weeks`` (weeks, rounded to 0.1) into ``out_dir``.
 
     ``spacing_mm``: atlas voxel size (mm; 1 or 3 values); ``sigma_weeks``: GKR kernel width (weeks); ``top_k``:
@@ -108,6 +108,10 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
     Stacks whose GA ``register`` estimated (no ``scan_age``: the template week that matched best) take no part in
     the GA regression, which would otherwise be conditioned on its own guess, unless ``accept_estimated_ga``; the
     manifest lists them (``ga_estimated_stacks``, ``ga_estimated_used``).
+
+    ``jobs`` > 1 makes the GAs in that many processes (each loads the model once; on CUDA process *i* uses GPU
+    *i* mod the GPUs there, on CPU the cores are shared out); this process writes the manifest as each GA is done,
+    so an interrupted run still resumes per GA.  The files are the same as with one process.
     """
     from infanite.io.atomic import atomic_write_text
 
@@ -116,6 +120,9 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
     if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
         raise ValueError(f"atlas spacing must be > 0 mm, got {spacing_mm!r}")
     check_sigma_top_k(sigma_weeks, top_k)
+    if int(jobs) != jobs or jobs < 1:
+        raise ValueError(f"--jobs must be a whole number >= 1, got {jobs!r}")
+    jobs = int(jobs)
     dev = resolve_device(device)
     run = load_run(run_dir)
     table = open_normative(normative)
@@ -159,9 +166,7 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
             previous = None
 
         label_values = [int(v) for v in stacks["label_values"]]
-        halo = int(stacks["halo_label"])
         abbrevs = label_abbrevs(label_values)
-        voxel_ml = abs(float(np.linalg.det(grid.voxel_to_ras[:3, :3]))) / 1000.0
         done_entries = {k: e for k, e in ((previous or {}).get("ga") or {}).items()
                         if entry_complete(out_dir, e, False)}
         todo = [g for g in gas if not entry_complete(out_dir, done_entries.get(ga_text(g)), probabilities)]
@@ -187,28 +192,18 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
         out_dir.mkdir(parents=True, exist_ok=True)
         generated = []
         if todo:
-            model = run.model(dev)
-            chunk = chunk_size(dev, model_width(model))
-            n_chunks = max(1, math.ceil(int(np.prod(grid.shape)) / chunk))
+            parallel = jobs > 1 and len(todo) > 1
+            maker = None if parallel else GAMaker(run, grid, dev, probabilities, library, label_method, out_dir,
+                                                  support)
+            n_chunks = 1 if parallel else maker.n_chunks         # in processes: progress per GA
             progress = progress or ProgressReporter(None)
             progress.start("atlas", len(todo) * n_chunks,
-                           f"{len(todo)} GA(s) on a {'x'.join(map(str, grid.shape))} grid")
-            for i, g in enumerate(todo):
-                key = ga_text(g)
+                           f"{len(todo)} GA(s) on a {'x'.join(map(str, grid.shape))} grid"
+                           + (f", {min(jobs, len(todo))} processes" if parallel else ""))
+
+            def record(key, entry):
                 kw = kernels[key]
-                for note in kw.warnings:
-                    logger.warning(note)
-
-                def on_chunk(done, total, base=i * n_chunks, key=key):
-                    progress.update(base + done, f"GA {key}: chunk {done}/{total}", ga_weeks=float(key))
-
-                pred = predict_grid(atlas_query(model, float(key), kw.weights), grid, dev, label_values, probabilities,
-                                    chunk, on_chunk)
-                relabel = None if library is None else _propagation(library, float(key), grid, label_method)
-                entry = write_ga(out_dir, grid, g, pred, label_values, halo, abbrevs, voxel_ml, support.at(kw.weights),
-                                 relabel)
-                entry["support"] = "ga_local" if support.ga_local else "union"
-                for note in entry["warnings"]:
+                for note in [*kw.warnings, *entry["warnings"]]:
                     logger.warning(note)
                 entry.update({"ess": round(kw.ess, 4), "ess_stacks": round(kw.ess_stacks, 4),
                               "warnings": list(kw.warnings) + entry["warnings"],
@@ -217,6 +212,21 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
                 manifest["ga"][key] = entry
                 atomic_write_text(out_dir / ATLAS_MANIFEST, json.dumps(manifest, indent=1))
                 generated.append(key)
+
+            if parallel:                                 # each process loads its own model
+                for done, (key, entry) in enumerate(_make_in_processes(
+                        run.run_dir, grid, dev, probabilities, templates, label_method, out_dir,
+                        [(ga_text(g), kernels[ga_text(g)].weights) for g in todo], jobs), start=1):
+                    record(key, entry)
+                    progress.update(done * n_chunks, f"GA {key} written ({done}/{len(todo)})", ga_weeks=float(key))
+            else:
+                for i, g in enumerate(todo):
+                    key = ga_text(g)
+
+                    def on_chunk(done, total, base=i * n_chunks, key=key):
+                        progress.update(base + done, f"GA {key}: chunk {done}/{total}", ga_weeks=float(key))
+
+                    record(key, maker.make(float(key), kernels[key].weights, on_chunk))
         for key in keys_all:           # skipped GAs: refresh their support notes (same run, same σ → same values)
             if key in kernels and key not in generated:
                 kw = kernels[key]
@@ -240,6 +250,85 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
         atomic_write_text(out_dir / ATLAS_MANIFEST, json.dumps(manifest, indent=1))
         return _summary(out_dir, manifest, generated=generated,
                         skipped=[ga_text(g) for g in gas if ga_text(g) not in generated])
+
+
+class GAMaker:
+    """What making one GA needs, loaded once per process: the model on its device, the atlas grid, its chunking,
+    the GA-local support and (mask-only runs) the template labels."""
+
+    def __init__(self, run, grid, device: str, probabilities: bool, library, label_method: str, out_dir: Path,
+                 support: GASupport | None = None):
+        stacks = run.stacks
+        self.grid, self.device, self.probabilities = grid, device, probabilities
+        self.library, self.label_method, self.out_dir = library, label_method, Path(out_dir)
+        self.model = run.model(device)
+        self.chunk = chunk_size(device, model_width(self.model))
+        self.n_chunks = max(1, math.ceil(int(np.prod(grid.shape)) / self.chunk))
+        self.support = support or GASupport(run.run_dir, grid, stacks.get("stack_fetus"))
+        self.label_values = [int(v) for v in stacks["label_values"]]
+        self.halo = int(stacks["halo_label"])
+        self.abbrevs = label_abbrevs(self.label_values)
+        self.voxel_ml = abs(float(np.linalg.det(grid.voxel_to_ras[:3, :3]))) / 1000.0
+
+    def make(self, ga: float, weights, on_chunk=None) -> dict:
+        """Predict and write one GA (``weights``: its GKR weight per stack); returns its manifest entry."""
+        pred = predict_grid(atlas_query(self.model, ga, weights), self.grid, self.device, self.label_values,
+                            self.probabilities, self.chunk, on_chunk)
+        relabel = None if self.library is None else _propagation(self.library, ga, self.grid, self.label_method)
+        entry = write_ga(self.out_dir, self.grid, ga, pred, self.label_values, self.halo, self.abbrevs,
+                         self.voxel_ml, self.support.at(weights), relabel)
+        entry["support"] = "ga_local" if self.support.ga_local else "union"
+        return entry
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(run_dir, grid_shape, grid_affine, devices, probabilities, templates, label_method, out_dir,
+                 threads):
+    """A ``--jobs`` process: take a device from ``devices`` (a queue) and load the model there once."""
+    import torch
+
+    from infanite.io.images import Grid
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    run = load_run(run_dir)
+    library = _label_templates(run, templates, label_method, probabilities)
+    grid = Grid(tuple(grid_shape), np.asarray(grid_affine))
+    _WORKER["maker"] = GAMaker(run, grid, devices.get(), probabilities, library, label_method, Path(out_dir))
+
+
+def _make_one(key: str, weights) -> tuple[str, dict]:
+    return key, _WORKER["maker"].make(float(key), weights)
+
+
+def _make_in_processes(run_dir, grid, device: str, probabilities, templates, label_method, out_dir, tasks, jobs):
+    """Yield ``(GA key, entry)`` as ``jobs`` processes finish the ``tasks`` ((key, weights) pairs)."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    import torch
+
+    jobs = min(int(jobs), len(tasks))
+    context = multiprocessing.get_context("spawn")      # never fork a process that holds torch threads / CUDA
+    devices = context.Queue()
+    if torch.device(device).type == "cuda":
+        count = torch.cuda.device_count()
+        for i in range(jobs):
+            devices.put(f"cuda:{i % count}")
+        threads = None
+    else:
+        for _ in range(jobs):
+            devices.put(device)
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
+                             initargs=(str(run_dir), list(grid.shape), grid.voxel_to_ras.tolist(), devices,
+                                       probabilities, templates, label_method, str(out_dir), threads)) as pool:
+        futures = [pool.submit(_make_one, key, np.asarray(weights)) for key, weights in tasks]
+        for future in as_completed(futures):
+            yield future.result()
 
 
 def _label_templates(run, templates, label_method: str, probabilities: bool):

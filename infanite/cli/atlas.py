@@ -37,6 +37,9 @@ def add_parser(sub) -> None:
                         "(default), B-spline registration, or none (the template's labels as they lie)")
     p.add_argument("--accept-estimated-ga", action="store_true",
                    help="let stacks whose GA 'register' estimated (no scan_age) take part in the GA regression")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="make the GAs in N processes (on CUDA one per GPU in turn, on CPU the cores shared out); "
+                        "default 1")
     add_progress(p)
     p.set_defaults(func=run)
 
@@ -60,7 +63,7 @@ def run(args) -> int:
                               sigma_weeks=args.sigma, top_k=args.top_k, probabilities=args.probabilities,
                               overwrite=args.overwrite, progress=progress, normative=args.normative,
                               templates=args.templates, label_method=args.label_method,
-                              accept_estimated_ga=args.accept_estimated_ga)
+                              accept_estimated_ga=args.accept_estimated_ga, jobs=getattr(args, "jobs", 1))
     except (ValueError, FileNotFoundError) as exc:
         message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         print(f"atlas: error: {message}", file=sys.stderr)
