@@ -7,8 +7,9 @@
 batch ``infanite run`` trains on a CPU) on a simulated phantom cohort, in 1 process (torch's default threads, and
 one thread) and in N processes (``--nproc N``: torchrun, gloo on CPU, one thread each; NCCL with ``--device
 cuda``), in the same run.  Per-step time is the median over the steps after the first five, from rank 0's
-``train_log.jsonl`` (``samples_per_s`` of the global batch, the all-reduce included); scaling efficiency =
-speed-up over one process ÷ N.
+``train_log.jsonl`` (``samples_per_s`` of the global batch, the all-reduce included).  Speed-ups are given
+against one process on all cores and against one single-thread process (torchrun gives each rank one thread);
+scaling efficiency = the latter ÷ N.
 
 A *sample* is one jittered coordinate: a step of N coordinates at PSF size P processes N·P samples.  Each case
 runs a full training step — index a packed cohort, jitter with each stack's PSF, forward, weighted loss,
@@ -187,21 +188,27 @@ def scaling(nproc: int, steps: int, device: str, json_path: str | None) -> None:
         log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
         rate = statistics.median(r["samples_per_s"] for r in log[5:])
         batch = log[-1]["psf_samples"] * next(int(o.split("=")[1]) for o in overrides if o.startswith("n_samples="))
-        rows.append({"case": name, "processes": n, "threads_per_process": threads or str(torch_threads()),
+        rows.append({"case": name, "processes": n,
+                     "threads_per_process": threads or ("1" if n > 1 and not device.startswith("cuda")
+                                                        else str(torch_threads())),
                      "samples_per_s": rate, "seconds_per_step": batch / rate, "final_loss": log[-1]["loss"]})
-    base = next((r for r in rows if r["processes"] == 1 and "error" not in r), None)
+    base = next((r for r in rows if r["case"] == "1 process" and "error" not in r), None)
+    single = next((r for r in rows if r["case"] == "1 process, 1 thread" and "error" not in r), base)
     print(f"\n## Data-parallel training ({device}, {os.cpu_count()} CPU cores; {steps} steps of the CPU defaults on a "
           f"4-fetus × 3-stack phantom cohort)\n")
-    print("| case | processes | threads/process | s/step | samples/s | speed-up vs 1 process | scaling efficiency |")
-    print("|---|---|---|---|---|---|---|")
+    print("| case | processes | threads/process | s/step | samples/s | speed-up vs 1 process (all threads) | "
+          "speed-up vs 1 process × 1 thread | scaling efficiency |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
             print(f"| {r['case']} | {r['processes']} | | failed: {r['error']} | | | |")
             continue
         speedup = r["samples_per_s"] / base["samples_per_s"] if base else None
-        r["speedup"], r["efficiency"] = speedup, speedup / r["processes"] if speedup else None
+        per_process = r["samples_per_s"] / single["samples_per_s"] if single else None
+        r["speedup"], r["speedup_vs_one_thread"] = speedup, per_process
+        r["efficiency"] = per_process / r["processes"] if per_process else None
         print(f"| {r['case']} | {r['processes']} | {r['threads_per_process']} | {r['seconds_per_step']:.3f} | "
-              f"{r['samples_per_s']:,.0f} | {fmt(speedup, '.2f')}× | "
+              f"{r['samples_per_s']:,.0f} | {fmt(speedup, '.2f')}× | {fmt(per_process, '.2f')}× | "
               f"{fmt(r['efficiency'] and 100 * r['efficiency'], '.0f')}% |")
     losses = {r["case"]: r["final_loss"] for r in rows if "error" not in r}
     print(f"\nFinal loss after {steps} steps (the same global batch, so the same curve): "
