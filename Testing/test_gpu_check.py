@@ -31,7 +31,7 @@ def test_gpu_check_reduced_mode_measures_every_section(tmp_path):
     # FLOPs counted by torch's flop counter ≈ 6 × the decoder's multiply-adds (H 64, 3 layers, [1,3], 16 channels)
     analytic = flops_per_sample(64, 3, [1, 3], [16, 3, 3, 3])
     for key in (("infanite", "naive", False), ("infanite", "ours", False)):
-        assert abs(cases[key]["flops_per_sample"] / analytic - 1) < 0.3, (cases[key]["flops_per_sample"], analytic)
+        assert abs(cases[key]["flops_per_sample"] / analytic - 1) < 0.15, (cases[key]["flops_per_sample"], analytic)
     assert report["atlas"]["gas"] == 2 and report["atlas"]["seconds"] > 0
     for model in ("infanite", "template"):
         row = report["quality"][model]

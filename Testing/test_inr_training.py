@@ -158,8 +158,9 @@ def test_kill_9_mid_epoch_then_resume_reproduces_the_loss_curve(registered, tmp_
     from infanite.inr.config import default_overrides
 
     overrides = TINY + ["max_steps=400", "epochs.train=50"]
-    # what the command line trains without --config on a CPU: the CPU defaults, then the --set values
-    config = load_train_config(None, default_overrides("cpu") + overrides + ["device=cpu"])
+    # what the command line trains without --config on a CPU: the CPU defaults (the template model: this cohort
+    # spans GAs and groups its stacks into fetuses), then the --set values
+    config = load_train_config(None, default_overrides("cpu", template=True) + overrides + ["device=cpu"])
     train(registered, config, tmp_path / "full", stop_after_steps=60)
     run, events = tmp_path / "killed", tmp_path / "progress.jsonl"
     cmd = [sys.executable, "-m", "infanite", "train", "--manifest", str(registered), "--out", str(run),
@@ -175,7 +176,9 @@ def test_kill_9_mid_epoch_then_resume_reproduces_the_loss_curve(registered, tmp_
     assert proc.wait() == -signal.SIGKILL, proc.stderr.read().decode()
     record = json.loads(_complete_lines(events)[-1])
     assert {"loss", "loss_intensity", "loss_seg", "samples_per_s", "memory_mb", "eta_s", "epoch"} <= set(record)
-    checkpoint_step = torch.load(run / "checkpoint.pt", weights_only=True)["global_step"]
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    checkpoint_step = state["global_step"]
+    assert state["model_type"] == "template"
     assert 10 <= checkpoint_step < 60 and checkpoint_step % 10 == 0
     train(registered, load_train_config(run / "config.yaml"), run, resume=True,
           stop_after_steps=60 - checkpoint_step)

@@ -22,6 +22,39 @@ def test_default_atlas_weeks_and_device_sizing():
     with pytest.raises(ValueError, match="--ga"):
         default_atlas_weeks([None])
     assert default_overrides("cuda") == [] and "inr_decoder.hidden_size=128" in default_overrides("cpu")
+    assert "model=template" in default_overrides("cpu", template=True)
+    assert "model=template" not in default_overrides("cpu") and default_overrides("cuda", template=True) == []
+
+
+def test_the_cpu_defaults_take_the_template_model_only_where_the_cohort_supports_it(tmp_path, capsys):
+    from types import SimpleNamespace as Row
+
+    from infanite.inr.build import template_unsupported
+    from infanite.pipeline.run import cpu_template
+
+    def rows(ages, subjects, ids=None):
+        ids = ids or [f"s{i}" for i in range(len(ages))]
+        return [Row(scan_age=a, subject=s, subject_id=i) for a, s, i in zip(ages, subjects, ids)]
+
+    assert template_unsupported(rows([27.0, 29.0, 29.0], ["a", "b", "b"])) is None
+    assert template_unsupported(rows([27.0, 29.0], ["a", "b"])) is None          # one stack per fetus, named
+    assert "span less than half a week" in template_unsupported(rows([28.0, 28.2], ["a", "b"]))
+    assert "span less than half a week" in template_unsupported(rows([None, None], ["a", "b"]))
+    assert "not grouped into fetuses" in template_unsupported(rows([27.0, 29.0], ["x", "y"], ["x", "y"]))
+    # the real phantom cohort (GA 27.4 / 28.8, two fetuses of two stacks) and the six MIAL stacks of one GA
+    from infanite.simulation.stacks import tiny_phantom_cohort
+
+    cohort = tiny_phantom_cohort(tmp_path / "ph")
+    assert cpu_template(cohort["manifest"], "cpu") is True and not cpu_template(cohort["manifest"], "cuda")
+    lines = cohort["manifest"].read_text().splitlines()
+    age = lines[0].split("\t").index("scan_age")
+    one_ga = cohort["manifest"].parent / "one_ga.tsv"          # beside it: relative paths stay valid
+    one_ga.write_text("\n".join([lines[0]] + ["\t".join("28.0" if i == age else v for i, v in
+                                                          enumerate(line.split("\t"))) for line in lines[1:]]) + "\n")
+    capsys.readouterr()
+    assert cpu_template(one_ga, "cpu") is False
+    assert "the paper's model (model: infanite) is trained: the stacks' known GAs span less than half a week" in \
+        capsys.readouterr().err
 
 
 def test_run_every_stage_then_resume(phantom_registered, tmp_path):

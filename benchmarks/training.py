@@ -206,10 +206,10 @@ def scaling(nproc: int, steps: int, device: str, json_path: str | None) -> None:
         speedup = r["samples_per_s"] / base["samples_per_s"] if base else None
         per_process = r["samples_per_s"] / single["samples_per_s"] if single else None
         r["speedup"], r["speedup_vs_one_thread"] = speedup, per_process
-        r["efficiency"] = per_process / r["processes"] if per_process else None
+        r["efficiency"] = per_process / r["processes"] if per_process and r["case"] != "1 process" else None
         print(f"| {r['case']} | {r['processes']} | {r['threads_per_process']} | {r['seconds_per_step']:.3f} | "
               f"{r['samples_per_s']:,.0f} | {fmt(speedup, '.2f')}× | {fmt(per_process, '.2f')}× | "
-              f"{fmt(r['efficiency'] and 100 * r['efficiency'], '.0f')}% |")
+              f"{fmt(r['efficiency'] and 100 * r['efficiency'], '.0f')}{'%' if r['efficiency'] else ''} |")
     losses = {r["case"]: r["final_loss"] for r in rows if "error" not in r}
     print(f"\nFinal loss after {steps} steps (the same global batch, so the same curve): "
           + ", ".join(f"{k} {v:.6f}" for k, v in losses.items()))

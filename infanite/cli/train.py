@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="data-parallel training in N processes on this machine (torchrun --standalone: one GPU each "
                         "on CUDA with NCCL, gloo on CPU); the same as 'torchrun --nproc-per-node N -m infanite "
-                        "train ...', which also runs across nodes")
+                        "train ...', which also runs across nodes; default 1")
     add_progress(p)
     p.set_defaults(func=run)
 
@@ -50,7 +50,10 @@ def run(args) -> int:
     sized = config_path is None
     if sized:
         device = choose_device(args.device)
-        overrides = default_overrides(device) + overrides + [f"device={device}"]
+        from infanite.pipeline.run import cpu_template
+
+        overrides = default_overrides(device, template=cpu_template(args.manifest, device)) + overrides + \
+            [f"device={device}"]
     elif args.device:
         overrides.append(f"device={choose_device(args.device)}")
     config = load_train_config(config_path, overrides)

@@ -68,6 +68,20 @@ def check_against_cohort(config: TrainConfig, data: PackedCohort, slice_thicknes
         raise TrainConfigError(problems)
 
 
+def template_unsupported(records) -> str | None:
+    """Why the cohort ``records`` (manifest rows) cannot train the template model, or None when it can: its known
+    GAs span less than half a week (the template is GA-conditioned), or its stacks are not grouped into fetuses
+    (one displacement per fetus: a ``subject`` column, or reference-style ids ``GA_SUBJECT_STACK``)."""
+    ages = [float(r.scan_age) for r in records if r.scan_age is not None and np.isfinite(float(r.scan_age))]
+    if not ages or max(ages) - min(ages) < 0.5:
+        return "the stacks' known GAs span less than half a week"
+    subjects = [r.subject for r in records]
+    if len(records) > 1 and len(set(subjects)) == len(records) and all(
+            s == r.subject_id for s, r in zip(subjects, records)):
+        return "the stacks are not grouped into fetuses (no 'subject' column)"
+    return None
+
+
 def build_model(config: TrainConfig, n_stacks: int, halo_label: int, centre_mm, half_extent_mm,
                 naive: bool = False, stack_fetus=None, stack_ga_weeks=None, ga_range_weeks=None) -> torch.nn.Module:
     """The network of ``config.model`` for ``n_stacks`` stacks; outputs intensity + logits for classes

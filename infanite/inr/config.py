@@ -259,6 +259,15 @@ DEMO_TRAINING = ["inr_decoder.hidden_size=64", "inr_decoder.num_hidden_layers=3"
                  "optimizer.lr_latent=1e-2", "inr_decoder.tf_dim=0", "psf.samples_per_epoch=[4]"]
 
 
-def default_overrides(device: str) -> list[str]:
-    """Config overrides applied when the user gives no ``--config``: CPU-sized on a CPU, none on a GPU."""
-    return [] if str(device).startswith("cuda") else list(CPU_DEFAULTS)
+#: Added to the CPU defaults when the cohort can train the template model (GAs that differ, stacks grouped into
+#: fetuses): it measured best at the CPU budget (benchmarks/README.md, Atlas quality).
+CPU_TEMPLATE = ["model=template"]
+
+
+def default_overrides(device: str, template: bool = False) -> list[str]:
+    """Config overrides applied when the user gives no ``--config``: CPU-sized on a CPU (with the template model
+    when ``template``: the cohort supports it, :func:`~infanite.inr.build.template_unsupported`), none on a GPU
+    (the paper's settings: nothing has been measured on a GPU yet)."""
+    if str(device).startswith("cuda"):
+        return []
+    return list(CPU_DEFAULTS) + (list(CPU_TEMPLATE) if template else [])

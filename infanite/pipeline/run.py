@@ -69,6 +69,24 @@ def _write_run_info(out: Path, manifest, config, device: str, command: str | Non
     atomic_write_text(out / RUN_INFO, json.dumps(info, indent=1))
 
 
+def cpu_template(manifest, device: str) -> bool:
+    """Whether the device-sized defaults take the template model for this cohort (CPU, and the cohort supports
+    it); says why not on stderr when a CPU cohort does not."""
+    import sys
+
+    from infanite.inr.build import template_unsupported
+    from infanite.io.cohort import read_manifest
+
+    if str(device).startswith("cuda"):
+        return False
+    cohort, _ = read_manifest(manifest, registration_input=True)
+    why = template_unsupported(cohort.stacks) if cohort.stacks else "no stacks"
+    if why:
+        print(f"note: the paper's model (model: infanite) is trained: {why}, so the template model, the CPU "
+              f"default, cannot be", file=sys.stderr)
+    return why is None
+
+
 def run_pipeline(manifest, templates, out, config_path=None, overrides=(), device: str = "cpu",
                  ga_weeks=None, atlas_spacing_mm: float | None = None, reference=None, jobs: int = 1,
                  register_options=None, progress: ProgressReporter | None = None, command: str | None = None,
@@ -84,7 +102,10 @@ def run_pipeline(manifest, templates, out, config_path=None, overrides=(), devic
 
     out = Path(out)
     progress = progress or ProgressReporter(None)
-    overrides = list(overrides) if config_path else default_overrides(device) + list(overrides)
+    if not config_path:
+        overrides = default_overrides(device, template=cpu_template(manifest, device)) + list(overrides)
+    else:
+        overrides = list(overrides)
     config = load_train_config(config_path, overrides + [f"device={device}"])   # validated before any work
     with folder_lock(out, "run"):
         out.mkdir(parents=True, exist_ok=True)
