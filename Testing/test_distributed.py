@@ -17,10 +17,10 @@ import pytest
 from infanite.inr.checkpoint import read_checkpoint
 from infanite.inr.distributed import Ranks
 
-TINY = ["inr_decoder.hidden_size=32", "inr_decoder.num_hidden_layers=2", "inr_decoder.modulated_layers=[1]",
-        "inr_decoder.latent_dim=[4,3,3,3]", "n_samples=500", "epochs.train=50", "checkpoint_every=5",
-        "psf.samples_per_epoch=[2]", "device=cpu"]
-TEMPLATE = TINY + ["model=template", "template.encoding=grid", "template.grid_resolutions=[8,16,32]",
+TINY = ["model=infanite", "inr_decoder.hidden_size=32", "inr_decoder.num_hidden_layers=2",
+        "inr_decoder.modulated_layers=[1]", "inr_decoder.latent_dim=[4,3,3,3]", "n_samples=500", "epochs.train=50",
+        "checkpoint_every=5", "psf.samples_per_epoch=[2]", "device=cpu"]
+TEMPLATE = TINY[1:] + ["model=template", "template.encoding=grid", "template.grid_resolutions=[8,16,32]",
                    "template.ga_nodes=[2,2,2]", "template.deformation_warmup=6", "template.hidden_size=32"]
 #: |loss difference| / |loss| between 1 and 2 processes: only the order of float additions differs (measured
 #: ~1e-7 over 12 steps of the paper model); a wrong shard normalisation or a missed gradient is > 1e-2

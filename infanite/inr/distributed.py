@@ -13,7 +13,9 @@ Backends: NCCL on CUDA (rank *r* on ``cuda:LOCAL_RANK``), gloo on CPU.  Rank 0 a
 (checkpoint, log, progress, config, diagnostics) and holds its lock.  A rank that dies (kill -9) closes its
 sockets: the others fail in their next collective, and ``torchrun`` stops the job (its elastic agent terminates
 the remaining workers); the collectives' ``timeout`` bounds any wait.  A checkpoint records its world size;
-``--resume`` with another one is refused.
+``--resume`` with another one is refused.  When training ends every rank meets at a barrier and leaves the group
+before rank 0 writes the diagnostics alone; a worker process then ends with ``os._exit`` (``infanite.__main__``),
+since gloo's C++ objects can abort at interpreter exit.
 """
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ from infanite.io.layout import (CHECKPOINT, CONFIG, DIAGNOSTICS, FETUS_SUPPORT, 
 from infanite.inr.build import (build_intensity_model, build_model, build_optimizer, check_against_cohort,
                                  check_model_fits, ga_span, pack_training_data, psf_factors)
 from infanite.inr.data import loss_norms, psf_jitter, split_psf_loss, weighted_loss
-from infanite.inr.distributed import Ranks
+from infanite.inr.distributed import Ranks, teardown
 from infanite.inr.template import TemplateINR
 from infanite.labels import default_label_table
 from infanite.progress import ProgressReporter
@@ -125,7 +125,7 @@ def train(manifest, config: TrainConfig, out, resume: bool = False, progress: Pr
     import contextlib
 
     from infanite.io.lock import folder_lock
-    from infanite.inr.distributed import setup, teardown
+    from infanite.inr.distributed import setup
     from infanite.inr.run_folder import check_device
 
     check_device(config.device)
@@ -287,6 +287,9 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
     summary = {"steps": global_step, "total_steps": total_steps, "last": last,
                "seconds": round(time.perf_counter() - t_start, 2), "stopped": stopped,
                "world_size": ranks.world_size}
+    if ranks.distributed:        # the last collective: every rank leaves the group together, then rank 0 goes on
+        ranks.barrier()          # alone (diagnostics can outlast the collectives' timeout)
+        teardown(ranks)
     if not ranks.main:
         return summary
     stop.clear()
