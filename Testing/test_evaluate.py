@@ -79,6 +79,23 @@ def test_atlas_against_itself_scores_perfectly(phantom_atlas, tmp_path):
     assert "dilated by 2 mm" in markdown and "bounding box" in markdown       # both conventions stated
 
 
+def test_two_processes_give_the_one_process_results_in_ga_order(phantom_atlas, tmp_path):
+    reference = tmp_path / "perturbed"
+    rng = np.random.default_rng(1)
+    for ga in WEEKS:
+        t2, _, seg = make_phantom(ga, SPACING)
+        noisy = t2.array + rng.normal(0.0, 50.0, t2.shape).astype(np.float32) * (t2.array > 0)
+        _write_atlas(reference, ga, t2.with_array(noisy), seg)
+    one = evaluate_atlas(phantom_atlas, reference, tmp_path / "one")
+    two = evaluate_atlas(phantom_atlas, reference, tmp_path / "two", jobs=2)
+    assert [r["ga_weeks"] for r in two["per_ga"]] == list(WEEKS)
+    assert two["summary"] == one["summary"] and two["mean"] == one["mean"]
+    assert _strict_json(tmp_path / "two" / METRICS_JSON)["per_ga"] == _strict_json(tmp_path / "one" /
+                                                                                    METRICS_JSON)["per_ga"]
+    with pytest.raises(ValueError, match="--jobs must be a whole number >= 1"):
+        evaluate_atlas(phantom_atlas, reference, tmp_path / "three", jobs=0)
+
+
 def test_perturbed_reference_scores_worse(phantom_atlas, tmp_path):
     reference = tmp_path / "perturbed"
     rng = np.random.default_rng(0)

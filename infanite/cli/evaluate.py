@@ -28,6 +28,8 @@ def add_parser(sub) -> None:
     p.add_argument("--ga", nargs="+", type=float, default=None, metavar="WEEKS",
                    help="only these GAs (weeks); default every GA present in both")
     p.add_argument("--labels", default=None, metavar="FILE", help="label table (.yaml or .tsv); default CRL 8-class")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="--reference mode: compare the GAs in N processes (the same results); default 1")
     add_progress(p)
     p.set_defaults(func=run)
 
@@ -51,7 +53,8 @@ def run(args) -> int:
     try:
         with ProgressReporter(getattr(args, "progress_json", None)) as progress:
             if args.reference is not None:
-                evaluate_atlas(args.atlas, args.reference, args.out, args.ga, args.normative, table, progress)
+                evaluate_atlas(args.atlas, args.reference, args.out, args.ga, args.normative, table, progress,
+                               jobs=getattr(args, "jobs", 1))
             else:
                 evaluate_subject_consistency(args.atlas, args.registered, args.out, args.ga, args.normative, table,
                                              progress)

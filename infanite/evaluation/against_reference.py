@@ -72,33 +72,58 @@ def compare(test_t2: Volume, test_seg: Volume, reference: ImageSet, ga_weeks: fl
     }
 
 
+def _compare_pair(plan, ga_atlas: float, ga_ref: float) -> tuple[dict, dict]:
+    """One GA of the atlas against its reference GA: (its ``per_ga`` entry, its summary row)."""
+    atlas = plan.atlas.load(ga_atlas)
+    ref = plan.reference.load(ga_ref)
+    resampled = not _same_grid(atlas.t2w, ref.t2w)
+    test_t2 = resample(atlas.t2w, ref.t2w, None, "linear") if resampled else atlas.t2w
+    test_seg = resample(atlas.seg, ref.t2w, None, "nearest") if resampled else atlas.seg
+    result = compare(test_t2, test_seg, ref, ga_atlas, plan.normative, plan.table, (atlas.t2w, atlas.seg),
+                     names=(atlas.source, ref.source))
+    entry = {"ga_weeks": ga_atlas, "reference_ga_weeks": ga_ref, "atlas": atlas.source, "reference": ref.source,
+             "resampled_to_reference_grid": resampled, **result}
+    return entry, summary_row(result)
+
+
+def _compared_in_processes(plan, jobs: int):
+    """Yield ``(index, (entry, row))`` as ``jobs`` processes finish the plan's pairs."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(jobs, len(plan.pairs)), mp_context=context) as pool:
+        futures = {pool.submit(_compare_pair, plan, a, r): i for i, (a, r) in enumerate(plan.pairs)}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+
+
 def evaluate_atlas(atlas_dir, reference, out, ga_weeks=None, normative=None, table: LabelTable | None = None,
-                   progress=None) -> dict:
+                   progress=None, jobs: int = 1) -> dict:
     """Compare every GA of a generated atlas with a reference atlas; writes ``out/metrics.{json,md}``.
 
     ``ga_weeks`` restricts the GAs (each must be in both folders); ``normative`` is a CSV path or a
     :class:`~infanite.reference.normative.NormativeTable` (default: the built-in Ren et al. 2022 table); ``table`` the
-    label table (default CRL 8-class).  Returns the document written to ``metrics.json`` (before JSON conversion).
+    label table (default CRL 8-class); ``jobs`` > 1 compares the GAs in that many processes (the same results, in
+    GA order).  Returns the document written to ``metrics.json`` (before JSON conversion).
     """
+    if int(jobs) != jobs or jobs < 1:
+        raise ValueError(f"--jobs must be a whole number >= 1, got {jobs!r}")
     plan = plan_evaluation(atlas_dir, out, reference=reference, ga_weeks=ga_weeks, normative=normative,
                            table=table)
     with folder_lock(out, "evaluate"):
         if progress is not None:
             progress.start("evaluate", len(plan.pairs), f"{len(plan.pairs)} GA to compare")
-        per_ga, rows = [], []
-        for step, (ga_atlas, ga_ref) in enumerate(plan.pairs, 1):
-            atlas = plan.atlas.load(ga_atlas)
-            ref = plan.reference.load(ga_ref)
-            resampled = not _same_grid(atlas.t2w, ref.t2w)
-            test_t2 = resample(atlas.t2w, ref.t2w, None, "linear") if resampled else atlas.t2w
-            test_seg = resample(atlas.seg, ref.t2w, None, "nearest") if resampled else atlas.seg
-            result = compare(test_t2, test_seg, ref, ga_atlas, plan.normative, plan.table, (atlas.t2w, atlas.seg),
-                             names=(atlas.source, ref.source))
-            per_ga.append({"ga_weeks": ga_atlas, "reference_ga_weeks": ga_ref, "atlas": atlas.source,
-                           "reference": ref.source, "resampled_to_reference_grid": resampled, **result})
-            rows.append(summary_row(result))
+        done = [None] * len(plan.pairs)
+        if int(jobs) > 1 and len(plan.pairs) > 1:
+            results = _compared_in_processes(plan, int(jobs))
+        else:
+            results = ((i, _compare_pair(plan, a, r)) for i, (a, r) in enumerate(plan.pairs))
+        for step, (i, result) in enumerate(results, 1):
+            done[i] = result
             if progress is not None:
-                progress.update(step, f"GA {ga_atlas:.1f}")
+                progress.update(step, f"GA {plan.pairs[i][0]:.1f}")
+        per_ga, rows = [d[0] for d in done], [d[1] for d in done]
         mean = mean_row(rows)
         document = {"mode": "atlas", "atlas_dir": plan.atlas.folder, "reference": plan.reference.source,
                     "normative": plan.normative.source, "label_table": plan.table.source,
