@@ -79,13 +79,19 @@ def test_atlas_against_itself_scores_perfectly(phantom_atlas, tmp_path):
     assert "dilated by 2 mm" in markdown and "bounding box" in markdown       # both conventions stated
 
 
-def test_two_processes_give_the_one_process_results_in_ga_order(phantom_atlas, tmp_path):
-    reference = tmp_path / "perturbed"
-    rng = np.random.default_rng(1)
+def _perturbed_reference(folder, seed: int, noise: float, label_shift: int):
+    """The phantom weeks with Gaussian noise (SD ``noise``) in the brain and labels shifted by ``label_shift``
+    voxels along the first axis."""
+    rng = np.random.default_rng(seed)
     for ga in WEEKS:
         t2, _, seg = make_phantom(ga, SPACING)
-        noisy = t2.array + rng.normal(0.0, 50.0, t2.shape).astype(np.float32) * (t2.array > 0)
-        _write_atlas(reference, ga, t2.with_array(noisy), seg)
+        noisy = t2.array + rng.normal(0.0, noise, t2.shape).astype(np.float32) * (t2.array > 0)
+        _write_atlas(folder, ga, t2.with_array(noisy), seg.with_array(np.roll(seg.array, label_shift, axis=0)))
+    return folder
+
+
+def test_two_processes_give_the_one_process_results_in_ga_order(phantom_atlas, tmp_path):
+    reference = _perturbed_reference(tmp_path / "perturbed", 1, 50.0, 0)
     one = evaluate_atlas(phantom_atlas, reference, tmp_path / "one")
     two = evaluate_atlas(phantom_atlas, reference, tmp_path / "two", jobs=2)
     assert [r["ga_weeks"] for r in two["per_ga"]] == list(WEEKS)
@@ -97,12 +103,7 @@ def test_two_processes_give_the_one_process_results_in_ga_order(phantom_atlas, t
 
 
 def test_perturbed_reference_scores_worse(phantom_atlas, tmp_path):
-    reference = tmp_path / "perturbed"
-    rng = np.random.default_rng(0)
-    for ga in WEEKS:
-        t2, _, seg = make_phantom(ga, SPACING)
-        noisy = t2.array + rng.normal(0.0, 100.0, t2.shape).astype(np.float32) * (t2.array > 0)
-        _write_atlas(reference, ga, t2.with_array(noisy), seg.with_array(np.roll(seg.array, 1, axis=0)))
+    reference = _perturbed_reference(tmp_path / "perturbed", 0, 100.0, 1)
     doc = evaluate_atlas(phantom_atlas, reference, tmp_path / "out", ga_weeks=[26])
     assert len(doc["per_ga"]) == 1
     result = doc["per_ga"][0]
