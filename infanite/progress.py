@@ -17,7 +17,8 @@ from typing import IO
 class ProgressReporter:
     """Reports progress of one or more stages to a terminal and/or a JSON-lines stream."""
 
-    def __init__(self, json_target: str | None = None, terminal: IO | None = None, bar_width: int = 30):
+    def __init__(self, json_target: str | None = None, terminal: IO | None = None, bar_width: int = 30,
+                 quiet: bool = False):
         self._json: IO | None = None
         self._owns_json = False
         if json_target == "-":
@@ -27,7 +28,8 @@ class ProgressReporter:
             Path(json_target).parent.mkdir(parents=True, exist_ok=True)
             self._json = open(json_target, "a", buffering=1)
             self._owns_json = True
-        self._term = terminal if terminal is not None else (sys.stderr if sys.stderr.isatty() else None)
+        self._term = None if quiet else terminal if terminal is not None else (
+            sys.stderr if sys.stderr.isatty() else None)        # quiet: no bar (a data-parallel worker rank)
         self._bar_width = bar_width
         self._stage = ""
         self._total = 0

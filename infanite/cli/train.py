@@ -9,6 +9,10 @@ from infanite.cli.common import add_progress
 from infanite.progress import ProgressReporter
 
 
+#: set by ``--nproc`` for the processes it starts (what they would print, it has printed)
+LAUNCHED_ENV = "INFANITE_LAUNCHED"
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="fit the modulated SIREN and per-stack latents to a registered cohort",
                        description="INR training (resumable).  Without --config the model is sized for the device "
@@ -32,6 +36,10 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from infanite.inr.distributed import launched_by_torchrun
+
+    # said once: by the launcher (--nproc), or by rank 0 of a job torchrun started directly
+    quiet = launched_by_torchrun() and (int(os.environ["RANK"]) > 0 or os.environ.get(LAUNCHED_ENV) == "1")
     from infanite.devices import choose_device
     from infanite.inr.config import default_overrides
     from infanite.inr.config_loading import load_train_config
@@ -52,21 +60,20 @@ def run(args) -> int:
         device = choose_device(args.device)
         from infanite.pipeline.run import cpu_template
 
-        overrides = default_overrides(device, template=cpu_template(args.manifest, device)) + overrides + \
-            [f"device={device}"]
+        overrides = default_overrides(device, template=cpu_template(args.manifest, device, say=not quiet)) + \
+            overrides + [f"device={device}"]
     elif args.device:
         overrides.append(f"device={choose_device(args.device)}")
     config = load_train_config(config_path, overrides)
-    print(f"train: model {config.model} (hidden {config.inr_decoder.hidden_size} × "
-          f"{config.inr_decoder.num_hidden_layers} layers, data term {config.data.term}) on {config.device}"
-          f"{' (no --config: sized for the device)' if sized else ''}", file=sys.stderr)
-    if config.device == "cpu" and config.inr_decoder.hidden_size >= 512 and config.model == "infanite":
+    if not quiet:
+        print(f"train: model {config.model} (hidden {config.inr_decoder.hidden_size} × "
+              f"{config.inr_decoder.num_hidden_layers} layers, data term {config.data.term}) on {config.device}"
+              f"{' (no --config: sized for the device)' if sized else ''}", file=sys.stderr)
+    if config.device == "cpu" and config.inr_decoder.hidden_size >= 512 and config.model == "infanite" and not quiet:
         print(f"train: warning: a {config.inr_decoder.hidden_size}-wide model on a CPU takes minutes per step; the "
               f"CPU defaults ('infanite run', no --config) train in about an hour", file=sys.stderr)
     if args.nproc < 1:
         raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
-    from infanite.inr.distributed import launched_by_torchrun
-
     if args.nproc > 1 and not launched_by_torchrun():
         return launch(args, config)
     worker = launched_by_torchrun() and int(os.environ["RANK"]) > 0     # rank 0 alone reports
@@ -106,7 +113,7 @@ def launch(args, config) -> int:
     argv += ["--resume"] * bool(args.resume) + ["--overwrite"] * bool(args.overwrite)
     if args.progress_json:
         argv += ["--progress-json", args.progress_json]
-    child = subprocess.Popen(torchrun_command(args.nproc, argv))
+    child = subprocess.Popen(torchrun_command(args.nproc, argv), env={**os.environ, LAUNCHED_ENV: "1"})
     previous = {}
 
     def forward(signum, frame):

@@ -216,7 +216,7 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
     if ranks.main:
         _write_run_files(out, config, data, manifest, ga_range, labels, log_path, global_step if state else None)
     ranks.barrier()                                      # the folder is ready before any rank looks at it
-    progress = (progress if ranks.main else None) or ProgressReporter(None)
+    progress = (progress or ProgressReporter(None)) if ranks.main else ProgressReporter(None, quiet=True)
     progress.start("train", total_steps, f"{data.n_voxels} voxels of {len(data.stack_ids)} stacks"
                    + (f", {ranks.world_size} processes" if ranks.distributed else ""), initial=global_step)
     session_steps, t_start, last = 0, time.perf_counter(), {}

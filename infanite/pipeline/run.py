@@ -69,9 +69,9 @@ def _write_run_info(out: Path, manifest, config, device: str, command: str | Non
     atomic_write_text(out / RUN_INFO, json.dumps(info, indent=1))
 
 
-def cpu_template(manifest, device: str) -> bool:
+def cpu_template(manifest, device: str, say: bool = True) -> bool:
     """Whether the device-sized defaults take the template model for this cohort (CPU, and the cohort supports
-    it); says why not on stderr when a CPU cohort does not."""
+    it); says why not on stderr (``say``) when a CPU cohort does not."""
     import sys
 
     from infanite.inr.build import template_unsupported
@@ -81,7 +81,7 @@ def cpu_template(manifest, device: str) -> bool:
         return False
     cohort, _ = read_manifest(manifest, registration_input=True)
     why = template_unsupported(cohort.stacks) if cohort.stacks else "no stacks"
-    if why:
+    if why and say:
         print(f"note: the paper's model (model: infanite) is trained: {why}, so the template model, the CPU "
               f"default, cannot be", file=sys.stderr)
     return why is None
