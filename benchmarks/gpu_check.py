@@ -58,14 +58,6 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _peak_mb(device) -> float | None:
-    import torch
-
-    from infanite.inr.train import peak_memory_mb
-
-    return peak_memory_mb(device) if device.type == "cuda" else peak_memory_mb(torch.device("cpu"))
-
-
 def throughput(kind: str, mode: str, compiled: bool, sizes: dict, device_name: str, reduced: bool) -> dict:
     """One case of section 1: samples/s, peak memory, FLOPs/sample, MFU."""
     import numpy as np
@@ -75,6 +67,7 @@ def throughput(kind: str, mode: str, compiled: bool, sizes: dict, device_name: s
     from infanite.inr.build import build_model
     from infanite.inr.config_loading import load_train_config
     from infanite.inr.data import psf_jitter, split_psf_loss
+    from infanite.inr.train import peak_memory_mb
 
     device = torch.device(device_name)
     torch.manual_seed(0)
@@ -140,7 +133,7 @@ def throughput(kind: str, mode: str, compiled: bool, sizes: dict, device_name: s
     seconds = statistics.median(times)
     samples_per_s = n * p / seconds
     result = {"model": kind, "mode": mode, "compiled": compiled, "coords": n, "psf": p, "samples": n * p,
-              "seconds_per_step": seconds, "samples_per_s": samples_per_s, "peak_memory_mb": _peak_mb(device),
+              "seconds_per_step": seconds, "samples_per_s": samples_per_s, "peak_memory_mb": peak_memory_mb(device),
               "flops_per_sample": flops_per_sample, "warmup_s": warmup_s,
               "parameters": sum(q.numel() for q in model.parameters())}
     if device.type == "cuda":

@@ -40,14 +40,13 @@ def check_against_cohort(config: TrainConfig, data: PackedCohort, slice_thicknes
         return
     problems = []
     lo, hi = ga_span(data.ga_weeks)
-    if hi - lo < 0.5:
+    if hi - lo < MIN_GA_SPAN_WEEKS:
         problems.append(f"model: 'template' conditions the template on GA, but every stack of the cohort has GA "
                         f"{lo:g} weeks; give a cohort spanning GAs, or use model: infanite")
     t = config.template
     extent = 2 * np.asarray(data.half_extent_mm, dtype=np.float64)
     if t.deformation_grid >= 2:
-        if len(data.fetus_ids) == len(data.stack_ids) > 1 and all(s == f for s, f in zip(data.stack_ids,
-                                                                                        data.fetus_ids)):
+        if ungrouped(data.stack_ids, [data.fetus_ids[f] for f in data.stack_fetus]):
             problems.append("template.deformation_grid: a displacement per fetus needs the stacks grouped into "
                             "fetuses: add a 'subject' column to the manifest (or use reference-style ids "
                             "GA_SUBJECT_STACK), or set template.deformation_grid=0")
@@ -68,16 +67,25 @@ def check_against_cohort(config: TrainConfig, data: PackedCohort, slice_thicknes
         raise TrainConfigError(problems)
 
 
+#: the template model is GA-conditioned: its cohort's known GAs must span at least this (weeks)
+MIN_GA_SPAN_WEEKS = 0.5
+
+
+def ungrouped(stack_ids, subjects) -> bool:
+    """True when the stacks are not grouped into fetuses: more than one stack, each its own ``subject``, named as
+    the stack itself (no ``subject`` column and ids that are not the reference's ``GA_SUBJECT_STACK``)."""
+    return len(stack_ids) > 1 and len(set(subjects)) == len(stack_ids) and all(
+        s == i for s, i in zip(subjects, stack_ids))
+
+
 def template_unsupported(records) -> str | None:
-    """Why the cohort ``records`` (manifest rows) cannot train the template model, or None when it can: its known
-    GAs span less than half a week (the template is GA-conditioned), or its stacks are not grouped into fetuses
-    (one displacement per fetus: a ``subject`` column, or reference-style ids ``GA_SUBJECT_STACK``)."""
-    ages = [float(r.scan_age) for r in records if r.scan_age is not None and np.isfinite(float(r.scan_age))]
-    if not ages or max(ages) - min(ages) < 0.5:
+    """Why the cohort ``records`` (manifest rows) cannot train the template model, or None when it can (the same
+    conditions :func:`check_against_cohort` refuses): its known GAs span less than half a week, or its stacks are
+    not grouped into fetuses (one displacement per fetus)."""
+    lo, hi = ga_span([r.scan_age for r in records])
+    if hi - lo < MIN_GA_SPAN_WEEKS:
         return "the stacks' known GAs span less than half a week"
-    subjects = [r.subject for r in records]
-    if len(records) > 1 and len(set(subjects)) == len(records) and all(
-            s == r.subject_id for s, r in zip(subjects, records)):
+    if ungrouped([r.subject_id for r in records], [r.subject for r in records]):
         return "the stacks are not grouped into fetuses (no 'subject' column)"
     return None
 
