@@ -1,4 +1,4 @@
-"""The atlas-quality benchmark's goal checks on known numbers (no CRL data, no training)."""
+"""The atlas-quality benchmark's goal checks on known numbers (no training), and its mean-shape oracle (CRL)."""
 from __future__ import annotations
 
 import importlib.util
@@ -40,3 +40,42 @@ def test_checks_need_only_the_rows_that_were_measured(quality):
     checks = quality.goal_checks({"c": c, "g": _rows({g: 17.0 for g in GAS})}, GAS)
     assert len(checks) == 1 and checks[0]["check"].startswith("best INR row (g)")
     assert quality.goal_checks({"c": c}, GAS) == []
+
+
+def test_the_mean_shape_oracle_of_one_fetus_is_its_deformed_truth(quality, crl_atlas_dir, tmp_path):
+    """With one fetus the cohort's mean shape is that fetus's own displacement, so the oracle oS (its template
+    warped by the mean displacement) is its deformed truth, oD, up to interpolation; oU (no warp) is not."""
+    import numpy as np
+
+    from infanite.evaluation.metrics import psnr
+    from infanite.io.images import load_nifti
+    from infanite.io.layout import atlas_filenames
+    from infanite.reference.templates import TemplateLibrary
+    from infanite.simulation.stacks import SimulationConfig, subject_ages
+
+    library = TemplateLibrary.from_folder(crl_atlas_dir)
+    config = SimulationConfig(n_subjects=1, stacks_per_subject=1, ga_range=(29.6, 30.4), seed=3)
+    ga = float(subject_ages(config)[0])
+    images = {}
+    for key, options in {"oS": {"deformed": False, "mean_shape": True}, "oD": {"deformed": True},
+                         "oU": {"deformed": False}}.items():
+        quality.oracle_variant(library, config, [ga], tmp_path / key, **options)
+        images[key] = load_nifti(tmp_path / key / atlas_filenames(ga)["T2w"])
+        assert images[key].array.shape == library.get(30.0).t2w.array.shape
+    region = library.get(30.0).mask
+    assert np.allclose(images["oS"].voxel_to_ras, images["oD"].voxel_to_ras)
+    same = psnr(images["oS"], images["oD"], region)
+    undeformed = psnr(images["oU"], images["oD"], region)
+    assert same > 40.0, same              # measured 132 dB: the same template points, sampled the same way
+    assert undeformed < 25.0, undeformed  # measured 18.7 dB: a 2 mm deformation is not noise
+
+
+def test_the_threshold_table_marks_oracles_below_the_goal(quality):
+    c = _rows({g: 16.0 for g in GAS})
+    table = quality.threshold_table({"c": c, "oS": _rows({g: 18.5 for g in GAS}), "oD": _rows({g: 20.0 for g in GAS})},
+                                    GAS)
+    lines = table.splitlines()
+    assert lines[0] == "| GA | needed (c + margin) | oS | oD |"
+    assert lines[2] == "| 22.0 | 17.50 | 18.50 | 20.00 |"                  # +1.5 dB at 22 weeks: both reach it
+    assert lines[3] == "| 26.0 | 19.00 | 18.50 (below) | 20.00 |"          # +3 dB at 26 weeks: oS does not
+    assert quality.threshold_table({"g": c}, GAS) == ""

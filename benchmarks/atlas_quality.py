@@ -2,6 +2,7 @@
 
     python benchmarks/atlas_quality.py [--quick | --smoke] [--work DIR] [--json results.json]
                                        [--atlas-dir CRL] [--subjects N] [--steps N] [--jobs 2] [--threads 2]
+                                       [--rows ROW ...] [--no-slice-motion]
 
 Everything runs in one call, on one simulated cohort, and every row is compared with the same ground truth.
 
@@ -26,7 +27,10 @@ Rows (every atlas at GA 22, 26, 30, 34 and 38 weeks):
            8³ × 3 control points of displacement per fetus) with the exact data term;
   g0, gP   g without displacements, g without PSF (``--quick`` only: the ablations);
   oU, oD   simulator oracles: the GKR mean (σ 0.5) over the fetuses of each one's *undeformed* template at its GA
-           (perfect shape removal), and of its *deformed* truth (the best any intensity average can do).
+           (perfect shape removal), and of its *deformed* truth (the best any intensity average can do);
+  oS       oracle: as oU, every template warped by the cohort's mean shape at the atlas GA (the mean of the
+           fetuses' true displacements, GA-kernel weighted as the template model's penalty weighs them): what the
+           template model gives if it fits every fetus exactly (its template is the sample's mean shape).
 
 a, a' and g share the model size (hidden 128 × 3 layers, latents 32 × 3³), 4,000 samples × P 4 per step,
 learning rates and the step budget (``--steps``; full mode 8,000 steps, sized to stay under 30 min per model on 2
@@ -39,6 +43,12 @@ and for g the error of the fitted displacements against the simulator's.
 
 Goal check (the issue's): the best INR row ≥ +3 dB PSNR (mask) and ≥ +0.05 mean Dice over c at GA 26, 30 and 34,
 ≥ +1.5 dB at 22 and 38, and above the deformed-truth oracle oD; a' above a.
+
+``--no-slice-motion`` simulates the same cohort without per-slice motion (its own work subfolder): a diagnostic of
+how much of the loss the motion costs, since no row corrects motion within a stack.
+
+The results end with a table of the goal's PSNR thresholds (c + the margin) beside the oracles: a threshold above
+oS is out of reach of the template model on that cohort, however well it is trained.
 
 Modes: default (full: 40 fetuses, 8,000 steps; about 2.5 h on 2 CPU cores), ``--quick`` (12 fetuses, 1,500 steps,
 with the ablations; ~40 min), ``--smoke`` (development only: 3 fetuses, GA 25–31, atlases at GA 27 and 30, a
@@ -100,6 +110,8 @@ ROWS = {
     "g": ("template + deformation", "inr", TEMPLATE),
     "oU": ("oracle: mean of undeformed templates", "oracle", {"deformed": False}),
     "oD": ("oracle: mean of deformed truths", "oracle", {"deformed": True}),
+    "oS": ("oracle: undeformed templates at the cohort's mean shape", "oracle", {"deformed": False,
+                                                                               "mean_shape": True}),
     "g0": ("g without deformation", "inr", TEMPLATE + ["template.deformation_grid=0"]),
     "gP": ("g without PSF", "inr", TEMPLATE + ["psf.mode=none"]),
 }
@@ -227,10 +239,22 @@ def evaluate_variant(atlas_dir: Path, reference: Path, out: Path, gas: list[floa
     return {"rows": rows, "reused": False}
 
 
-def oracle_variant(library, sim_config, gas: list[float], out: Path, deformed: bool) -> dict:
+def oracle_variant(library, sim_config, gas: list[float], out: Path, deformed: bool,
+                   mean_shape: bool = False) -> dict:
     """The GKR mean (σ 0.5 weeks, over the fetuses' GAs) of each simulated fetus's deformed truth, or of its
-    undeformed template, on the CRL grid; labels by weighted vote (written as an atlas folder)."""
+    undeformed template, on the CRL grid; labels by weighted vote (written as an atlas folder).
+
+    ``mean_shape``: each undeformed template is first warped by the cohort's mean shape at the atlas GA, the
+    Gaussian-weighted mean (σ ``MEAN_KERNEL_WEEKS``) of the fetuses' true displacements: what the template model
+    gives when it fits every fetus exactly, since its penalty makes the displacements average to zero around
+    each GA (the template is the sample's mean shape, not the population's, with a finite number of fetuses)."""
     import numpy as np
+    from scipy import ndimage
+
+    from infanite.geometry import apply_matrix
+    from infanite.inr.template import MEAN_KERNEL_WEEKS
+    from infanite.simulation.anatomy import displacement
+    from infanite.simulation.stacks import _fetus_anatomy
 
     from infanite.atlas.kernel import gkr_weights
     from infanite.inr.data import brain_normalised
@@ -245,8 +269,18 @@ def oracle_variant(library, sim_config, gas: list[float], out: Path, deformed: b
     ages = [float(a) for a in subject_ages(sim_config)]
     grid = library.get(float(round(gas[0]))).t2w.grid
     cache: dict = {}
+    shift, fields = None, {}
     for g in todo:
         weights = gkr_weights(ages, g, SIGMA_WEEKS).weights
+        if mean_shape:
+            xyz = grid.voxel_centres_ras().astype(np.float32)
+            kernel = np.exp(-0.5 * ((np.asarray(ages) - g) / MEAN_KERNEL_WEEKS) ** 2)
+            shift = np.zeros(xyz.shape, np.float32)
+            for index, k in enumerate(kernel / kernel.sum(), start=1):
+                if k >= 1e-4:
+                    if index not in fields:
+                        fields[index] = _fetus_anatomy(index, ages[index - 1], library, sim_config)[2]
+                    shift += k * displacement(fields[index], xyz)
         image = np.zeros(grid.shape)
         votes = np.zeros(grid.shape + (9,), np.float32)
         for index, (w, ga) in enumerate(zip(weights, ages), start=1):
@@ -256,8 +290,13 @@ def oracle_variant(library, sim_config, gas: list[float], out: Path, deformed: b
                 cache[index] = fetus_truth(index, ga, library, sim_config)
             t2, labels, template = cache[index]
             source = (t2, labels) if deformed else (template.t2w, template.seg)
-            array = resample(source[0], grid, None, "linear").array
-            seg = resample(source[1], grid, None, "nearest").array
+            if shift is None:
+                array = resample(source[0], grid, None, "linear").array
+                seg = resample(source[1], grid, None, "nearest").array
+            else:                                   # T_f(x + mean displacement(x)), the template convention
+                ijk = np.moveaxis(apply_matrix(source[0].ras_to_voxel, xyz + shift), -1, 0)
+                array = ndimage.map_coordinates(source[0].array, ijk, order=1, mode="constant", cval=0.0)
+                seg = ndimage.map_coordinates(source[1].array, ijk, order=0, mode="constant", cval=0)
             image += w * brain_normalised(array, seg > 0)
             for value in range(9):
                 votes[..., value] += w * (seg == value)
@@ -412,6 +451,24 @@ def goal_checks(metrics: dict, gas: list[float]) -> list[dict]:
     return checks
 
 
+def threshold_table(metrics: dict, gas: list[float]) -> str:
+    """Per GA: the PSNR (mask) the goal asks of the best INR row (c + the margin) beside what the oracles reach
+    (oS, the template model fitting every fetus exactly; oD, the cap of any intensity average); a threshold above
+    oS is out of reach of the template model with this cohort, whatever its training."""
+    keys = [f"{g:.1f}" for g in gas]
+    if "c" not in metrics:
+        return ""
+    oracles = [n for n in ("oS", "oD", "oU") if n in metrics]
+    lines = ["| GA | needed (c + margin) | " + " | ".join(oracles) + " |",
+             "|---|---|" + "---|" * len(oracles)]
+    for k in keys:
+        need = metrics["c"][k]["psnr_mask_db"] + GOAL_PSNR_DB.get(float(k), 3.0)
+        cells = [f"{metrics[n][k]['psnr_mask_db']:.2f}{' (below)' if metrics[n][k]['psnr_mask_db'] < need else ''}"
+                 for n in oracles]
+        lines.append(f"| {k} | {need:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------------------ main
 
 def _describe(name: str) -> str:
@@ -437,6 +494,8 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="registration worker processes (default 2)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of this process (default 2)")
     parser.add_argument("--device", default="cpu", help="training/atlas device (default cpu)")
+    parser.add_argument("--no-slice-motion", action="store_true",
+                        help="simulate without per-slice motion (a diagnostic: how much of the loss the motion costs)")
     parser.add_argument("--rows", nargs="+", default=None, metavar="ROW",
                         help=f"only these rows ({', '.join(ROWS)}; default: every row of the mode)")
     args = parser.parse_args(argv)
@@ -458,7 +517,8 @@ def main(argv=None) -> int:
               f"non-commercial use only, so nothing derived from it may be written there: choose a folder outside "
               f"{REPO}", file=sys.stderr)
         return 2
-    work = work_root / f"{mode_name}_{settings['subjects']}x{STACKS_PER_SUBJECT}"
+    work = work_root / (f"{mode_name}_{settings['subjects']}x{STACKS_PER_SUBJECT}"
+                        f"{'_no-slice-motion' if args.no_slice_motion else ''}")
 
     import torch
 
@@ -477,11 +537,13 @@ def main(argv=None) -> int:
             return 2
         names = [n for n in ROWS if n in args.rows]
     sim_config = SimulationConfig(n_subjects=settings["subjects"], stacks_per_subject=STACKS_PER_SUBJECT,
-                                  ga_range=settings["ga_range"], seed=SEED)
+                                  ga_range=settings["ga_range"], seed=SEED,
+                                  **({"motion_deg": 0.0, "motion_mm": 0.0} if args.no_slice_motion else {}))
     print(f"# INFANiTE atlas quality benchmark — mode {mode_name}"
           f"{' (plumbing check, not a measurement)' if mode_name == 'smoke' else ''}\n")
     print(f"- cohort: {settings['subjects']} fetuses × {STACKS_PER_SUBJECT} stacks, GA {settings['ga_range'][0]:g}–"
-          f"{settings['ga_range'][1]:g} weeks, simulated from {atlas_dir} (seed {SEED}, simulator defaults)")
+          f"{settings['ga_range'][1]:g} weeks, simulated from {atlas_dir} (seed {SEED}, simulator defaults"
+          f"{'; no per-slice motion' if args.no_slice_motion else ''})")
     print(f"- registration: register_cohort, real (orientation search + rigid NMI), {REGISTRATION_SPACING_MM:g} mm "
           f"grid, {args.jobs} job(s)")
     print(f"- atlas GAs: {', '.join(f'{g:g}' for g in gas)} weeks; INR atlases at {ATLAS_SPACING_MM:g} mm; GKR σ "
@@ -518,7 +580,8 @@ def main(argv=None) -> int:
                 registered, gas, out, options["use_weight_maps"]), reused_if=lambda r: not r["generated"])
         elif kind == "oracle":
             results["atlas"][name] = timer.run(f"{name} {label}: atlas", lambda: oracle_variant(
-                library, sim_config, gas, out, options["deformed"]), reused_if=lambda r: not r["generated"])
+                library, sim_config, gas, out, options["deformed"], options.get("mean_shape", False)),
+                reused_if=lambda r: not r["generated"])
         else:
             run_dir = work / "runs" / key
             results["train"][name] = timer.run(f"{name} {label}: train", lambda: train_variant(
@@ -546,6 +609,10 @@ def main(argv=None) -> int:
     print("\n## Diagnostics of the INR runs\n")
     print(diagnostics_table(results["diagnostics"]))
     checks = goal_checks(metrics, gas)
+    thresholds = threshold_table(metrics, gas)
+    if thresholds:
+        print("\n## The goal's PSNR thresholds against the oracles\n")
+        print(thresholds)
     print("\n## Goal check\n")
     for c in checks:
         print(f"- **{'PASS' if c['pass'] else 'FAIL'}** {c['check']}: {c['detail']}")
