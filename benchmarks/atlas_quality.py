@@ -239,6 +239,21 @@ def evaluate_variant(atlas_dir: Path, reference: Path, out: Path, gas: list[floa
     return {"rows": rows, "reused": False}
 
 
+_ANATOMY: dict = {}
+
+
+def fetus_anatomy(index: int, library, sim_config) -> tuple:
+    """Fetus ``index``'s simulated anatomy, (rng, template, deformation, deformed T2, deformed labels), computed
+    once per process and cohort settings: the oracles and every INR row's diagnostics share it (the simulator is
+    deterministic)."""
+    from infanite.simulation.stacks import _fetus_anatomy, subject_ages
+
+    key = (index, repr(sim_config))
+    if key not in _ANATOMY:
+        _ANATOMY[key] = _fetus_anatomy(index, float(subject_ages(sim_config)[index - 1]), library, sim_config)
+    return _ANATOMY[key]
+
+
 def oracle_variant(library, sim_config, gas: list[float], out: Path, deformed: bool,
                    mean_shape: bool = False) -> dict:
     """The GKR mean (σ 0.5 weeks, over the fetuses' GAs) of each simulated fetus's deformed truth, or of its
@@ -254,41 +269,38 @@ def oracle_variant(library, sim_config, gas: list[float], out: Path, deformed: b
     from infanite.geometry import apply_matrix
     from infanite.inr.template import MEAN_KERNEL_WEEKS
     from infanite.simulation.anatomy import displacement
-    from infanite.simulation.stacks import _fetus_anatomy
-
     from infanite.atlas.kernel import gkr_weights
     from infanite.inr.data import brain_normalised
     from infanite.io.images import Volume, save_nifti
     from infanite.io.layout import atlas_filenames
     from infanite.io.resample import resample
-    from infanite.simulation.stacks import fetus_truth, subject_ages
+    from infanite.simulation.stacks import subject_ages
 
     todo = [g for g in gas if not all((out / atlas_filenames(g)[k]).is_file() for k in ("T2w", "dseg"))]
     if not todo:
         return {"generated": []}
     ages = [float(a) for a in subject_ages(sim_config)]
     grid = library.get(float(round(gas[0]))).t2w.grid
-    cache: dict = {}
-    shift, fields = None, {}
+
+    def anatomy(index: int):
+        return fetus_anatomy(index, library, sim_config)
+
+    shift = None
+    xyz = grid.voxel_centres_ras().astype(np.float32) if mean_shape else None
     for g in todo:
         weights = gkr_weights(ages, g, SIGMA_WEEKS).weights
         if mean_shape:
-            xyz = grid.voxel_centres_ras().astype(np.float32)
             kernel = np.exp(-0.5 * ((np.asarray(ages) - g) / MEAN_KERNEL_WEEKS) ** 2)
             shift = np.zeros(xyz.shape, np.float32)
             for index, k in enumerate(kernel / kernel.sum(), start=1):
                 if k >= 1e-4:
-                    if index not in fields:
-                        fields[index] = _fetus_anatomy(index, ages[index - 1], library, sim_config)[2]
-                    shift += k * displacement(fields[index], xyz)
+                    shift += k * displacement(anatomy(index)[2], xyz)
         image = np.zeros(grid.shape)
         votes = np.zeros(grid.shape + (9,), np.float32)
-        for index, (w, ga) in enumerate(zip(weights, ages), start=1):
+        for index, w in enumerate(weights, start=1):
             if w < 1e-4:
                 continue
-            if index not in cache:
-                cache[index] = fetus_truth(index, ga, library, sim_config)
-            t2, labels, template = cache[index]
+            _, template, _, t2, labels = anatomy(index)
             source = (t2, labels) if deformed else (template.t2w, template.seg)
             if shift is None:
                 array = resample(source[0], grid, None, "linear").array
@@ -334,8 +346,6 @@ def truth_sharpness(atlas_root: Path, gas: list[float]) -> dict:
     return out
 
 
-_ANATOMY: dict = {}
-
 
 def run_diagnostics(run_dir: Path, library, sim_config) -> dict:
     """The run's diagnostics with the simulator's truth: per-fetus reconstruction and, for the template model,
@@ -348,17 +358,13 @@ def run_diagnostics(run_dir: Path, library, sim_config) -> dict:
     from infanite.inr.diagnostics import compute_diagnostics
     from infanite.inr.template import TemplateINR
     from infanite.simulation.anatomy import displacement
-    from infanite.simulation.stacks import _fetus_anatomy, subject_ages
 
     run = load_run(run_dir)
-    ages = [float(a) for a in subject_ages(sim_config)]
     names = run.stacks.get("fetus_ids") or []
     truth, fields = {}, {}
     for name in names:
         index = int(name)
-        if index not in _ANATOMY:                   # shared by every INR row (the simulator is deterministic)
-            _ANATOMY[index] = _fetus_anatomy(index, ages[index - 1], library, sim_config)
-        _, _, field, t2, labels = _ANATOMY[index]
+        _, _, field, t2, labels = fetus_anatomy(index, library, sim_config)
         truth[name], fields[name] = (t2, labels), (field, labels)
     result = compute_diagnostics(run, "cpu", fetus_truth=truth)
     model = run.model("cpu")
