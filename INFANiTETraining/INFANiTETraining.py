@@ -277,8 +277,9 @@ class INFANiTETrainingLogic(BackgroundProcessLogicMixin, ScriptedLoadableModuleL
         return TrainingParameters(psf_samples=parse_int_list(p.psfSchedule), max_steps=p.maxSteps or None, **values)
 
     def applyDefaults(self, p):
-        """The settings of ``infanite run`` for the selected device (CPU-sized on a CPU, the paper's on a GPU)."""
-        defaults = TrainingParameters.for_device(self.device(p))
+        """The settings of ``infanite run`` for the selected device and, once chosen, the cohort (CPU-sized on a
+        CPU, with the template model where the cohort can train it; the paper's on a GPU)."""
+        defaults = TrainingParameters.for_device(self.device(p), given_path(p.manifestPath))
         with slicer.util.NodeModify(p):
             for field, name in FORM_FIELDS.items():
                 setattr(p, field, getattr(defaults, name))

@@ -79,3 +79,23 @@ def test_the_threshold_table_marks_oracles_below_the_goal(quality):
     assert lines[2] == "| 22.0 | 17.50 | 18.50 | 20.00 |"                  # +1.5 dB at 22 weeks: both reach it
     assert lines[3] == "| 26.0 | 19.00 | 18.50 (below) | 20.00 |"          # +3 dB at 26 weeks: oS does not
     assert quality.threshold_table({"g": c}, GAS) == ""
+
+
+def test_displacement_agreement_separates_the_affine_part_from_the_shape(quality):
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    points = rng.uniform(-40, 40, size=(2000, 3))
+    target = np.stack([np.sin(points[:, 1] / 9.0), np.cos(points[:, 2] / 7.0), np.sin(points[:, 0] / 11.0)], 1)
+    affine = points @ np.diag([0.02, -0.01, 0.03]) + np.array([0.5, -0.2, 0.1])
+    found = quality.displacement_agreement(points, target + affine, target)
+    assert found["rms_error_nonaffine"] < 1e-6 and found["correlation_nonaffine"] > 1 - 1e-9
+    assert found["rms_error"] == pytest.approx(np.sqrt((affine ** 2).sum(1).mean()), rel=1e-9)
+    assert found["rms_fitted_affine"] > 0.5
+    opposite = quality.displacement_agreement(points, -target, target)
+    assert opposite["correlation_nonaffine"] < -0.99
+    assert opposite["rms_error"] == pytest.approx(2 * found["rms_target"], rel=1e-9)
+    unrelated = quality.displacement_agreement(points, rng.normal(size=points.shape), target)
+    assert abs(unrelated["correlation_nonaffine"]) < 0.1
+    nothing = quality.displacement_agreement(points, np.zeros_like(target), target)
+    assert nothing["correlation_nonaffine"] == 0.0 and nothing["rms_error"] == pytest.approx(nothing["rms_target"])

@@ -155,12 +155,12 @@ def _complete_lines(path) -> list[str]:
 
 def test_kill_9_mid_epoch_then_resume_reproduces_the_loss_curve(registered, tmp_path):
     """A real SIGKILL of ``python -m infanite train``, then ``--resume``: the losses equal an uninterrupted run."""
-    from infanite.inr.config import default_overrides
+    from infanite.pipeline.run import sized_defaults
 
     overrides = TINY + ["max_steps=400", "epochs.train=50"]
     # what the command line trains without --config on a CPU: the CPU defaults (the template model: this cohort
-    # spans GAs and groups its stacks into fetuses), then the --set values
-    config = load_train_config(None, default_overrides("cpu", template=True) + overrides + ["device=cpu"])
+    # spans GAs and groups its stacks into fetuses; its GA nodes sized to it), then the --set values
+    config = load_train_config(None, sized_defaults(registered, "cpu") + overrides + ["device=cpu"])
     train(registered, config, tmp_path / "full", stop_after_steps=60)
     run, events = tmp_path / "killed", tmp_path / "progress.jsonl"
     cmd = [sys.executable, "-m", "infanite", "train", "--manifest", str(registered), "--out", str(run),

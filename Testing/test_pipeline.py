@@ -24,13 +24,24 @@ def test_default_atlas_weeks_and_device_sizing():
     assert default_overrides("cuda") == [] and "inr_decoder.hidden_size=128" in default_overrides("cpu")
     assert "model=template" in default_overrides("cpu", template=True)
     assert "model=template" not in default_overrides("cpu") and default_overrides("cuda", template=True) == []
+    assert default_overrides("cpu", template=True, n_fetuses=40, ga_span_weeks=16.5)[-1] == "template.ga_latents=12"
+    assert not any("ga_latents" in o for o in default_overrides("cpu", n_fetuses=40, ga_span_weeks=16.5))
+
+
+def test_the_template_gets_about_one_ga_node_per_three_fetuses():
+    from infanite.inr.config import template_ga_nodes
+
+    # the two measured cohorts (12 and 40 fetuses over GA 21-38), and one between them
+    assert (template_ga_nodes(12, 16.5), template_ga_nodes(40, 16.5), template_ga_nodes(24, 16.0)) == (4, 12, 7)
+    assert template_ga_nodes(40, 2.0) == 3               # at most one node per week of the span (plus one)
+    assert template_ga_nodes(3, 6.0) == template_ga_nodes(0, 0.0) == 2          # never fewer than two
 
 
 def test_the_cpu_defaults_take_the_template_model_only_where_the_cohort_supports_it(tmp_path, capsys):
     from types import SimpleNamespace as Row
 
     from infanite.inr.build import template_unsupported
-    from infanite.pipeline.run import cpu_template
+    from infanite.pipeline.run import cpu_template, sized_defaults
 
     def rows(ages, subjects, ids=None):
         ids = ids or [f"s{i}" for i in range(len(ages))]
@@ -46,6 +57,9 @@ def test_the_cpu_defaults_take_the_template_model_only_where_the_cohort_supports
 
     cohort = tiny_phantom_cohort(tmp_path / "ph")
     assert cpu_template(cohort["manifest"], "cpu") is True and not cpu_template(cohort["manifest"], "cuda")
+    sized = sized_defaults(cohort["manifest"], "cpu")            # 2 fetuses, GA 27.4 and 28.8: the fewest nodes
+    assert "model=template" in sized and sized[-1] == "template.ga_latents=2"
+    assert sized_defaults(cohort["manifest"], "cuda") == []
     lines = cohort["manifest"].read_text().splitlines()
     age = lines[0].split("\t").index("scan_age")
     one_ga = cohort["manifest"].parent / "one_ga.tsv"          # beside it: relative paths stay valid
@@ -53,6 +67,7 @@ def test_the_cpu_defaults_take_the_template_model_only_where_the_cohort_supports
                                                           enumerate(line.split("\t"))) for line in lines[1:]]) + "\n")
     capsys.readouterr()
     assert cpu_template(one_ga, "cpu") is False
+    assert not any("template" in o for o in sized_defaults(one_ga, "cpu", say=False))
     assert "the paper's model (model: infanite) is trained: the stacks' known GAs span less than half a week" in \
         capsys.readouterr().err
 

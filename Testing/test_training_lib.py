@@ -209,6 +209,19 @@ def test_the_form_round_trips_through_the_core_loader():
     assert info.value.fields == ["model"]
 
 
+def test_the_defaults_for_a_cohort_are_what_infanite_run_chooses_for_it(registered):
+    from infanite.pipeline.run import sized_defaults
+
+    form = TrainingParameters.for_device("cpu", registered)           # 2 fetuses, GA 27-29: the template model
+    config = form.validate("cpu")
+    assert form.model == "template" and "ga_latents: 2" in form.advanced_yaml
+    assert config.model == "template" and config.template.ga_latents == 2 and config.inr_decoder.hidden_size == 128
+    from infanite.inr.config_loading import load_train_config
+
+    assert config == load_train_config(None, sized_defaults(registered, "cpu") + ["device=cpu"])
+    assert TrainingParameters.for_device("cpu", registered.parent / "missing.tsv").model == "infanite"
+
+
 def test_device_detection_runs_in_a_child_process():
     """The GUI never initialises PyTorch/CUDA itself: ``infanite devices`` runs as a background process and its
     one progress event lists the devices, best first."""

@@ -156,11 +156,17 @@ class TrainingParameters:
                    checkpoint_every=config.checkpoint_every, advanced_yaml=advanced_yaml)
 
     @classmethod
-    def for_device(cls, device: str) -> "TrainingParameters":
-        """The defaults of ``infanite run`` for ``device``: a small CPU-sized model on a CPU, the paper's on a GPU."""
+    def for_device(cls, device: str, manifest=None) -> "TrainingParameters":
+        """The defaults of ``infanite run`` for ``device``: a small CPU-sized model on a CPU, the paper's on a GPU;
+        with a registered cohort ``manifest`` (a file), exactly what ``infanite run`` chooses for it (on a CPU the
+        template model where the cohort can train it, its GA nodes sized to the cohort, in the advanced YAML)."""
         from infanite.inr.config import default_overrides
         from infanite.inr.config_loading import load_train_config
 
+        if manifest is not None and Path(manifest).is_file():
+            from infanite.pipeline.run import sized_defaults
+
+            return cls.from_config(load_train_config(None, sized_defaults(manifest, device, say=False)))
         return cls.from_config(load_train_config(None, default_overrides(device)))
 
     @classmethod

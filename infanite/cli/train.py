@@ -41,7 +41,6 @@ def run(args) -> int:
     # said once: by the launcher (--nproc), or by rank 0 of a job torchrun started directly
     quiet = launched_by_torchrun() and (int(os.environ["RANK"]) > 0 or os.environ.get(LAUNCHED_ENV) == "1")
     from infanite.devices import choose_device
-    from infanite.inr.config import default_overrides
     from infanite.inr.config_loading import load_train_config
     from infanite.inr.train import train
     from infanite.io.layout import CONFIG
@@ -58,10 +57,9 @@ def run(args) -> int:
     sized = config_path is None
     if sized:
         device = choose_device(args.device)
-        from infanite.pipeline.run import cpu_template
+        from infanite.pipeline.run import sized_defaults
 
-        overrides = default_overrides(device, template=cpu_template(args.manifest, device, say=not quiet)) + \
-            overrides + [f"device={device}"]
+        overrides = sized_defaults(args.manifest, device, say=not quiet) + overrides + [f"device={device}"]
     elif args.device:
         overrides.append(f"device={choose_device(args.device)}")
     config = load_train_config(config_path, overrides)

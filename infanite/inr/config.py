@@ -14,6 +14,7 @@ Without a config file, :func:`default_overrides` sizes the model for the device 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ import yaml
 __all__ = [
     "TrainConfigError", "EpochsConfig", "InrDecoderConfig", "SchedulerConfig", "OptimizerConfig",
     "SpatialWeightingConfig", "PsfConfig", "HaloConfig", "DataConfig", "TemplateConfig", "TrainConfig",
-    "IGNORED_REFERENCE_KEYS", "CPU_DEFAULTS", "DEMO_TRAINING", "default_overrides",
+    "IGNORED_REFERENCE_KEYS", "CPU_DEFAULTS", "DEMO_TRAINING", "default_overrides", "template_ga_nodes",
 ]
 
 MODEL_TYPES = ("infanite", "template")         # the paper's modulated SIREN; the deformation-aware template INR
@@ -260,14 +261,35 @@ DEMO_TRAINING = ["inr_decoder.hidden_size=64", "inr_decoder.num_hidden_layers=3"
 
 
 #: Added to the CPU defaults when the cohort can train the template model (GAs that differ, stacks grouped into
-#: fetuses): it measured best at the CPU budget (benchmarks/README.md, Atlas quality).
+#: fetuses): it measured best at the CPU budget (benchmarks/README.md, Atlas quality), with its GA nodes sized to
+#: the cohort (:func:`template_ga_nodes`).
 CPU_TEMPLATE = ["model=template"]
 
+#: Fetuses per GA node of the template's latent grids in the CPU defaults: about 3 measured best (12 fetuses:
+#: 3 / 4 / 6 / 12 nodes gave 16.34 / 16.63 / 16.40 / 15.91 dB; 40 fetuses: 6 / 12 nodes 17.63 / 17.75 dB;
+#: benchmarks/README.md, Atlas quality).
+FETUSES_PER_GA_NODE = 3.3
 
-def default_overrides(device: str, template: bool = False) -> list[str]:
+
+def template_ga_nodes(n_fetuses: int, ga_span_weeks: float) -> int:
+    """``template.ga_latents`` for a cohort of ``n_fetuses`` fetuses whose GAs span ``ga_span_weeks`` weeks: one
+    GA node per :data:`FETUSES_PER_GA_NODE` fetuses (fewer nodes average anatomy over more weeks, more leave
+    each node to too few fetuses), at most one per week of the span plus one, at least 2."""
+    by_fetuses = round(max(int(n_fetuses), 0) / FETUSES_PER_GA_NODE)
+    by_span = math.floor(max(float(ga_span_weeks), 0.0)) + 1
+    return int(max(2, min(by_fetuses, by_span)))
+
+
+def default_overrides(device: str, template: bool = False, n_fetuses: int | None = None,
+                      ga_span_weeks: float | None = None) -> list[str]:
     """Config overrides applied when the user gives no ``--config``: CPU-sized on a CPU (with the template model
-    when ``template``: the cohort supports it, :func:`~infanite.inr.build.template_unsupported`), none on a GPU
-    (the paper's settings: nothing has been measured on a GPU yet)."""
+    when ``template``: the cohort supports it, :func:`~infanite.inr.build.template_unsupported`; its GA nodes
+    sized by :func:`template_ga_nodes` when the cohort's ``n_fetuses`` and ``ga_span_weeks`` are given), none on
+    a GPU (the paper's settings: nothing has been measured on a GPU yet)."""
     if str(device).startswith("cuda"):
         return []
-    return list(CPU_DEFAULTS) + (list(CPU_TEMPLATE) if template else [])
+    if not template:
+        return list(CPU_DEFAULTS)
+    sized = [] if n_fetuses is None or ga_span_weeks is None else [
+        f"template.ga_latents={template_ga_nodes(n_fetuses, ga_span_weeks)}"]
+    return list(CPU_DEFAULTS) + list(CPU_TEMPLATE) + sized

@@ -87,6 +87,21 @@ def cpu_template(manifest, device: str, say: bool = True) -> bool:
     return why is None
 
 
+def sized_defaults(manifest, device: str, say: bool = True) -> list[str]:
+    """The config overrides used without ``--config``: :func:`~infanite.inr.config.default_overrides` for the
+    device and this cohort (the template model where :func:`cpu_template` allows it, its GA nodes sized to the
+    cohort's fetuses, the ``subject`` groups, and GA span)."""
+    from infanite.inr.build import ga_span
+    from infanite.io.cohort import read_manifest
+
+    if not cpu_template(manifest, device, say=say):
+        return default_overrides(device)
+    cohort, _ = read_manifest(manifest, registration_input=True)
+    lo, hi = ga_span([r.scan_age for r in cohort.stacks])
+    return default_overrides(device, template=True, n_fetuses=len({r.subject for r in cohort.stacks}),
+                             ga_span_weeks=hi - lo)
+
+
 def run_pipeline(manifest, templates, out, config_path=None, overrides=(), device: str = "cpu",
                  ga_weeks=None, atlas_spacing_mm: float | None = None, reference=None, jobs: int = 1,
                  register_options=None, progress: ProgressReporter | None = None, command: str | None = None,
@@ -103,7 +118,7 @@ def run_pipeline(manifest, templates, out, config_path=None, overrides=(), devic
     out = Path(out)
     progress = progress or ProgressReporter(None)
     if not config_path:
-        overrides = default_overrides(device, template=cpu_template(manifest, device)) + list(overrides)
+        overrides = sized_defaults(manifest, device) + list(overrides)
     else:
         overrides = list(overrides)
     config = load_train_config(config_path, overrides + [f"device={device}"])   # validated before any work
