@@ -99,3 +99,11 @@ def test_displacement_agreement_separates_the_affine_part_from_the_shape(quality
     assert abs(unrelated["correlation_nonaffine"]) < 0.1
     nothing = quality.displacement_agreement(points, np.zeros_like(target), target)
     assert nothing["correlation_nonaffine"] == 0.0 and nothing["rms_error"] == pytest.approx(nothing["rms_target"])
+
+
+def test_a_bad_training_override_is_refused_before_any_work(quality, crl_atlas_dir, tmp_path, capsys):
+    work = tmp_path / "work"
+    code = quality.main(["--smoke", "--atlas-dir", str(crl_atlas_dir), "--work", str(work),
+                         "--set", "template.ga_latentz=3"])
+    assert code == 2 and not work.exists()
+    assert "template.ga_latentz: unknown key (did you mean 'template.ga_latents'?)" in capsys.readouterr().err
