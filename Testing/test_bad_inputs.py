@@ -293,7 +293,7 @@ def test_an_empty_config_file_is_sized_for_the_device_with_a_warning(phantom, tm
     assert "empty.yaml is empty" in result.stderr
     import yaml
 
-    assert yaml.safe_load((out / "config.yaml").read_text())["inr_decoder"]["hidden_size"] == 128   # CPU defaults
+    assert yaml.safe_load((out / "config.yaml").read_text())["inr_decoder"]["hidden_size"] == 256   # CPU defaults
 
 
 def test_a_device_this_machine_lacks_is_refused(phantom, tmp_path):

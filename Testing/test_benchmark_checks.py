@@ -107,3 +107,19 @@ def test_a_bad_training_override_is_refused_before_any_work(quality, crl_atlas_d
                          "--set", "template.ga_latentz=3"])
     assert code == 2 and not work.exists()
     assert "template.ga_latentz: unknown key (did you mean 'template.ga_latents'?)" in capsys.readouterr().err
+
+
+def test_the_full_mode_measures_the_model_and_budget_of_the_cpu_defaults(quality):
+    """The full mode's INR rows must be what ``infanite run`` trains on a CPU (size, samples, step budget), so that
+    its numbers are the product's; the quick mode keeps the smaller model its ablation tables were measured with."""
+    from infanite.inr.config import CPU_DEFAULTS
+    from infanite.inr.config_loading import load_train_config
+
+    full = quality.MODES["full"]
+    ours = load_train_config(None, list(full["training"]) + [f"max_steps={full['steps']}"])
+    product = load_train_config(None, list(CPU_DEFAULTS))
+    assert ours.inr_decoder == product.inr_decoder and ours.max_steps == product.max_steps
+    assert (ours.n_samples, ours.psf.samples_per_epoch) == (product.n_samples, product.psf.samples_per_epoch)
+    assert (ours.optimizer.lr_inr, ours.optimizer.lr_latent) == (product.optimizer.lr_inr, product.optimizer.lr_latent)
+    quick = load_train_config(None, list(quality.MODES["quick"]["training"]))
+    assert quick.inr_decoder.hidden_size < ours.inr_decoder.hidden_size

@@ -21,7 +21,7 @@ def test_default_atlas_weeks_and_device_sizing():
     assert default_atlas_weeks([27.2, 27.6]) == [27.0]
     with pytest.raises(ValueError, match="--ga"):
         default_atlas_weeks([None])
-    assert default_overrides("cuda") == [] and "inr_decoder.hidden_size=128" in default_overrides("cpu")
+    assert default_overrides("cuda") == [] and "inr_decoder.hidden_size=256" in default_overrides("cpu")
     assert "model=template" in default_overrides("cpu", template=True)
     assert "model=template" not in default_overrides("cpu") and default_overrides("cuda", template=True) == []
     assert default_overrides("cpu", template=True, n_fetuses=40, ga_span_weeks=16.5)[-1] == "template.ga_latents=12"

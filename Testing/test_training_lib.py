@@ -215,7 +215,7 @@ def test_the_defaults_for_a_cohort_are_what_infanite_run_chooses_for_it(register
     form = TrainingParameters.for_device("cpu", registered)           # 2 fetuses, GA 27-29: the template model
     config = form.validate("cpu")
     assert form.model == "template" and "ga_latents: 2" in form.advanced_yaml
-    assert config.model == "template" and config.template.ga_latents == 2 and config.inr_decoder.hidden_size == 128
+    assert config.model == "template" and config.template.ga_latents == 2 and config.inr_decoder.hidden_size == 256
     from infanite.inr.config_loading import load_train_config
 
     assert config == load_train_config(None, sized_defaults(registered, "cpu") + ["device=cpu"])

@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import atlas_quality as aq  # noqa: E402  (same folder; shares the quality benchmark's stages)
 
 GAS = [22.0, 26.0, 30.0, 34.0, 38.0]
-LONG = [o for o in aq.FULL_TRAINING if not o.startswith(("max_steps", "checkpoint_every"))] + [
+LONG = [o for o in aq.SMALL_TRAINING if not o.startswith(("max_steps", "checkpoint_every"))] + [
     "max_steps=12000", "checkpoint_every=500", "data.term=reference"]   # issue 5's runs: the reference data term
 WIDE = [o for o in LONG if not o.startswith(("inr_decoder.hidden_size", "inr_decoder.num_hidden_layers",
                                              "inr_decoder.latent_dim", "max_steps"))] + [
