@@ -55,7 +55,7 @@ how much of the loss the motion costs, since no row corrects motion within a sta
 The results end with a table of the goal's PSNR thresholds (c + the margin) beside the oracles: a threshold above
 oS is out of reach of the template model on that cohort, however well it is trained.
 
-Modes: default (full: 40 fetuses, 4,000 steps at hidden 256; about 2.5 h on 2 CPU cores), ``--quick`` (12
+Modes: default (full: 40 fetuses, 4,000 steps at hidden 256; about 1.5 h on 2 CPU cores), ``--quick`` (12
 fetuses, 1,500 steps at hidden 128, with the ablations; ~40 min), ``--smoke`` (development only: 3 fetuses, GA
 25–31, atlases at GA 27 and 30, a tiny model, 30 steps — checks the plumbing end to end, it is not a measurement).
 
@@ -82,16 +82,18 @@ sys.path.insert(0, str(REPO))
 
 DEFAULT_ATLAS = REPO.parent / "shared" / "data" / "crl2017-fetal-atlas"
 
+from infanite.inr.config import CPU_DEFAULTS  # noqa: E402  (after the path set-up above)
+
 #: Model size and optimisation of every INR row in the quick mode (and of atlas_budget.py): the CPU model of the
 #: first measurements, hidden 128 (the paper's size needs a GPU).
 SMALL_TRAINING = ["inr_decoder.hidden_size=128", "inr_decoder.num_hidden_layers=3",
-                 "inr_decoder.modulated_layers=[1,3]", "inr_decoder.latent_dim=[32,3,3,3]", "n_samples=4000",
-                 "epochs.train=1000", "checkpoint_every=500", "optimizer.lr_inr=1e-3",
-                 "optimizer.lr_latent=1e-2", "inr_decoder.tf_dim=0", "psf.samples_per_epoch=[4]"]
-#: Full mode: the size of ``infanite run``'s CPU defaults, hidden 256 (at 4,000 steps it beat hidden 128 at 8,000
-#: for the same training time; benchmarks/README.md).
-FULL_TRAINING = [("inr_decoder.hidden_size=256" if o.startswith("inr_decoder.hidden_size=") else o)
-                 for o in SMALL_TRAINING]
+                  "inr_decoder.modulated_layers=[1,3]", "inr_decoder.latent_dim=[32,3,3,3]", "n_samples=4000",
+                  "epochs.train=1000", "checkpoint_every=500", "optimizer.lr_inr=1e-3",
+                  "optimizer.lr_latent=1e-2", "inr_decoder.tf_dim=0", "psf.samples_per_epoch=[4]"]
+#: Full mode: the model and optimisation of ``infanite run``'s CPU defaults (hidden 256), with this benchmark's
+#: epoch and checkpoint settings; the step budget is the mode's.
+FULL_TRAINING = [o for o in CPU_DEFAULTS if not o.startswith(("epochs.train=", "max_steps=", "checkpoint_every="))] + [
+    "epochs.train=1000", "checkpoint_every=500"]
 SMOKE_TRAINING = ["inr_decoder.hidden_size=32", "inr_decoder.num_hidden_layers=2",
                   "inr_decoder.modulated_layers=[1]", "inr_decoder.latent_dim=[8,3,3,3]", "n_samples=1000",
                   "epochs.train=1000", "checkpoint_every=10", "optimizer.lr_inr=1e-3",
