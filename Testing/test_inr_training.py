@@ -136,6 +136,20 @@ def test_training_lowers_the_loss_and_learns_labels(registered, tmp_path):
     assert accuracy > 0.5 and (pred[wm] == 1).float().mean().item() > 0.7
 
 
+@pytest.mark.parametrize("term, weight", [("exact", ["data.label_weight=0.25"]),
+                                          ("reference", ["optimizer.seg_weight=0.5"])])
+def test_each_data_term_weighs_its_labels_by_its_own_key(registered, tmp_path, term, weight):
+    """The logged loss of every step is intensity + w·labels + penalties, with w from ``data.label_weight`` for the
+    exact term and ``optimizer.seg_weight`` for the reference term."""
+    config = load_train_config(None, TINY + ["max_steps=4", f"data.term={term}"] + weight)
+    train(registered, config, tmp_path / "run")
+    w = float(weight[0].split("=")[1])
+    for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        assert r["loss_seg"] > 0.1 and r["loss"] == pytest.approx(
+            r["loss_intensity"] + w * r["loss_seg"] + r["loss_penalty"], rel=1e-5, abs=1e-7)
+
+
 def test_resume_after_kill_reproduces_the_loss_curve(registered, tmp_path):
     config = load_train_config(None, TINY + ["max_steps=40"])
     train(registered, config, tmp_path / "full")

@@ -268,3 +268,41 @@ def test_psf_samples_schedule():
     assert [c.psf_samples(e) for e in range(3)] == [3, 3, 3]
     with pytest.raises(ValueError):
         c.psf_samples(-1)
+
+
+def test_the_exact_term_weighs_its_labels_by_data_label_weight_not_the_reference_key():
+    assert TrainConfig().data.label_weight == 0.1 and TrainConfig().optimizer.seg_weight == 1.0
+    with pytest.raises(TrainConfigError) as ei:
+        load_train_config(None, ["optimizer.seg_weight=0.5"])       # the default term is the exact one
+    msg = _errors(ei)
+    assert "--set: optimizer.seg_weight:" in msg and "data.label_weight" in msg and "reference" in msg
+    assert load_train_config(None, ["optimizer.seg_weight=0.5", "data.term=reference"]).optimizer.seg_weight == 0.5
+    assert load_train_config(None, ["data.label_weight=0.25"]).data.label_weight == 0.25
+    with pytest.raises(TrainConfigError) as ei:
+        load_train_config(None, ["data.label_weight=-1"])
+    assert "--set: data.label_weight: must be >= 0" in _errors(ei)
+
+
+@pytest.mark.parametrize("term, seg_weight, expected_label_weight", [("exact", 0.3, 0.3), ("exact", 1.0, 1.0),
+                                                                      ("reference", 0.5, 0.1)])
+def test_a_run_config_written_before_label_weight_existed_reads_as_it_was_trained(tmp_path, term, seg_weight,
+                                                                                  expected_label_weight):
+    """A run's resolved ``config.yaml`` lists every key; one without ``data.label_weight`` was written when the exact
+    term weighed its labels by ``optimizer.seg_weight``: that weight moves to ``data.label_weight``."""
+    import yaml
+
+    resolved = load_train_config(None, [f"data.term={term}"] + (
+        [f"optimizer.seg_weight={seg_weight}"] if term == "reference" else []))
+    mapping = resolved.to_dict()
+    del mapping["data"]["label_weight"]
+    mapping["optimizer"]["seg_weight"] = seg_weight
+    old = tmp_path / "config.yaml"
+    old.write_text(resolved.to_yaml().splitlines()[0] + "\n" + yaml.safe_dump(mapping, sort_keys=False))
+    back = load_train_config(old)
+    assert back.data.label_weight == expected_label_weight
+    assert back.optimizer.seg_weight == (seg_weight if term == "reference" else 1.0)
+    # a user's partial file without the key is not an old run's: it gets the default
+    user = _write(tmp_path, "data:\n  term: exact\n", "user.yaml")
+    assert load_train_config(user).data.label_weight == 0.1
+    # a resolved file written now reads back unchanged
+    assert load_train_config(resolved.save_yaml(tmp_path / "new.yaml")) == resolved

@@ -18,8 +18,8 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from infanite.inr.config import (DATA_TERMS, DEVICE_PATTERN, IGNORED_REFERENCE_KEYS, LOSS_METRICS, MODEL_TYPES,
-                                 PSF_ESTIMATORS, PSF_MODES, SCHEDULER_TYPES, TEMPLATE_ENCODINGS, TF_DIMS, TrainConfig,
-                                 TrainConfigError)
+                                 PSF_ESTIMATORS, PSF_MODES, RESOLVED_HEADER, SCHEDULER_TYPES, TEMPLATE_ENCODINGS,
+                                 TF_DIMS, TrainConfig, TrainConfigError)
 
 
 def _all_keys(cls, prefix: str = "") -> list[str]:
@@ -244,8 +244,11 @@ class _Loader:
         choice("data.psf_estimator", dt.psf_estimator, PSF_ESTIMATORS)
         if dt.bias_order not in (0, 1, 2):
             bad("data.bias_order", f"must be 0, 1 or 2 (polynomial degree), got {dt.bias_order!r}")
-        for k in ("gain_weight", "bias_weight", "halo_mm"):
+        for k in ("gain_weight", "bias_weight", "halo_mm", "label_weight"):
             nonneg(f"data.{k}", getattr(dt, k))
+        if dt.term == "exact" and o.seg_weight != 1.0:
+            bad("optimizer.seg_weight", f"weighs the labels of the reference data term only, got {o.seg_weight}; "
+                                        f"with data.term exact set data.label_weight (now {dt.label_weight})")
 
         t = c.template
         choice("template.encoding", t.encoding, TEMPLATE_ENCODINGS)
@@ -303,6 +306,21 @@ def build_config(layers: Iterable[tuple[str, Any]], pre_errors: Iterable[str] = 
     return ld.cfg
 
 
+def _upgrade_resolved(mapping):
+    """A resolved configuration (a run's ``config.yaml``) written before ``data.label_weight`` existed: its
+    ``data.term: exact`` run weighed the labels by ``optimizer.seg_weight``, so that value moves to
+    ``data.label_weight`` (and ``optimizer.seg_weight`` back to 1.0); a ``reference`` run gets the default, which
+    it does not use.  Every resolved file lists every key, so a missing key can only mean an older file."""
+    if not isinstance(mapping, dict) or not isinstance(mapping.get("data"), dict) \
+            or "label_weight" in mapping["data"] or not isinstance(mapping.get("optimizer"), dict):
+        return mapping
+    out = {**mapping, "data": dict(mapping["data"]), "optimizer": dict(mapping["optimizer"])}
+    if out["data"].get("term", "exact") == "exact" and "seg_weight" in out["optimizer"]:
+        out["data"]["label_weight"] = out["optimizer"]["seg_weight"]
+        out["optimizer"]["seg_weight"] = 1.0
+    return out
+
+
 def load_train_config(path=None, overrides: Iterable[str] = ()) -> TrainConfig:
     """Defaults, then the YAML file ``path`` (ours or a reference ``config_atlas.yaml``), then ``overrides``
     (``"key.sub=value"``, value parsed as YAML).  Raises :class:`TrainConfigError` listing every problem."""
@@ -318,6 +336,8 @@ def load_train_config(path=None, overrides: Iterable[str] = ()) -> TrainConfig:
             data = yaml.safe_load(text)
         except yaml.YAMLError as e:
             raise TrainConfigError([f"{p}: not valid YAML: {e}"]) from e
+        if text.startswith(RESOLVED_HEADER):
+            data = _upgrade_resolved(data)
         layers.append((str(p), data if data is not None else {}))
     if isinstance(overrides, str):
         overrides = [overrides]

@@ -346,11 +346,13 @@ def _step_loss(config: TrainConfig, forward, model, intensity, data, idx, stack,
         raw = torch.cat([intensity.apply(raw[:, 0], coords, stacks)[:, None], raw[:, 1:]], dim=1)
     per_sample = raw.reshape(len(idx), samples, -1)
     target = (data.intensity[idx], data.label[idx], data.weight[idx], class_weights)
-    if config.data.term == "exact" and config.data.psf_estimator == "split":
-        loss, l_int, l_seg = split_psf_loss(per_sample, *target, config.optimizer.seg_weight, norms)
+    exact = config.data.term == "exact"
+    label_weight = config.data.label_weight if exact else config.optimizer.seg_weight
+    if exact and config.data.psf_estimator == "split":
+        loss, l_int, l_seg = split_psf_loss(per_sample, *target, label_weight, norms)
     else:
-        metric = "mse" if config.data.term == "exact" else config.optimizer.loss_metric
-        loss, l_int, l_seg = weighted_loss(per_sample.mean(1), *target, metric, config.optimizer.seg_weight, norms)
+        metric = "mse" if exact else config.optimizer.loss_metric
+        loss, l_int, l_seg = weighted_loss(per_sample.mean(1), *target, metric, label_weight, norms)
     penalty = loss.new_zeros(())
     if isinstance(model, TemplateINR):
         t, terms = config.template, model.penalties()
