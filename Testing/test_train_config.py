@@ -298,9 +298,12 @@ def test_a_run_config_written_before_label_weight_existed_reads_as_it_was_traine
     mapping["optimizer"]["seg_weight"] = seg_weight
     old = tmp_path / "config.yaml"
     old.write_text(resolved.to_yaml().splitlines()[0] + "\n" + yaml.safe_dump(mapping, sort_keys=False))
-    back = load_train_config(old)
-    assert back.data.label_weight == expected_label_weight
-    assert back.optimizer.seg_weight == (seg_weight if term == "reference" else 1.0)
+    old_crlf = tmp_path / "config_crlf.yaml"
+    old_crlf.write_bytes(old.read_bytes().replace(b"\n", b"\r\n"))
+    for path in (old, old_crlf):
+        back = load_train_config(path)
+        assert back.data.label_weight == expected_label_weight
+        assert back.optimizer.seg_weight == (seg_weight if term == "reference" else 1.0)
     # a user's partial file without the key is not an old run's: it gets the default
     user = _write(tmp_path, "data:\n  term: exact\n", "user.yaml")
     assert load_train_config(user).data.label_weight == 0.1

@@ -336,7 +336,7 @@ def load_train_config(path=None, overrides: Iterable[str] = ()) -> TrainConfig:
             data = yaml.safe_load(text)
         except yaml.YAMLError as e:
             raise TrainConfigError([f"{p}: not valid YAML: {e}"]) from e
-        if text.startswith(RESOLVED_HEADER):
+        if text.splitlines()[:1] == [RESOLVED_HEADER.strip()]:     # also with Windows line ends
             data = _upgrade_resolved(data)
         layers.append((str(p), data if data is not None else {}))
     if isinstance(overrides, str):
