@@ -66,6 +66,32 @@ def test_psnr_of_a_known_offset_equals_the_analytic_value():
     assert M.psnr(test, reference, region) - M.psnr(test2, reference, region) == pytest.approx(20 * math.log10(2))
 
 
+def test_affine_psnr_forgives_only_an_intensity_map(smooth_image):
+    image, mask = smooth_image
+    region = np.asarray(mask) > 0
+    # any affine map of the reference, a negative gain included, is fitted exactly
+    assert M.psnr_affine(-2.0 * image + 5.0, image, mask) == math.inf
+    # uncorrelated over the region: reference [0, 0, 1, 1], test [0, 1, 0, 1] → the fit is the mean 0.5, MSE 0.25
+    # (6.02 dB), where the min–max PSNR compares the two as they are (MSE 0.5, 3.01 dB)
+    reference, test, four = np.zeros((2, 2, 1)), np.zeros((2, 2, 1)), np.ones((2, 2, 1), bool)
+    reference[1, :, 0] = 1.0
+    test[:, 1, 0] = 1.0
+    assert M.psnr_affine(test, reference, four) == pytest.approx(10 * math.log10(4), rel=1e-12)
+    assert M.psnr(test, reference, four) == pytest.approx(10 * math.log10(2), rel=1e-12)
+    # a constant test maps to the reference's mean: the MSE is the normalised reference's variance
+    normalised = M.minmax_normalise(image, region)[region]
+    assert M.psnr_affine(np.full_like(image, 3.0), image, mask) == pytest.approx(
+        10 * math.log10(1 / normalised.var()), rel=1e-9)
+    # never below the min–max PSNR; a compressed contrast with one outlier costs the min–max PSNR, not this one
+    rng = np.random.default_rng(3)
+    noisy = image + rng.normal(0, 0.05 * float(np.ptp(image[region])), image.shape)
+    compressed = 0.5 * noisy
+    compressed[tuple(np.argwhere(region)[0])] = float(noisy[region].max()) * 2
+    for t in (noisy, compressed):
+        assert M.psnr_affine(t, image, mask) >= M.psnr(t, image, mask)
+    assert M.psnr_affine(compressed, image, mask) - M.psnr(compressed, image, mask) > 3.0
+
+
 def test_ssim_is_one_for_identical_images_and_decreases_with_noise(smooth_image):
     image, mask = smooth_image
     assert M.ssim(image, image, mask) == pytest.approx(1.0, abs=1e-12)

@@ -158,6 +158,32 @@ def test_template_model_trains_learns_displacements_and_writes_diagnostics(templ
     assert stacks["model"] == "template" and stacks["fetus_ids"] == ["0001", "0002"]
 
 
+def test_fetus_reconstruction_is_scored_as_is_and_after_an_affine_intensity_map(template_run):
+    """With a fetus's own reconstruction as its 'truth', both scores are perfect; with that reconstruction's
+    negative (every contrast inverted), the min–max score drops and the affine score stays perfect."""
+    from infanite.atlas.predict import load_run
+    from infanite.inr.diagnostics import _decode_stack, compute_diagnostics
+    from infanite.io.images import Volume
+
+    run = load_run(template_run[0])
+    model = run.model("cpu")
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = np.asarray(run.stacks["centre_mm"]) - 2.0 * 7.5
+    ijk = np.argwhere(np.ones((16, 16, 16), bool))
+    points = torch.as_tensor(ijk @ affine[:3, :3].T + affine[:3, 3], dtype=torch.float32)
+    labels = Volume(np.ones((16, 16, 16), np.int16), affine)
+    truths = {}
+    for f, name in enumerate(run.stacks["fetus_ids"]):
+        own = _decode_stack(model, points, run.stacks["stack_fetus"].index(f)).reshape(16, 16, 16)
+        truths[name] = own
+    same = compute_diagnostics(run, "cpu", fetus_truth={n: (Volume(t, affine), labels) for n, t in truths.items()})
+    inverted = compute_diagnostics(run, "cpu", fetus_truth={n: (Volume(-t, affine), labels)
+                                                            for n, t in truths.items()})
+    for name in truths:
+        assert same["fetus_reconstruction_db"][name] > 100 and same["fetus_reconstruction_affine_db"][name] > 100
+        assert inverted["fetus_reconstruction_db"][name] < 20 < 100 < inverted["fetus_reconstruction_affine_db"][name]
+
+
 def test_each_fetus_deformation_is_kept_as_an_itk_transform_that_maps_like_the_model(template_run, tmp_path):
     """``deformations/<fetus>.h5`` (LPS, ITK) moves a point of the fetus's space exactly as the model's
     ``x + u_f(x)`` (RAS mm) does, anywhere in the template box; here with random control points so that every

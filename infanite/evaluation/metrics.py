@@ -168,6 +168,24 @@ def psnr(test, reference, mask, names: tuple[str, str] = ("test", "reference")) 
     return math.inf if mse == 0.0 else 10.0 * math.log10(1.0 / mse)
 
 
+def psnr_affine(test, reference, mask, names: tuple[str, str] = ("test", "reference")) -> float:
+    """PSNR (dB) of the best affine intensity map of ``test`` onto ``reference`` over the region ``mask``.
+
+    The reference is min–max normalised over the region (data range 1) as in :func:`psnr`; the test is mapped by
+    the least-squares ``α·test + β`` onto it (α of either sign; a constant test maps to the reference's mean).  It
+    is never below :func:`psnr` (whose min–max normalisation is one affine map among all): the gap between the
+    two is the part of the error that the test's contrast (its intensity scale against its extremes) accounts
+    for, the rest is structure.  A diagnostic, not a quality metric: it forgives wrong tissue contrast."""
+    a, b, region = _intensity_inputs(test, reference, mask, names)
+    x = a[region].astype(np.float64)
+    y = minmax_normalise(b, region)[region]
+    xc = x - x.mean()
+    denominator = float(xc @ xc)
+    slope = float(xc @ (y - y.mean())) / denominator if denominator > 0 else 0.0
+    mse = float(np.mean((y - y.mean() - slope * xc) ** 2))
+    return math.inf if mse <= 1e-30 else 10.0 * math.log10(1.0 / mse)
+
+
 def sharpness(image, mask, spacing_mm=None) -> float:
     """Mean gradient magnitude (per mm) of ``image`` min–max normalised over ``mask``, averaged over ``mask``.
 

@@ -13,7 +13,9 @@ At a diagnostic GA (the cohort's median, or given), on the training grid within 
   displacements (template model: mean and largest control-point displacement per fetus, mm);
 - with the simulator's truth (``fetus_truth``: fetus name → (T2 Volume, labels Volume) in template space), each
   fetus's reconstruction against its own deformed truth (PSNR, brain region of the truth), the test that tells
-  a blurry data fit (low) from a sharp fit that averaging blurs (high, while the atlas is low).
+  a blurry data fit (low) from a sharp fit that averaging blurs (high, while the atlas is low); and the same after
+  the best affine intensity map of the reconstruction onto the truth (``fetus_reconstruction_affine_db``): where
+  the two differ, the fit has the shapes but not the contrast (tissue intensities pulled toward their mean).
 """
 from __future__ import annotations
 
@@ -113,18 +115,21 @@ def compute_diagnostics(run, device="cpu", ga_weeks: float | None = None, fetus_
         result["sharpness"] = round(sharpness(Volume(volume, grid.voxel_to_ras),
                                               Volume(brain_volume, grid.voxel_to_ras)), 5)
     if fetus_truth:
-        result["fetus_reconstruction_db"] = _fetus_reconstruction(model, run, fetus_truth, device)
+        result["fetus_reconstruction_db"], result["fetus_reconstruction_affine_db"] = _fetus_reconstruction(
+            model, run, fetus_truth, device)
     return result
 
 
-def _fetus_reconstruction(model, run, fetus_truth: dict, device) -> dict:
-    """PSNR (dB, the truth's brain) of each fetus's reconstruction in template space against its own truth."""
+def _fetus_reconstruction(model, run, fetus_truth: dict, device) -> tuple[dict, dict]:
+    """PSNR (dB, the truth's brain) of each fetus's reconstruction in template space against its own truth: min–max
+    normalised, and after the best affine intensity map (:func:`~infanite.evaluation.metrics.psnr_affine`)."""
+    from infanite.evaluation.metrics import psnr_affine
     from infanite.inr.template import TemplateINR
 
     stacks = run.stacks
     stack_fetus = stacks.get("stack_fetus") or list(range(len(stacks["stack_ids"])))
     fetus_ids = stacks.get("fetus_ids") or list(stacks["stack_ids"])
-    out = {}
+    out, affine = {}, {}
     for f, name in enumerate(fetus_ids):
         if name not in fetus_truth:
             continue
@@ -136,10 +141,13 @@ def _fetus_reconstruction(model, run, fetus_truth: dict, device) -> dict:
         if isinstance(model, TemplateINR):
             members = members[:1]             # every stack of a fetus sees the same anatomy
         decoded = [_decode_stack(model, points, s) for s in members]
-        out[name] = round(_psnr(np.mean(decoded, axis=0), t2.array[tuple(ijk.T)].astype(np.float64)), 3)
-    if out:
-        out["mean"] = round(float(np.mean(list(out.values()))), 3)
-    return out
+        reconstruction, truth = np.mean(decoded, axis=0), t2.array[tuple(ijk.T)].astype(np.float64)
+        out[name] = round(_psnr(reconstruction, truth), 3)
+        affine[name] = round(psnr_affine(reconstruction, truth, np.ones(truth.shape, bool)), 3)
+    for values in (out, affine):
+        if values:
+            values["mean"] = round(float(np.mean(list(values.values()))), 3)
+    return out, affine
 
 
 def write_diagnostics(run_dir, device="cpu", ga_weeks: float | None = None, fetus_truth: dict | None = None) -> dict:
