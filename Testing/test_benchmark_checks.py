@@ -81,6 +81,24 @@ def test_the_threshold_table_marks_oracles_below_the_goal(quality):
     assert quality.threshold_table({"g": c}, GAS) == ""
 
 
+def test_the_loss_table_weighs_the_fetuses_scanned_around_each_ga(quality):
+    import math
+
+    ga = {"0001": 30.0, "0002": 30.5, "0003": 38.0}
+    scores = {"0001": 20.0, "0002": 22.0, "0003": 10.0, "mean": 99.0}
+    w = math.exp(-0.5)                        # 0.5 weeks away at σ 0.5; 8 weeks away is ~1e-56, nothing
+    assert quality.fetus_scores_around(scores, ga, 30.0) == pytest.approx((20.0 + w * 22.0) / (1 + w))
+    assert quality.fetus_scores_around(scores, ga, 38.0) == pytest.approx(10.0)
+    assert math.isnan(quality.fetus_scores_around({}, ga, 30.0))
+    metrics = {"g": {"30.0": {"psnr_mask_db": 18.0, "psnr_affine_mask_db": 19.5}}}
+    diagnostics = {"g": {"fetus_reconstruction_db": scores,
+                         "fetus_reconstruction_affine_db": {k: v + 1 for k, v in scores.items()}},
+                   "gone": {}}                # a row whose atlas was not measured is left out
+    lines = quality.loss_location_table(metrics, diagnostics, ga, [30.0]).splitlines()
+    fetuses = (20.0 + w * 22.0) / (1 + w)
+    assert lines[2] == f"| g | 18.00 / 19.50; {fetuses:.2f} / {fetuses + 1:.2f} |" and len(lines) == 3
+
+
 def test_displacement_agreement_separates_the_affine_part_from_the_shape(quality):
     import numpy as np
 

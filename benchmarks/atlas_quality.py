@@ -40,9 +40,11 @@ cores; quick mode 1,500).  ``--set KEY=VALUE`` adds a training override to
 every INR row (after its own); like another ``--steps``, it trains into the row's own folders.  Ground truth is the
 CRL week itself (``evaluate_atlas``: each atlas resampled onto the 0.8 mm CRL grid).  Reported per row and GA: PSNR
 and SSIM in both region conventions, mean Dice, HD95, TCT, sharpness (mean |∇I| per mm of the min–max normalised
-atlas over the CRL brain mask; the truth's value in the header) and volume L1.  Diagnostics of every INR run
-(``diagnostics.json`` plus the simulator's truth): agreement of the atlas with the mean of the per-fetus decodings,
-each fetus's reconstruction against its own deformed truth, latent norms, and for g how its fitted displacements
+atlas over the CRL brain mask; the truth's value in the header), volume L1, and as a diagnostic the PSNR (mask)
+after the best affine intensity map of the atlas onto the truth (its gap to the PSNR is what the atlas's contrast
+costs).  Diagnostics of every INR run (``diagnostics.json`` plus the simulator's truth): agreement of the atlas
+with the mean of the per-fetus decodings, each fetus's reconstruction against its own deformed truth (as is and
+after the best affine intensity map), latent norms, and for g how its fitted displacements
 find the simulator's: RMS error against the whole field and against the recoverable part (the field minus the
 cohort's GA-kernel mean), the fitted field's affine part, and the error and correlation of the non-affine parts.
 
@@ -51,6 +53,11 @@ Goal check (the issue's): the best INR row ≥ +3 dB PSNR (mask) and ≥ +0.05 m
 
 ``--no-slice-motion`` simulates the same cohort without per-slice motion (its own work subfolder): a diagnostic of
 how much of the loss the motion costs, since no row corrects motion within a stack.
+
+A table "where the loss is" sets, per INR row and GA, the atlas's PSNR beside the reconstruction of the fetuses
+scanned around that GA (Gaussian σ 0.5 weeks over their GAs) against their own truth, each also after the best
+affine intensity map: fetuses well above the atlas say the loss is in averaging them (shapes not removed); fetuses
+at the atlas's level say the data fit itself is short; a large affine gap says the contrast is.
 
 The results end with a table of the goal's PSNR thresholds (c + the margin) beside the oracles: a threshold above
 oS is out of reach of the template model on that cohort, however well it is trained.
@@ -135,7 +142,8 @@ METRICS = [("psnr_mask_db", "PSNR mask (dB)", 2, True), ("psnr_bbox_db", "PSNR b
            ("ssim_mask", "SSIM mask", 4, True), ("ssim_bbox", "SSIM bbox", 4, True),
            ("dice_mean", "mean Dice", 4, True), ("hd95_mean_mm", "HD95 (mm)", 2, False),
            ("tct_test", "TCT", 3, True), ("sharpness", "sharpness (1/mm)", 4, True),
-           ("vol_l1_reference", "volume L1 vs CRL", 4, False)]
+           ("vol_l1_reference", "volume L1 vs CRL", 4, False),
+           ("psnr_affine_mask_db", "PSNR mask after the best affine intensity map (dB; a diagnostic)", 2, True)]
 
 GOAL_PSNR_DB = {22.0: 1.5, 26.0: 3.0, 30.0: 3.0, 34.0: 3.0, 38.0: 1.5}
 GOAL_DICE = 0.05
@@ -332,9 +340,11 @@ def oracle_variant(library, sim_config, gas: list[float], out: Path, deformed: b
     return {"generated": [f"{g:.1f}" for g in todo]}
 
 
-def sharpness_rows(atlas_dir: Path, atlas_root: Path, gas: list[float]) -> dict:
-    """Sharpness (1/mm) of each GA's atlas T2w over the CRL brain mask of that week (atlas resampled onto it)."""
-    from infanite.evaluation.metrics import sharpness
+def image_rows(atlas_dir: Path, atlas_root: Path, gas: list[float]) -> dict:
+    """Per GA: the sharpness (1/mm) of the atlas T2w over the CRL brain mask of that week, and the PSNR (dB) of the
+    best affine intensity map of the atlas onto the CRL T2w over the PSNR's brain region (the mask dilated by 2 mm;
+    a diagnostic: its gap to the PSNR is what the atlas's contrast costs); the atlas resampled onto the CRL grid."""
+    from infanite.evaluation.metrics import DEFAULT_DILATION_MM, brain_mask_region, psnr_affine, sharpness
     from infanite.io.images import load_nifti
     from infanite.io.layout import atlas_filenames
     from infanite.io.resample import resample
@@ -344,7 +354,9 @@ def sharpness_rows(atlas_dir: Path, atlas_root: Path, gas: list[float]) -> dict:
         week = atlas_root / f"HarvardSTA{int(round(g))}_Study1"
         mask = load_nifti(week / "mask.nii.gz", dtype=None)
         image = resample(load_nifti(atlas_dir / atlas_filenames(g)["T2w"]), mask.grid, None, "linear")
-        out[f"{g:.1f}"] = sharpness(image, mask)
+        region = brain_mask_region(mask, DEFAULT_DILATION_MM)
+        out[f"{g:.1f}"] = {"sharpness": sharpness(image, mask),
+                           "psnr_affine_mask_db": psnr_affine(image, load_nifti(week / "srr.nii.gz"), region)}
     return out
 
 
@@ -478,6 +490,45 @@ def diagnostics_table(diagnostics: dict) -> str:
                      f"{format_metric(d.get('sharpness'), 4)} | "
                      f"{format_metric(d.get('fetus_reconstruction_db', {}).get('mean'), 2)} | "
                      f"{format_metric(latent_value, 2)} | {moved_text} |")
+    return "\n".join(lines)
+
+
+def fetus_scores_around(scores: dict, fetus_ga: dict, ga: float, sigma_weeks: float = SIGMA_WEEKS) -> float:
+    """The Gaussian-weighted mean (σ ``sigma_weeks`` over the fetuses' GAs) of per-fetus ``scores`` (name → value)
+    around ``ga`` weeks; NaN without scores."""
+    names = [n for n in scores if n in fetus_ga]
+    if not names:
+        return math.nan
+    weights = [math.exp(-0.5 * ((fetus_ga[n] - ga) / sigma_weeks) ** 2) for n in names]
+    if sum(weights) <= 0:
+        return math.nan
+    return sum(w * scores[n] for w, n in zip(weights, names)) / sum(weights)
+
+
+def loss_location_table(metrics: dict, diagnostics: dict, fetus_ga: dict, gas: list[float]) -> str:
+    """Per INR row and GA: the atlas's PSNR (mask) as measured and after the best affine intensity map of the atlas
+    onto the truth, and the reconstruction of the fetuses scanned around that GA against their own deformed truth,
+    both ways (Gaussian σ ``SIGMA_WEEKS`` over the fetuses' GAs).  Reading it: a fetus reconstruction far above the
+    atlas means the loss is in averaging the fetuses (shapes not removed); a reconstruction at the atlas's level
+    means the data fit itself is short; a large gap between a score and its affine version means the contrast
+    (tissue intensities pulled toward their mean, the extremes not reached) costs that much."""
+    from infanite.evaluation.report import format_metric
+
+    keys = [f"{g:.1f}" for g in gas]
+    lines = ["| row | " + " | ".join(f"{k}: atlas / affine; fetuses / affine" for k in keys) + " |",
+             "|---|" + "---|" * len(keys)]
+    for name, d in diagnostics.items():
+        if name not in metrics:
+            continue
+        per_fetus = {n: v for n, v in d.get("fetus_reconstruction_db", {}).items() if n != "mean"}
+        per_fetus_affine = {n: v for n, v in d.get("fetus_reconstruction_affine_db", {}).items() if n != "mean"}
+        cells = []
+        for k in keys:
+            m = metrics[name][k]
+            cells.append(f"{format_metric(m['psnr_mask_db'], 2)} / {format_metric(m.get('psnr_affine_mask_db'), 2)}; "
+                         f"{format_metric(fetus_scores_around(per_fetus, fetus_ga, float(k)), 2)} / "
+                         f"{format_metric(fetus_scores_around(per_fetus_affine, fetus_ga, float(k)), 2)}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -679,8 +730,8 @@ def main(argv=None) -> int:
         label = ROWS[name][0]
         evaluation = timer.run(f"{name} {label}: evaluate", lambda: evaluate_variant(
             atlases[name], atlas_dir, work / "eval" / atlases[name].name, gas), reused_if=lambda r: r["reused"])
-        sharp = sharpness_rows(atlases[name], atlas_dir, gas)
-        metrics[name] = {ga: {**row, "sharpness": sharp[ga]} for ga, row in evaluation["rows"].items()}
+        images = image_rows(atlases[name], atlas_dir, gas)
+        metrics[name] = {ga: {**row, **images[ga]} for ga, row in evaluation["rows"].items()}
 
     print(f"\n## Results ({mode_name}; {settings['subjects']} fetuses, {settings['steps']} steps per INR row)\n")
     print("| row | what |\n|---|---|")
@@ -690,6 +741,10 @@ def main(argv=None) -> int:
     print(metric_tables(metrics, gas, names, truth_sharp))
     print("\n## Diagnostics of the INR runs\n")
     print(diagnostics_table(results["diagnostics"]))
+    fetus_ga = {f"{i:04d}": age for i, age in enumerate(ages, 1)}
+    print("\n## Where the loss is (PSNR mask dB of the atlas, and of the fetuses scanned around each GA against "
+          "their own truth; each also after the best affine intensity map)\n")
+    print(loss_location_table(metrics, results["diagnostics"], fetus_ga, gas))
     checks = goal_checks(metrics, gas)
     thresholds = threshold_table(metrics, gas)
     if thresholds:
