@@ -494,15 +494,15 @@ def diagnostics_table(diagnostics: dict) -> str:
 
 
 def fetus_scores_around(scores: dict, fetus_ga: dict, ga: float, sigma_weeks: float = SIGMA_WEEKS) -> float:
-    """The Gaussian-weighted mean (σ ``sigma_weeks`` over the fetuses' GAs) of per-fetus ``scores`` (name → value)
-    around ``ga`` weeks; NaN without scores."""
+    """The GKR mean (the atlas's Gaussian kernel, σ ``sigma_weeks`` over the fetuses' GAs) of per-fetus ``scores``
+    (name → value) around ``ga`` weeks; NaN without scores."""
+    from infanite.atlas.kernel import gkr_weights
+
     names = [n for n in scores if n in fetus_ga]
     if not names:
         return math.nan
-    weights = [math.exp(-0.5 * ((fetus_ga[n] - ga) / sigma_weeks) ** 2) for n in names]
-    if sum(weights) <= 0:
-        return math.nan
-    return sum(w * scores[n] for w, n in zip(weights, names)) / sum(weights)
+    weights = gkr_weights([fetus_ga[n] for n in names], ga, sigma_weeks).weights
+    return float(sum(w * scores[n] for w, n in zip(weights, names)))
 
 
 def loss_location_table(metrics: dict, diagnostics: dict, fetus_ga: dict, gas: list[float]) -> str:
