@@ -141,3 +141,45 @@ def test_the_full_mode_measures_the_model_and_budget_of_the_cpu_defaults(quality
     assert (ours.optimizer.lr_inr, ours.optimizer.lr_latent) == (product.optimizer.lr_inr, product.optimizer.lr_latent)
     quick = load_train_config(None, list(quality.MODES["quick"]["training"]))
     assert quick.inr_decoder.hidden_size < ours.inr_decoder.hidden_size
+
+
+def test_the_oracle_displacements_are_the_recoverable_fields_in_the_runs_convention(quality, tmp_path):
+    """``oracle_deformations`` writes, per simulated fetus, its true field minus the GA-kernel mean of the
+    cohort's as an ITK transform that maps a point x to x + that field (RAS mm), which ``template.deformation_init``
+    reads back onto the control grid.  Three fetuses at one GA (kernel weights 1/3 each): fetus f's field is
+    d_f − (d_1 + d_2 + d_3) / 3; a fourth 20 weeks away (weight ~1e-87) is its own kernel mean: zero."""
+    import json
+
+    import numpy as np
+
+    from infanite.inr.deformations import fetus_to_template_ras, initial_deformations
+    from infanite.simulation.anatomy import displacement, random_deformation
+
+    rng = np.random.default_rng(4)
+    names = ["0001", "0002", "0003", "0004"]
+    fields = {name: random_deformation(rng, 2.0) for name in names}
+    ages = {"0001": 30.0, "0002": 30.0, "0003": 30.0, "0004": 10.0}
+    truth = tmp_path / "truth.json"
+    truth.write_text(json.dumps({"subjects": {n: {"ga_weeks": ages[n], "deformation": fields[n]} for n in names}}))
+    assert quality.oracle_deformations(truth, tmp_path / "oracle") == {"written": 4, "fetuses": 4}
+    assert quality.oracle_deformations(truth, tmp_path / "oracle")["written"] == 0          # reused
+
+    def recoverable(name, xyz):
+        if name == "0004":
+            return np.zeros_like(xyz)
+        return displacement(fields[name], xyz) - sum(displacement(fields[n], xyz) for n in names[:3]) / 3
+
+    points = rng.uniform(-50, 50, (300, 3)).astype(np.float32)
+    for name in names:
+        mapped = fetus_to_template_ras(tmp_path / "oracle" / f"{name}.h5", points)
+        assert np.abs(mapped - points - recoverable(name, points)).max() < 0.05   # trilinear, 4 mm lattice
+    assert np.abs(recoverable("0001", points)).max() > 0.5
+    control = initial_deformations(tmp_path / "oracle", names, 12, np.zeros(3), np.full(3, 60.0))
+    c = np.linspace(-60, 60, 12)
+    z, y, x = np.meshgrid(c, c, c, indexing="ij")
+    nodes = np.stack([x, y, z], axis=-1).astype(np.float32)
+    for f, name in enumerate(names[:3]):
+        expected = np.moveaxis(recoverable(name, nodes), -1, 0)
+        rms = np.sqrt(((control[f] - expected) ** 2).sum(0).mean())
+        assert rms < 0.15 * np.sqrt((expected ** 2).sum(0).mean())
+    assert np.abs(control[3]).max() < 1e-6

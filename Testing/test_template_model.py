@@ -114,6 +114,23 @@ def test_acquired_samples_land_on_the_template_brain(registered, phantom_registe
     hits[inside] = dilated[tuple(ijk[inside].T)]
     assert hits[brain.numpy()].mean() > 0.95                     # ages 27-29 against the week-28 template
     assert data.weight[~brain].max().item() < 1.0 and data.weight[brain].min().item() == 1.0
+    assert torch.all(data.weight[~brain] == 0.5)                                  # data.halo_weight's default
+    heavier = pack_acquired(registered, list(range(1, 9)), halo_mm=4.0, halo_weight=1.0)
+    assert torch.equal(heavier.label, data.label) and torch.all(heavier.weight == 1.0)
+
+
+def test_a_gated_intensity_is_the_tissue_intensity_times_the_brain_probability():
+    """``data.gate_intensity``: columns are 1 intensity + logits of background, tissues and halo."""
+    from infanite.inr.train import gate_intensity
+
+    big = 30.0
+    raw = torch.tensor([[0.7, -big, big, -big, -big],        # a tissue: the intensity as it is
+                        [0.7, -big, -big, -big, big],        # halo: 0
+                        [0.7, big, -big, -big, -big],        # background: 0
+                        [0.8, 0.0, 0.0, 0.0, 0.0]])          # 2 tissue classes of 4 equally likely: half
+    gated = gate_intensity(raw)
+    np.testing.assert_allclose(gated[:, 0].numpy(), [0.7, 0.0, 0.0, 0.4], atol=1e-6)
+    assert torch.equal(gated[:, 1:], raw[:, 1:])
 
 
 def test_a_registration_without_source_columns_is_refused_with_a_way_on(registered, tmp_path):
@@ -205,6 +222,64 @@ def test_each_fetus_deformation_is_kept_as_an_itk_transform_that_maps_like_the_m
         with torch.no_grad():
             expected = points + model.displacement(torch.from_numpy(points), torch.full((200,), f)).numpy()
         np.testing.assert_allclose(fetus_to_template_ras(path, points), expected, atol=1e-3)
+
+
+def test_control_points_fitted_by_least_squares_reproduce_what_the_grid_can_hold():
+    """A linear field is held exactly by trilinear control points at any grid size; and a field sampled from
+    control points on a lattice that contains them comes back as those control points."""
+    from infanite.inr.deformations import _interpolation_matrix, fit_control_points
+
+    axis = np.linspace(-1, 1, 11)
+    z, y, x = np.meshgrid(axis, axis, axis, indexing="ij")
+    linear = np.stack([2 * x + 1, 0.5 * z - y, 3 * z])
+    for grid in (2, 4, 6):
+        c = np.linspace(-1, 1, grid)
+        zc, yc, xc = np.meshgrid(c, c, c, indexing="ij")
+        np.testing.assert_allclose(fit_control_points(linear, grid), np.stack([2 * xc + 1, 0.5 * zc - yc, 3 * zc]),
+                                   atol=1e-12)
+    control = np.random.default_rng(1).normal(size=(3, 4, 4, 4))
+    a = _interpolation_matrix(7, 4)
+    np.testing.assert_allclose(a[::2], np.eye(4))                                 # every other point: a node
+    sampled = np.einsum("ai,bj,ck,dijk->dabc", a, a, a, control)
+    np.testing.assert_allclose(fit_control_points(sampled, 4), control, atol=1e-12)
+
+
+def test_a_run_starts_from_given_displacements_and_can_hold_them(template_run, registered, tmp_path):
+    """``template.deformation_init`` reads the ``deformations/`` a run wrote back onto the control grid exactly;
+    with ``template.lr_deformation=0`` training keeps them (the displacements apply from the first step, the
+    template and the intensity model still learn); a folder missing a fetus is refused before any work."""
+    from infanite.atlas.predict import load_run
+    from infanite.inr.deformations import initial_deformations, write_deformations
+
+    run, _ = template_run
+    model = load_run(run).model("cpu")
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        model.deformation.copy_(2 * torch.randn(model.deformation.shape, generator=generator))
+    folder = tmp_path / "start"
+    write_deformations(folder, model, ["0001", "0002"])
+    folder = folder / "deformations"
+    start = initial_deformations(folder, ["0001", "0002"], 8, model.centre.numpy(), model.half_extent.numpy())
+    np.testing.assert_allclose(start, model.deformation.detach().numpy(), atol=1e-4)
+
+    held = TEMPLATE + ["max_steps=20", "template.deformation_grid=8", f"template.deformation_init={folder}",
+                       "template.lr_deformation=0"]
+    train(registered, load_train_config(None, held), tmp_path / "held")
+    state = torch.load(tmp_path / "held" / "checkpoint.pt", weights_only=True)
+    np.testing.assert_allclose(state["model"]["deformation"].numpy(), start, atol=1e-5)
+    assert state["intensity"]["log_gain"].abs().max() > 0                         # the intensity model learns
+    log = [json.loads(line) for line in (tmp_path / "held" / "train_log.jsonl").read_text().splitlines()]
+    assert np.mean([r["loss"] for r in log[-5:]]) < np.mean([r["loss"] for r in log[:5]])   # and the template
+
+    (folder / "0002.h5").unlink()
+    with pytest.raises(TrainConfigError, match=r"template.deformation_init: .* no transform for fetus\(es\) 0002"):
+        train(registered, load_train_config(None, held), tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    with pytest.raises(TrainConfigError, match="template.deformation_init: .* is not a folder"):
+        train(registered, load_train_config(None, TEMPLATE + [f"template.deformation_init={tmp_path / 'none'}"]),
+              tmp_path / "refused")
+    with pytest.raises(TrainConfigError, match="template.deformation_init"):
+        load_train_config(None, SMALL + [f"template.deformation_init={folder}"])        # model: infanite
 
 
 @pytest.mark.parametrize("encoding", ["grid", "modulated"])

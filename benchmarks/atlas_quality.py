@@ -27,6 +27,9 @@ Rows (every atlas at GA 22, 26, 30, 34 and 38 weeks):
            one node per ~3.3 fetuses as the CPU defaults of ``infanite run`` size them, 8³ × 3 control points
            of displacement per fetus) with the exact data term;
   g0, gP   g without displacements, g without PSF (``--quick`` only: the ablations);
+  gT       oracle ablation (``--quick``): g with each fetus's displacement fixed to the simulator's recoverable
+           field (its true field minus the cohort's GA-kernel mean, least-squares on the 8³ control grid): what
+           g's template gives when the shapes are found exactly, at the same budget;
   oU, oD   simulator oracles: the GKR mean (σ 0.5) over the fetuses of each one's *undeformed* template at its GA
            (perfect shape removal), and of its *deformed* truth (the best any intensity average can do);
   oS       oracle: as oU, every template warped by the cohort's mean shape at the atlas GA (the mean of the
@@ -134,8 +137,13 @@ ROWS = {
                                                                                "mean_shape": True}),
     "g0": ("g without deformation", "inr", TEMPLATE + ["template.deformation_grid=0"]),
     "gP": ("g without PSF", "inr", TEMPLATE + ["psf.mode=none"]),
+    "gT": ("g with the simulator's displacements, fixed (oracle)", "inr",
+           TEMPLATE + ["template.lr_deformation=0", "template.deformation_init={oracle_deformations}"]),
 }
-ABLATIONS = ("g0", "gP")
+ABLATIONS = ("g0", "gP", "gT")
+#: the oracle displacements' lattice: spacing (mm) and half-width (mm) of a cube centred on the template origin
+ORACLE_FIELD_SPACING_MM = 4.0
+ORACLE_FIELD_HALF_MM = 112.0
 
 #: (key in evaluate's summary rows, table title, digits, higher is better)
 METRICS = [("psnr_mask_db", "PSNR mask (dB)", 2, True), ("psnr_bbox_db", "PSNR bbox (dB)", 2, True),
@@ -273,6 +281,43 @@ def fetus_anatomy(index: int, library, sim_config) -> tuple:
     if key not in _ANATOMY:
         _ANATOMY[key] = _fetus_anatomy(index, float(subject_ages(sim_config)[index - 1]), library, sim_config)
     return _ANATOMY[key]
+
+
+def oracle_deformations(truth_json: Path, folder: Path) -> dict:
+    """``<folder>/<subject>.h5`` for every simulated fetus: the part of its true displacement that the template
+    model can recover, the true field minus the GA-kernel mean (σ ``MEAN_KERNEL_WEEKS``) of the cohort's, as the
+    run writes its own fitted fields (ITK displacement-field transforms, LPS), on a lattice of
+    ``ORACLE_FIELD_SPACING_MM`` over ±``ORACLE_FIELD_HALF_MM`` around the template origin; ``template.
+    deformation_init`` fits them onto the model's control grid.  Reused when every file is there."""
+    import json
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    from infanite.inr.deformations import displacement_image
+    from infanite.inr.template import MEAN_KERNEL_WEEKS
+    from infanite.io.atomic import atomic_output
+    from infanite.simulation.anatomy import displacement
+
+    subjects = json.loads(truth_json.read_text())["subjects"]
+    names = sorted(subjects)
+    if all((folder / f"{n}.h5").is_file() for n in names):
+        return {"written": 0, "fetuses": len(names)}
+    folder.mkdir(parents=True, exist_ok=True)
+    n = int(round(2 * ORACLE_FIELD_HALF_MM / ORACLE_FIELD_SPACING_MM)) + 1
+    axis = np.linspace(-ORACLE_FIELD_HALF_MM, ORACLE_FIELD_HALF_MM, n, dtype=np.float32)
+    z, y, x = np.meshgrid(axis, axis, axis, indexing="ij")
+    xyz = np.stack([x, y, z], axis=-1)                                 # (z, y, x, 3) RAS mm
+    fields = np.stack([displacement(subjects[k]["deformation"], xyz) for k in names])
+    ga = np.array([float(subjects[k]["ga_weeks"]) for k in names])
+    kernel = np.exp(-0.5 * ((ga[:, None] - ga[None, :]) / MEAN_KERNEL_WEEKS) ** 2)
+    kernel /= kernel.sum(1, keepdims=True)
+    for f, name in enumerate(names):
+        recoverable = fields[f] - np.tensordot(kernel[f], fields, axes=1)
+        image = displacement_image(np.moveaxis(recoverable, -1, 0), np.zeros(3), np.full(3, ORACLE_FIELD_HALF_MM))
+        with atomic_output(folder / f"{name}.h5") as tmp:
+            sitk.WriteTransform(sitk.DisplacementFieldTransform(image), str(tmp))
+    return {"written": len(names), "fetuses": len(names)}
 
 
 def oracle_variant(library, sim_config, gas: list[float], out: Path, deformed: bool,
@@ -717,6 +762,11 @@ def main(argv=None) -> int:
         else:
             run_dir = work / "runs" / key
             sized = template_nodes if "model=template" in options else []
+            if any("{oracle_deformations}" in o for o in options):
+                fields = work / "oracle_deformations"
+                timer.run(f"{name} {label}: the simulator's displacements", lambda: oracle_deformations(
+                    work / "sim" / "truth.json", fields), reused_if=lambda r: not r["written"])
+                options = [o.replace("{oracle_deformations}", str(fields)) for o in options]
             results["train"][name] = timer.run(f"{name} {label}: train", lambda: train_variant(
                 registered, training + options + sized + args.extra, run_dir), reused_if=lambda r: r["reused"])
             results["atlas"][name] = timer.run(f"{name} {label}: atlas", lambda: generate_variant(

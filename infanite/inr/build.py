@@ -20,7 +20,7 @@ def pack_training_data(config: TrainConfig, manifest, label_values) -> PackedCoh
     if config.data.term == "exact":
         from infanite.inr.samples import pack_acquired
 
-        return pack_acquired(manifest, label_values, config.data.halo_mm)
+        return pack_acquired(manifest, label_values, config.data.halo_mm, config.data.halo_weight)
     return pack_cohort(manifest, label_values, config.spatial_weighting.w_int, config.halo.sigma_voxels,
                        config.halo.threshold, uniform_weights=config.spatial_weighting.uniform)
 
@@ -35,7 +35,8 @@ def check_against_cohort(config: TrainConfig, data: PackedCohort, slice_thicknes
     """Refuse a configuration the cohort cannot support, naming the key (``TrainConfigError``), before any output
     is written: for ``model: template``, a cohort with one GA (GA-conditioned), stacks not grouped into fetuses by
     a ``subject`` (per-fetus deformation), a deformation grid whose control points are closer than the thickest
-    slice, or a feature grid finer than half the finest acquired voxel."""
+    slice, a ``template.deformation_init`` folder without a readable transform for every fetus, or a feature grid
+    finer than half the finest acquired voxel."""
     if config.model != "template":
         return
     problems = []
@@ -57,6 +58,10 @@ def check_against_cohort(config: TrainConfig, data: PackedCohort, slice_thicknes
                             f"{spacing:.2f} mm apart, finer than the thickest slice ({thickest:g} mm): the "
                             f"displacements would fit noise; use at most "
                             f"{int(float(extent.min()) // max(thickest, 1e-6)) + 1}")
+        if t.deformation_init:
+            from infanite.inr.deformations import missing_initial_deformations
+
+            problems += missing_initial_deformations(t.deformation_init, data.fetus_ids)
     if t.encoding == "grid":
         finest = float((extent / (max(t.grid_resolutions) - 1)).min())
         voxel = float(data.finest_spacing_mm) if getattr(data, "finest_spacing_mm", None) else 0.0
@@ -162,7 +167,7 @@ def build_optimizer(config: TrainConfig, model: torch.nn.Module, intensity: Stac
                            "weight_decay": 0.0})
         if model.deformation is not None:
             groups.append({"params": [model.deformation], "lr": config.template.lr_deformation, "weight_decay": 0.0})
-        per_stack_lr = config.template.lr_deformation
+        per_stack_lr = config.template.lr_template
     else:
         decoder = [p for n, p in model.named_parameters() if n not in ("latents", "rigid")]
         groups += [{"params": decoder, "lr": opt.lr_inr, "weight_decay": opt.inr_weight_decay},

@@ -165,6 +165,10 @@ class DataConfig:
     gain_weight: float = _f(1.0, "float")   # penalty on the stacks' mean log-gain (anchors the template's scale)
     bias_weight: float = _f(0.1, "float")   # L2 penalty on the bias coefficients
     halo_mm: float = _f(4.0, "float")       # acquired samples: halo (background class) this far outside the mask
+    halo_weight: float = _f(0.5, "float")   # a halo sample's weight against a brain sample's (intensity and labels)
+    # The intensity a sample sees is the network's intensity times its brain probability (1 − background − halo):
+    # the brain's edge comes from the labels' logits, so the intensity need not fall to 0 across it.
+    gate_intensity: bool = _f(False, "bool")
     # Weight of the labels' cross-entropy against the intensity MSE (the reference term weighs its L1 against the
     # labels by optimizer.seg_weight).  An MSE's gradient is ~5x smaller than an L1's at these errors, so 1.0 lets
     # the labels drive the shared decoder; 0.1 measured best (benchmarks/README.md, Atlas quality).
@@ -183,7 +187,11 @@ class TemplateConfig:
     learning rates) whose latent grids sit at ``ga_latents`` GA nodes shared by the cohort.
     ``deformation_grid`` control points per axis (0: no deformation), frozen at zero for the first
     ``deformation_warmup`` steps; penalties: smoothness (squared differences of neighbouring control points,
-    mm²), magnitude (mm²) and the GA-kernel-weighted mean displacement (mm², keeps the template unbiased)."""
+    mm²), magnitude (mm²) and the GA-kernel-weighted mean displacement (mm², keeps the template unbiased).
+    ``deformation_init``: a folder of ``<subject>.h5`` ITK transforms (a finished run's ``deformations/``, or a
+    registration's) that the displacements start from (fitted onto the control grid by least squares; applied
+    from the first step, held there during the warm-up); ``lr_deformation: 0`` keeps them fixed.  The per-stack
+    intensity model learns at ``lr_template``."""
 
     encoding: str = _f("modulated", "str")  # measured best (benchmarks/atlas_quality.py, README)
     ga_latents: int = _f(6, "int")          # modulated encoding: latent grids at this many GA nodes
@@ -200,6 +208,7 @@ class TemplateConfig:
     deformation_mean: float = _f(1e-1, "float")
     lr_template: float = _f(1e-2, "float")
     lr_deformation: float = _f(1e-2, "float")
+    deformation_init: str = _f("", "str")   # folder of <subject>.h5 transforms to start from ("": zero)
 
 
 @dataclass

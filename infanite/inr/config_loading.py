@@ -244,7 +244,7 @@ class _Loader:
         choice("data.psf_estimator", dt.psf_estimator, PSF_ESTIMATORS)
         if dt.bias_order not in (0, 1, 2):
             bad("data.bias_order", f"must be 0, 1 or 2 (polynomial degree), got {dt.bias_order!r}")
-        for k in ("gain_weight", "bias_weight", "halo_mm", "label_weight"):
+        for k in ("gain_weight", "bias_weight", "halo_mm", "label_weight", "halo_weight"):
             nonneg(f"data.{k}", getattr(dt, k))
         if dt.term == "exact" and o.seg_weight != 1.0:
             bad("optimizer.seg_weight", f"weighs the labels of the reference data term only, got {o.seg_weight}; "
@@ -267,6 +267,10 @@ class _Loader:
             nonneg(f"template.{k}", getattr(t, k))
         for k in ("lr_template", "lr_deformation"):
             learning_rate(f"template.{k}", getattr(t, k))
+        if t.deformation_init and (c.model != "template" or t.deformation_grid < 2):
+            bad("template.deformation_init", f"starts the per-fetus displacements of model: template with "
+                                             f"template.deformation_grid >= 2 (now model {c.model!r}, grid "
+                                             f"{t.deformation_grid}); remove it or set both")
 
 
 def _parse_override(item: str) -> tuple[dict | None, str | None]:

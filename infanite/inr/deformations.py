@@ -71,3 +71,72 @@ def fetus_to_template_ras(path, points_ras: np.ndarray) -> np.ndarray:
     flip = RAS_TO_LPS[:3, :3]
     lps = np.asarray(points_ras, dtype=np.float64) @ flip
     return np.array([transform.TransformPoint([float(v) for v in p]) for p in lps]) @ flip
+
+
+def missing_initial_deformations(folder, fetus_ids) -> list[str]:
+    """What keeps ``template.deformation_init`` = ``folder`` from starting every fetus's displacement: the folder
+    is missing, or a fetus has no readable ``<fetus>.h5`` transform there (one line per problem; none: empty)."""
+    import SimpleITK as sitk
+
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        return [f"template.deformation_init: {root} is not a folder (it should hold one <subject>.h5 transform per "
+                f"fetus, e.g. a finished run's deformations/)"]
+    missing, unreadable = [], []
+    for name in fetus_ids:
+        path = root / f"{name}.h5"
+        if not path.is_file():
+            missing.append(name)
+            continue
+        try:
+            sitk.ReadTransform(str(path))
+        except RuntimeError as exc:
+            unreadable.append(f"{path.name} ({str(exc).strip().splitlines()[-1][:120]})")
+    problems = []
+    if missing:
+        problems.append(f"template.deformation_init: {root} has no transform for fetus(es) "
+                        f"{', '.join(missing[:8])}{' …' if len(missing) > 8 else ''} (expected <subject>.h5)")
+    if unreadable:
+        problems.append(f"template.deformation_init: SimpleITK cannot read {'; '.join(unreadable[:4])}")
+    return problems
+
+
+def _interpolation_matrix(n_points: int, n_control: int) -> np.ndarray:
+    """(n_points, n_control) weights of linear interpolation between ``n_control`` evenly spaced control points
+    at ``n_points`` evenly spaced positions over the same span (both ends included)."""
+    where = np.linspace(0, n_control - 1, n_points)
+    eye = np.eye(n_control)
+    return np.stack([np.interp(where, np.arange(n_control), eye[k]) for k in range(n_control)], axis=1)
+
+
+def fit_control_points(displacement_ras: np.ndarray, grid: int) -> np.ndarray:
+    """Least-squares trilinear control points ``(3, G, G, G)`` of a displacement sampled on an evenly spaced
+    lattice ``(3, Lz, Ly, Lx)`` (RAS mm, both spanning the template box corner to corner).  The trilinear map is
+    separable, so the least-squares solution is the pseudo-inverse of the 1-D interpolation applied along each
+    axis."""
+    field = np.asarray(displacement_ras, dtype=np.float64)
+    inverses = [np.linalg.pinv(_interpolation_matrix(n, grid)) for n in field.shape[1:]]
+    return np.einsum("ai,bj,ck,dijk->dabc", *inverses, field)
+
+
+def initial_deformations(folder, fetus_ids, grid: int, centre_mm, half_extent_mm) -> np.ndarray:
+    """``(F, 3, G, G, G)`` control points (RAS mm; grid axes z, y, x over the template box) that start the
+    template model's displacements from ``<folder>/<fetus>.h5``: each transform (ITK, LPS; fetus space → the
+    template point it shows, as :func:`write_deformations` writes it) is sampled as a displacement on a lattice
+    twice as fine as the control grid and fitted onto it by least squares (exact for a field written on the same
+    grid).  Check the folder first with :func:`missing_initial_deformations`."""
+    import SimpleITK as sitk
+
+    centre, half = np.asarray(centre_mm, float).reshape(3), np.asarray(half_extent_mm, float).reshape(3)
+    n = 2 * int(grid) - 1
+    flip = RAS_TO_LPS[:3, :3]
+    spacing = 2 * half / (n - 1)
+    out = np.zeros((len(fetus_ids), 3, grid, grid, grid))
+    for f, name in enumerate(fetus_ids):
+        transform = sitk.ReadTransform(str(Path(folder).expanduser() / f"{name}.h5"))
+        field = sitk.TransformToDisplacementField(
+            transform, sitk.sitkVectorFloat64, [n, n, n], [float(v) for v in flip @ (centre - half)],
+            [float(v) for v in spacing], [float(v) for v in flip.ravel()])
+        vectors = sitk.GetArrayFromImage(field) @ flip                  # (Lz, Ly, Lx, 3), RAS components
+        out[f] = fit_control_points(np.moveaxis(vectors, -1, 0), grid)
+    return out

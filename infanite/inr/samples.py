@@ -9,11 +9,10 @@ training on stacks resampled onto the template grid (``data.term: reference``).
 Per stack: the brain voxels (``source_Mask``, else ``source_Seg > 0``) with their intensity (min–max normalised
 over the brain, as the resampled data) and label (the stack's own ``source_Seg``; ``BRAIN_LABEL``, "some
 tissue", without one), and the halo: voxels within ``halo_mm`` of the brain, outside it, as the background-halo
-class with intensity 0 at half weight (the reference's halo weight ratio w_int / w_obs).  The template grid and its
-box still come from the registration's resampled stacks (the atlas is generated on that grid's field of view), and
-the support
-(where the network is trained, outside which the atlas is background) is the union of the registered brain masks
-dilated by the same ``halo_mm``.
+class with intensity 0 at weight ``halo_weight`` (``data.halo_weight``) relative to a brain voxel.  The template
+grid and its box still come from the registration's resampled stacks (the atlas is generated on that grid's
+field of view), and the support (where the network is trained, outside which the atlas is background) is the
+union of the registered brain masks dilated by the same ``halo_mm``.
 """
 from __future__ import annotations
 
@@ -28,7 +27,7 @@ from infanite.io.cohort_checks import load_cohort
 from infanite.io.images import load_labels, load_nifti
 from infanite.registration.register import SOURCE_COLUMNS
 
-#: weight of a halo sample relative to a brain sample
+#: default weight of a halo sample relative to a brain sample (``data.halo_weight``)
 HALO_WEIGHT = 0.5
 
 
@@ -55,7 +54,7 @@ def missing_source_columns(cohort) -> list[str]:
     return missing
 
 
-def pack_acquired(manifest, label_values, halo_mm: float = 4.0) -> PackedCohort:
+def pack_acquired(manifest, label_values, halo_mm: float = 4.0, halo_weight: float = HALO_WEIGHT) -> PackedCohort:
     """Read ``registered.tsv`` and pack every acquired stack voxel of the brain and its halo (see the module
     docstring).  ``label_values`` are the tissue labels; the halo gets ``max(label_values) + 1``.  ``ValueError``
     naming the manifest and the missing column when the manifest does not point back at the acquired stacks."""
@@ -96,7 +95,7 @@ def pack_acquired(manifest, label_values, halo_mm: float = 4.0) -> PackedCohort:
             if is_halo:
                 parts["intensity"].append(np.zeros(n, np.float32))
                 parts["label"].append(np.full(n, halo_label, np.int64))
-                parts["weight"].append(np.full(n, HALO_WEIGHT, np.float32))
+                parts["weight"].append(np.full(n, halo_weight, np.float32))
             else:
                 parts["intensity"].append(normalised[region])
                 parts["label"].append(seg.array[region].astype(np.int64) if seg is not None else

@@ -7,7 +7,8 @@ isotropic σ), and minimises the data term (``data.term``; see :mod:`infanite.in
 product on the acquired samples through each stack's intensity model, or the reference's weighted loss on the
 mean over the ``P`` samples) + weighted cross-entropy + the model's penalties.  AdamW with one group per kind of
 parameter, cosine learning-rate decay over all steps to ``eta_min``, bf16 autocast on CUDA, fp32 on CPU.  The
-template model's displacements stay at zero for the first ``template.deformation_warmup`` steps.
+template model's displacements stay at zero (or at ``template.deformation_init``'s) for the first
+``template.deformation_warmup`` steps.
 
 Exact resume: every random draw is derived from (seed, epoch, step) — the epoch's permutation and each step's
 PSF jitter — so a run restarted from a checkpoint (model, intensity model, optimizer, scheduler, scaler,
@@ -167,6 +168,14 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
                          f"{config.inr_decoder.hidden_size}, num_hidden_layers {config.inr_decoder.num_hidden_layers}, "
                          f"latent_dim {config.inr_decoder.latent_dim}, {len(data.stack_ids)} stacks); use a smaller "
                          f"model") from None
+    if state is None and isinstance(model, TemplateINR) and model.deformation is not None and \
+            config.template.deformation_init:                  # a new run starts from the given displacements
+        from infanite.inr.deformations import initial_deformations
+
+        start = initial_deformations(config.template.deformation_init, data.fetus_ids,
+                                     config.template.deformation_grid, data.centre_mm, data.half_extent_mm)
+        with torch.no_grad():
+            model.deformation.copy_(torch.as_tensor(start, dtype=model.deformation.dtype))
     intensity = build_intensity_model(config, data)
     if intensity is not None:
         intensity = intensity.to(device)
@@ -180,8 +189,8 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
     eta_ratio = config.optimizer.scheduler.eta_min
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [
-        (lambda step, base=base: max(eta_ratio / base, 0.5 * (1 + math.cos(math.pi * min(step, total_steps)
-                                                                             / max(total_steps, 1)))))
+        (lambda step, base=base: max(eta_ratio / base if base > 0 else 0.0,     # lr 0: a group held fixed
+                                     0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))))
         for base in base_lrs])
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler(enabled=False)           # bf16 needs no loss scaling; kept for the checkpoint
@@ -248,8 +257,9 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
                 norms = loss_norms(data.weight[idx], data.label[idx])
                 part = ranks.shard(len(idx))
                 idx, stack, jitter = idx[part], stack[part], jitter[part]
-            if template is not None:                     # displacements free after the warm-up
-                template.use_deformation = global_step >= config.template.deformation_warmup
+            warming_up = template is not None and global_step < config.template.deformation_warmup
+            if template is not None:                     # displacements free after the warm-up (held at their
+                template.use_deformation = not warming_up or bool(config.template.deformation_init)   # start)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss, l_int, l_seg, penalty = _step_loss(config, forward, model, intensity, data, idx, stack, jitter,
                                                          samples, class_weights, norms, ranks.world_size)
@@ -260,6 +270,8 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
                                                                  penalty.detach()]).float()).unbind()
             if not torch.isfinite(loss):
                 _diverged(out, global_step + 1, f"the loss is {loss.item()}", saved_step, state, config)
+            if warming_up and template.deformation is not None:
+                template.deformation.grad = None         # an initial displacement is held during the warm-up
             optimizer.step()
             scheduler.step()
             global_step += 1
@@ -342,6 +354,8 @@ def _step_loss(config: TrainConfig, forward, model, intensity, data, idx, stack,
     coords = jitter.reshape(-1, 3)
     stacks = stack.repeat_interleave(samples)
     raw = forward(coords, stacks).float()
+    if config.data.gate_intensity:                       # the tissue intensity seen only where the brain is
+        raw = gate_intensity(raw)
     if intensity is not None:                            # what each stack measures for the model's intensity
         raw = torch.cat([intensity.apply(raw[:, 0], coords, stacks)[:, None], raw[:, 1:]], dim=1)
     per_sample = raw.reshape(len(idx), samples, -1)
@@ -367,6 +381,13 @@ def _step_loss(config: TrainConfig, forward, model, intensity, data, idx, stack,
     if world_size > 1:
         penalty = penalty / world_size
     return loss + penalty, l_int, l_seg, penalty
+
+
+def gate_intensity(raw: torch.Tensor) -> torch.Tensor:
+    """``data.gate_intensity``: the network's outputs (N, 1 intensity + logits of background, tissues, halo) with
+    the intensity multiplied by the brain probability, 1 − p(background) − p(halo)."""
+    brain = 1 - torch.softmax(raw[:, 1:], dim=1)[:, [0, -1]].sum(1)
+    return torch.cat([(raw[:, 0] * brain)[:, None], raw[:, 1:]], dim=1)
 
 
 def _to_device(state_dict: dict, device) -> dict:
