@@ -172,7 +172,8 @@ def test_the_oracle_displacements_are_the_recoverable_fields_in_the_runs_convent
     points = rng.uniform(-50, 50, (300, 3)).astype(np.float32)
     for name in names:
         mapped = fetus_to_template_ras(tmp_path / "oracle" / f"{name}.h5", points)
-        assert np.abs(mapped - points - recoverable(name, points)).max() < 0.05   # trilinear, 4 mm lattice
+        # trilinear on a 4 mm lattice: error ≤ A (k h)² / 8 per wave, ~0.1 mm for 2 mm waves of 40 mm (measured ≤ 0.046)
+        assert np.abs(mapped - points - recoverable(name, points)).max() < 0.1
     assert np.abs(recoverable("0001", points)).max() > 0.5
     control = initial_deformations(tmp_path / "oracle", names, 12, np.zeros(3), np.full(3, 60.0))
     c = np.linspace(-60, 60, 12)
