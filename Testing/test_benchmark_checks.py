@@ -184,3 +184,56 @@ def test_the_oracle_displacements_are_the_recoverable_fields_in_the_runs_convent
         rms = np.sqrt(((control[f] - expected) ** 2).sum(0).mean())
         assert rms < 0.15 * np.sqrt((expected ** 2).sum(0).mean())
     assert np.abs(control[3]).max() < 1e-6
+
+
+def test_slice_motion_agreement_reads_the_simulators_motions_in_the_models_convention(quality, tmp_path):
+    """The simulator moved slice k by M_k (rotation r_k degrees about the brain centre, then t_k); a SliceMotion
+    fitted to map every sample x of a slice to where it came from, M_k⁻¹ x, scores ~0 error and r ~1 in the
+    benchmark's comparison; motions held at zero score the true RMS as error and r 0."""
+    import json
+
+    import numpy as np
+    import torch
+
+    from infanite.geometry import rigid_matrix, rotation_matrix
+    from infanite.inr.slice_motion import SliceMotion, write_slice_motion
+
+    rng = np.random.default_rng(0)
+    brain_centre = np.array([2.0, -5.0, 8.0])
+    n_slices = 10
+    rot = rng.normal(0, 2.0, (n_slices, 3))                    # degrees
+    trans = rng.normal(0, 1.0, (n_slices, 3))                  # mm
+    truth = {"stacks": {"s1": {"brain_centre_template_ras_mm": brain_centre.tolist(), "slice_motion": [
+        {"slice": k, "rotation_deg": rot[k].tolist(), "translation_mm": trans[k].tolist()} for k in range(n_slices)]}}}
+    (tmp_path / "truth.json").write_text(json.dumps(truth))
+    centres = np.c_[rng.uniform(-3, 3, (n_slices, 2)), np.arange(n_slices) * 3.3 - 15].astype(np.float32)
+    points = torch.as_tensor(np.concatenate([c + np.c_[rng.uniform(-30, 30, (200, 2)), np.zeros(200)]
+                                             for c in centres]), dtype=torch.float32)
+    slices = torch.as_tensor(np.repeat(np.arange(n_slices), 200))
+    came_from = torch.as_tensor(np.concatenate([
+        points[slices == k].double().numpy() @ np.linalg.inv(m)[:3, :3].T + np.linalg.inv(m)[:3, 3]
+        for k, m in enumerate(rigid_matrix(rotation_matrix(rot[k]), trans[k], brain_centre)
+                              for k in range(n_slices))]), dtype=torch.float32)
+    motion = SliceMotion(torch.zeros(n_slices, dtype=torch.long), torch.as_tensor(centres))
+    (tmp_path / "still").mkdir()
+    write_slice_motion(tmp_path / "still", motion, ["s1"], list(range(n_slices)))
+    still = quality.slice_motion_agreement(tmp_path / "still", tmp_path / "truth.json")
+    assert still["translation_rms_error_mm"] == pytest.approx(still["translation_rms_true_mm"], rel=1e-6)
+    assert still["translation_correlation"] == 0 and still["rotation_rms_true_deg"] > 2
+    # the motions that map the samples where they came from, up to the stack's mean (the gauge)
+    optimizer = torch.optim.Adam(motion.parameters(), lr=0.05)
+    target = came_from - came_from.mean(0) + points.mean(0)
+    for _ in range(1500):
+        optimizer.zero_grad()
+        moved = motion(points, slices)
+        loss = ((moved - moved.mean(0) - (target - target.mean(0))) ** 2).mean()
+        loss.backward()
+        optimizer.step()
+    (tmp_path / "fitted").mkdir()
+    write_slice_motion(tmp_path / "fitted", motion, ["s1"], list(range(n_slices)))
+    found = quality.slice_motion_agreement(tmp_path / "fitted", tmp_path / "truth.json")
+    assert found["slices"] == n_slices
+    assert found["translation_rms_error_mm"] < 0.05 * found["translation_rms_true_mm"]
+    assert found["translation_correlation"] > 0.99 and found["rotation_correlation"] > 0.99
+    assert found["rotation_rms_error_deg"] < 0.05 * found["rotation_rms_true_deg"]
+    assert quality.slice_motion_agreement(tmp_path, tmp_path / "truth.json") is None           # no motions

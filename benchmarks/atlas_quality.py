@@ -30,6 +30,8 @@ Rows (every atlas at GA 22, 26, 30, 34 and 38 weeks):
   gT       oracle ablation (``--quick``): g with each fetus's displacement fixed to the simulator's recoverable
            field (its true field minus the cohort's GA-kernel mean, least-squares on the 8³ control grid): what
            g's template gives when the shapes are found exactly, at the same budget;
+  gM       g with each acquired slice's rigid motion learnt with the model (``data.slice_motion``; only with
+           ``--rows``);
   oU, oD   simulator oracles: the GKR mean (σ 0.5) over the fetuses of each one's *undeformed* template at its GA
            (perfect shape removal), and of its *deformed* truth (the best any intensity average can do);
   oS       oracle: as oU, every template warped by the cohort's mean shape at the atlas GA (the mean of the
@@ -139,8 +141,11 @@ ROWS = {
     "gP": ("g without PSF", "inr", TEMPLATE + ["psf.mode=none"]),
     "gT": ("g with the simulator's displacements, fixed (oracle)", "inr",
            TEMPLATE + ["template.lr_deformation=0", "template.deformation_init={oracle_deformations}"]),
+    "gM": ("g with per-slice motion", "inr", TEMPLATE + ["data.slice_motion=true"]),
 }
 ABLATIONS = ("g0", "gP", "gT")
+#: rows run only when named with --rows
+ON_REQUEST = ("gM",)
 #: the oracle displacements' lattice: spacing (mm) and half-width (mm) of a cube centred on the template origin
 ORACLE_FIELD_SPACING_MM = 4.0
 ORACLE_FIELD_HALF_MM = 112.0
@@ -439,7 +444,58 @@ def displacement_agreement(points, fitted, target) -> dict:
             "correlation_nonaffine": float((fitted_na * target_na).sum() / norm) if norm > 0 else 0.0}
 
 
-def run_diagnostics(run_dir: Path, library, sim_config) -> dict:
+def slice_motion_agreement(run_dir: Path, truth_json: Path) -> dict | None:
+    """How a run's fitted slice motions (``slice_motion.json``, ``data.slice_motion``) find the simulator's.
+
+    The simulator moved slice ``k`` of a stack by ``M_k`` (rotation vector ``r_k`` degrees about the brain centre,
+    then ``t_k`` mm; template RAS): the sample planned at ``x`` came from ``M_k⁻¹ x``, which is what the fitted motion
+    should map ``x`` to.  Compared per slice at its fitted centre ``c``: the true displacement ``M_k⁻¹ c − c`` and the
+    rotation vector of ``M_k⁻¹``, each less its mean over the stack's slices (the stack's registration is the
+    gauge), against the fitted translation and rotation.  None when the run has no slice motions."""
+    import json
+
+    import numpy as np
+
+    from infanite.geometry import rigid_matrix, rotation_matrix
+    from infanite.io.layout import SLICE_MOTION
+
+    path = Path(run_dir) / SLICE_MOTION
+    if not path.is_file():
+        return None
+    fitted = json.loads(path.read_text())["stacks"]
+    truth = json.loads(truth_json.read_text())["stacks"]
+    true_d, fit_d, true_r, fit_r = [], [], [], []
+    for stack_id, slices in fitted.items():
+        stack = truth[stack_id]
+        centre = np.asarray(stack["brain_centre_template_ras_mm"], np.float64)
+        moves = {m["slice"]: m for m in stack["slice_motion"]}
+        d, r = [], []
+        for row in slices:
+            move = moves[row["slice"]]
+            inverse = np.linalg.inv(rigid_matrix(rotation_matrix(move["rotation_deg"]), move["translation_mm"],
+                                                 centre))
+            c = np.asarray(row["centre_mm"], np.float64)
+            d.append(inverse[:3, :3] @ c + inverse[:3, 3] - c)
+            r.append(-np.asarray(move["rotation_deg"], np.float64))
+        d, r = np.asarray(d), np.asarray(r)
+        true_d.append(d - d.mean(0))
+        true_r.append(r - r.mean(0))
+        fit_d.append(np.asarray([row["translation_mm"] for row in slices]))
+        fit_r.append(np.asarray([row["rotation_deg"] for row in slices]))
+    true_d, fit_d, true_r, fit_r = (np.concatenate(a) for a in (true_d, fit_d, true_r, fit_r))
+
+    def rms(a):
+        return float(np.sqrt((a ** 2).sum(1).mean()))
+
+    def corr(a, b):
+        return float((a * b).sum() / max(np.sqrt((a ** 2).sum() * (b ** 2).sum()), 1e-12))
+
+    return {"slices": int(len(true_d)), "translation_rms_true_mm": rms(true_d), "translation_rms_error_mm":
+            rms(fit_d - true_d), "translation_correlation": corr(fit_d, true_d), "rotation_rms_true_deg": rms(true_r),
+            "rotation_rms_error_deg": rms(fit_r - true_r), "rotation_correlation": corr(fit_r, true_r)}
+
+
+def run_diagnostics(run_dir: Path, library, sim_config, truth_json: Path | None = None) -> dict:
     """The run's diagnostics with the simulator's truth: per-fetus reconstruction and, for the template model,
     how its fitted displacements find the simulator's over each fetus's brain (mm, template RAS).
 
@@ -482,6 +538,9 @@ def run_diagnostics(run_dir: Path, library, sim_config) -> dict:
             rows.append({"rms_true": float(np.sqrt((true ** 2).sum(1).mean())),
                          "rms_error": float(np.sqrt(((fitted - true) ** 2).sum(1).mean())), **against_target})
         result["displacement_error_mm"] = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
+    moved = slice_motion_agreement(run_dir, truth_json) if truth_json is not None else None
+    if moved is not None:
+        result["slice_motion_agreement"] = moved
     return result
 
 
@@ -518,7 +577,8 @@ def diagnostics_table(diagnostics: dict) -> str:
     from infanite.evaluation.report import format_metric
 
     lines = ["| row | diagnostic GA | agreement (dB) | sharpness (1/mm) | fetus recon. vs own truth (dB) | "
-             "latent norm | fitted displacement (mm): RMS error / true RMS |", "|---|---|---|---|---|---|---|"]
+             "latent norm | fitted displacement (mm): RMS error / true RMS | slice motion: RMS error / true RMS "
+             "(mm at the slice centre; degrees), r |", "|---|---|---|---|---|---|---|---|"]
     for name, d in diagnostics.items():
         latent = d.get("latent_norms", {})
         nodes = latent.get("ga_nodes")
@@ -534,8 +594,18 @@ def diagnostics_table(diagnostics: dict) -> str:
         lines.append(f"| {name} | {d.get('ga_weeks', math.nan):.1f} | {format_metric(d.get('agreement_db'), 2)} | "
                      f"{format_metric(d.get('sharpness'), 4)} | "
                      f"{format_metric(d.get('fetus_reconstruction_db', {}).get('mean'), 2)} | "
-                     f"{format_metric(latent_value, 2)} | {moved_text} |")
+                     f"{format_metric(latent_value, 2)} | {moved_text} | "
+                     f"{slice_text(d.get('slice_motion_agreement'))} |")
     return "\n".join(lines)
+
+
+def slice_text(agreement: dict | None) -> str:
+    if not agreement:
+        return "—"
+    a = agreement
+    return (f"{a['translation_rms_error_mm']:.2f} / {a['translation_rms_true_mm']:.2f} mm, r "
+            f"{a['translation_correlation']:.2f}; {a['rotation_rms_error_deg']:.2f} / "
+            f"{a['rotation_rms_true_deg']:.2f}°, r {a['rotation_correlation']:.2f}")
 
 
 def fetus_scores_around(scores: dict, fetus_ga: dict, ga: float, sigma_weeks: float = SIGMA_WEEKS) -> float:
@@ -696,7 +766,7 @@ def main(argv=None) -> int:
     except TrainConfigError as exc:
         print(f"atlas_quality: --set: {exc}", file=sys.stderr)
         return 2
-    names = [n for n in ROWS if settings["ablations"] or n not in ABLATIONS]
+    names = [n for n in ROWS if (settings["ablations"] or n not in ABLATIONS) and n not in ON_REQUEST]
     if args.rows:
         unknown = sorted(set(args.rows) - set(ROWS))
         if unknown:
@@ -772,7 +842,7 @@ def main(argv=None) -> int:
             results["atlas"][name] = timer.run(f"{name} {label}: atlas", lambda: generate_variant(
                 run_dir, gas, out, ATLAS_SPACING_MM, args.device), reused_if=lambda r: not r["generated"])
             results["diagnostics"][name] = timer.run(f"{name} {label}: diagnostics", lambda: run_diagnostics(
-                run_dir, library, sim_config))
+                run_dir, library, sim_config, work / "sim" / "truth.json"))
 
     metrics = {}
     truth_sharp = truth_sharpness(atlas_dir, gas)

@@ -57,9 +57,11 @@ def run(args) -> int:
     sized = config_path is None
     if sized:
         device = choose_device(args.device)
+        from infanite.inr.config import defaults_then
         from infanite.pipeline.run import sized_defaults
 
-        overrides = sized_defaults(args.manifest, device, say=not quiet) + overrides + [f"device={device}"]
+        overrides = defaults_then(sized_defaults(args.manifest, device, say=not quiet), overrides) + [
+            f"device={device}"]
     elif args.device:
         overrides.append(f"device={choose_device(args.device)}")
     config = load_train_config(config_path, overrides)

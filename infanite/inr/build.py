@@ -141,6 +141,18 @@ def build_intensity_model(config: TrainConfig, data: PackedCohort) -> StackInten
     return StackIntensity(len(data.stack_ids), data.centre_mm, data.half_extent_mm, config.data.bias_order)
 
 
+def build_slice_motion(config: TrainConfig, data: PackedCohort):
+    """The per-slice rigid motions (``data.slice_motion``, acquired samples only), else None."""
+    if not config.data.slice_motion:
+        return None
+    if data.slice_index is None:
+        raise TrainConfigError(["data.slice_motion: the training samples are not the acquired slices "
+                                "(data.term exact is needed)"])
+    from infanite.inr.slice_motion import SliceMotion
+
+    return SliceMotion(data.slice_stack, data.slice_centre_mm)
+
+
 def psf_factors(config: TrainConfig, data: PackedCohort) -> torch.Tensor:
     """(S, 3, 3) Cholesky factors (mm) of each stack's PSF covariance (slice mode) or the isotropic one."""
     if config.psf.mode == "none":
@@ -151,9 +163,11 @@ def psf_factors(config: TrainConfig, data: PackedCohort) -> torch.Tensor:
     return torch.linalg.cholesky(data.psf_cov_mm2.double() + 1e-9 * torch.eye(3, dtype=torch.float64)).float()
 
 
-def build_optimizer(config: TrainConfig, model: torch.nn.Module, intensity: StackIntensity | None):
+def build_optimizer(config: TrainConfig, model: torch.nn.Module, intensity: StackIntensity | None,
+                    slice_motion=None):
     """AdamW with one group per kind of parameter: shared network, per-stack latents (infanite) or per-fetus
-    displacements (template), rigid refinement, intensity model (at the per-stack learning rate)."""
+    displacements (template), rigid refinement, intensity model (at the per-stack learning rate), per-slice
+    motions (``data.slice_motion_lr``)."""
     opt = config.optimizer
     groups = []
     if isinstance(model, TemplateINR):
@@ -177,4 +191,7 @@ def build_optimizer(config: TrainConfig, model: torch.nn.Module, intensity: Stac
         per_stack_lr = opt.lr_latent
     if intensity is not None:
         groups.append({"params": list(intensity.parameters()), "lr": per_stack_lr, "weight_decay": 0.0})
+    if slice_motion is not None:
+        groups.append({"params": list(slice_motion.parameters()), "lr": config.data.slice_motion_lr,
+                       "weight_decay": 0.0})
     return torch.optim.AdamW(groups)

@@ -244,8 +244,12 @@ class _Loader:
         choice("data.psf_estimator", dt.psf_estimator, PSF_ESTIMATORS)
         if dt.bias_order not in (0, 1, 2):
             bad("data.bias_order", f"must be 0, 1 or 2 (polynomial degree), got {dt.bias_order!r}")
-        for k in ("gain_weight", "bias_weight", "halo_mm", "label_weight", "halo_weight"):
+        for k in ("gain_weight", "bias_weight", "halo_mm", "label_weight", "halo_weight", "slice_motion_lr",
+                  "slice_motion_weight", "slice_motion_warmup"):
             nonneg(f"data.{k}", getattr(dt, k))
+        if dt.slice_motion and dt.term != "exact":
+            bad("data.slice_motion", "moves the acquired slices: it needs data.term exact (the reference term trains "
+                                     "on stacks resampled onto the template grid, where slices no longer exist)")
         if dt.term == "exact" and o.seg_weight != 1.0:
             bad("optimizer.seg_weight", f"weighs the labels of the reference data term only, got {o.seg_weight}; "
                                         f"with data.term exact set data.label_weight (now {dt.label_weight})")

@@ -56,14 +56,20 @@ class PackedCohort:
     slice_thickness_mm: list = None    # (S,) slice thickness of each acquired stack (mm)
     finest_spacing_mm: float = None    # the finest voxel spacing of the data (mm)
     fetus_support: np.ndarray = None   # (F, *shape) bool: each fetus's stacks' brain + halo on the grid
+    slice_index: torch.Tensor = None   # (V,) int64: each acquired sample's slice (0..L−1; acquired samples only)
+    slice_stack: torch.Tensor = None   # (L,) int64: each slice's stack
+    slice_centre_mm: torch.Tensor = None   # (L, 3) float32: each slice's centre, template RAS mm
+    slice_number: torch.Tensor = None  # (L,) int64: each slice's through-plane voxel index in its stack
 
     @property
     def n_voxels(self) -> int:
         return int(self.coords_mm.shape[0])
 
     def to(self, device) -> "PackedCohort":
-        for name in ("coords_mm", "intensity", "label", "weight", "stack", "psf_cov_mm2"):
-            setattr(self, name, getattr(self, name).to(device))
+        for name in ("coords_mm", "intensity", "label", "weight", "stack", "psf_cov_mm2", "slice_index", "slice_stack",
+                     "slice_centre_mm"):
+            if getattr(self, name) is not None:
+                setattr(self, name, getattr(self, name).to(device))
         return self
 
 

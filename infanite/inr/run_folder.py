@@ -11,12 +11,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from infanite.io.layout import CHECKPOINT, CONFIG, DEFORMATIONS_DIR, DIAGNOSTICS, TRAIN_LOG
+from infanite.io.layout import CHECKPOINT, CONFIG, DEFORMATIONS_DIR, DIAGNOSTICS, SLICE_MOTION, TRAIN_LOG
 
 #: config keys (prefixes) that decide the shapes of a checkpoint's tensors
 SHAPE_KEYS = ("model", "inr_decoder.", "template.encoding", "template.ga_latents", "template.grid_resolutions",
               "template.ga_nodes", "template.grid_channels", "template.hidden_size", "template.hidden_layers",
-              "template.deformation_grid", "data.term", "data.intensity_model", "data.bias_order")
+              "template.deformation_grid", "data.term", "data.intensity_model", "data.bias_order",
+              "data.slice_motion")
 
 
 def _flat(mapping: dict, prefix: str = "") -> dict:
@@ -100,9 +101,9 @@ def check_run_folder(out, config, resume: bool, overwrite: bool, world_size: int
 
 
 def clear_previous_model(out) -> None:
-    """``--overwrite``: remove the previous model's checkpoint, log, diagnostics and deformations."""
+    """``--overwrite``: remove the previous model's checkpoint, log, diagnostics, deformations and slice motions."""
     out = Path(out)
-    for name in (CHECKPOINT, TRAIN_LOG, DIAGNOSTICS):
+    for name in (CHECKPOINT, TRAIN_LOG, DIAGNOSTICS, SLICE_MOTION):
         (out / name).unlink(missing_ok=True)
     if (out / DEFORMATIONS_DIR).is_dir():
         shutil.rmtree(out / DEFORMATIONS_DIR)

@@ -66,11 +66,12 @@ def pack_acquired(manifest, label_values, halo_mm: float = 4.0, halo_weight: flo
                          f"the resampled stacks (--set data.term=reference)")
     halo_label = int(max(label_values)) + 1
     grid = training_grid(cohort.stacks, cohort.manifest_path)
-    parts = {k: [] for k in ("coords", "intensity", "label", "weight", "stack")}
+    parts = {k: [] for k in ("coords", "intensity", "label", "weight", "stack", "slice")}
     covs, ids, ages = [], [], []
     stack_fetus, fetus_ids = fetus_index(cohort.stacks)
     fetus_support = np.zeros((len(fetus_ids),) + tuple(grid[0]), dtype=bool)
     finest = float("inf")
+    slice_offset, offsets = 0, []
     for s, record in enumerate(cohort.stacks):
         t2 = load_nifti(record.extra["source_T2w"])
         seg = load_labels(record.extra["source_Seg"]) if record.extra.get("source_Seg") else None
@@ -87,8 +88,11 @@ def pack_acquired(manifest, label_values, halo_mm: float = 4.0, halo_weight: flo
         halo = (~brain) & (outside <= float(halo_mm))
         stack_to_template = np.linalg.inv(stack_pose(record, cohort.manifest_path))
         normalised = brain_normalised(t2.array, brain)
+        through_plane = int(np.argmax(spacing))                 # the slices are along the widest-spaced axis
+        offsets.append(slice_offset)
         for region, is_halo in ((brain, False), (halo, True)):
             ijk = np.argwhere(region)
+            parts["slice"].append(slice_offset + ijk[:, through_plane].astype(np.int64))
             ras = apply_matrix(t2.voxel_to_ras, ijk)
             parts["coords"].append(apply_matrix(stack_to_template, ras).astype(np.float32))
             n = len(ijk)
@@ -102,6 +106,7 @@ def pack_acquired(manifest, label_values, halo_mm: float = 4.0, halo_weight: flo
                                       np.full(n, BRAIN_LABEL, np.int64))
                 parts["weight"].append(np.ones(n, np.float32))
             parts["stack"].append(np.full(n, s, np.int64))
+        slice_offset += int(t2.array.shape[through_plane])
         registered = load_nifti(record.mask, dtype=None) if record.mask else load_labels(record.seg)
         registered_mask = registered.array > 0
         fetus_support[stack_fetus[s]] |= ndimage.distance_transform_edt(
@@ -112,9 +117,29 @@ def pack_acquired(manifest, label_values, halo_mm: float = 4.0, halo_weight: flo
         ages.append(record.scan_age)
     shape, affine = grid
     centre, half = grid_box(shape, affine)
+    coords, stacks = np.concatenate(parts["coords"]), np.concatenate(parts["stack"])
+    keys = np.concatenate(parts["slice"])
+    slices, slice_stack, slice_centre = number_slices(keys, stacks, coords)
+    slice_number = np.zeros(len(slice_stack), np.int64)       # each slice's through-plane index in its stack
+    slice_number[slices] = keys - np.asarray(offsets, np.int64)[stacks]
     return PackedCohort(
-        torch.from_numpy(np.concatenate(parts["coords"])), torch.from_numpy(np.concatenate(parts["intensity"])),
+        torch.from_numpy(coords), torch.from_numpy(np.concatenate(parts["intensity"])),
         torch.from_numpy(np.concatenate(parts["label"])), torch.from_numpy(np.concatenate(parts["weight"])),
-        torch.from_numpy(np.concatenate(parts["stack"])), torch.as_tensor(np.stack(covs), dtype=torch.float32),
+        torch.from_numpy(stacks), torch.as_tensor(np.stack(covs), dtype=torch.float32),
         ids, ages, halo_label, fetus_support.any(0), centre, half, affine, shape, stack_fetus, fetus_ids,
-        "acquired", [r.slice_thickness_mm for r in cohort.stacks], finest, fetus_support)
+        "acquired", [r.slice_thickness_mm for r in cohort.stacks], finest, fetus_support,
+        torch.from_numpy(slices), torch.from_numpy(slice_stack), torch.from_numpy(slice_centre),
+        torch.from_numpy(slice_number))
+
+
+def number_slices(slice_keys: np.ndarray, stacks: np.ndarray, coords_mm: np.ndarray) -> tuple:
+    """Number the slices that hold samples 0..L−1 (in order of ``slice_keys``, unique per stack and slice):
+    (each sample's slice (V,), each slice's stack (L,), each slice's centre, the mean of its samples' template RAS
+    coordinates (L, 3) mm)."""
+    keys, slices = np.unique(slice_keys, return_inverse=True)
+    slices = slices.reshape(-1).astype(np.int64)
+    counts = np.bincount(slices, minlength=len(keys)).astype(np.float64)
+    centre = np.stack([np.bincount(slices, weights=coords_mm[:, a], minlength=len(keys)) for a in range(3)], 1)
+    slice_stack = np.zeros(len(keys), np.int64)
+    slice_stack[slices] = stacks
+    return slices, slice_stack, (centre / counts[:, None]).astype(np.float32)

@@ -8,7 +8,9 @@ product on the acquired samples through each stack's intensity model, or the ref
 mean over the ``P`` samples) + weighted cross-entropy + the model's penalties.  AdamW with one group per kind of
 parameter, cosine learning-rate decay over all steps to ``eta_min``, bf16 autocast on CUDA, fp32 on CPU.  The
 template model's displacements stay at zero (or at ``template.deformation_init``'s) for the first
-``template.deformation_warmup`` steps.
+``template.deformation_warmup`` steps.  With ``data.slice_motion`` each acquired sample and its PSF samples are
+moved by their slice's rigid motion (:mod:`infanite.inr.slice_motion`), learnt after ``data.slice_motion_warmup``
+steps; a finished run writes them to ``slice_motion.json``.
 
 Exact resume: every random draw is derived from (seed, epoch, step) — the epoch's permutation and each step's
 PSF jitter — so a run restarted from a checkpoint (model, intensity model, optimizer, scheduler, scaler,
@@ -38,8 +40,8 @@ from infanite.io.atomic import atomic_output, atomic_write_text
 from infanite.io.images import Volume, save_nifti, save_nifti_array
 from infanite.io.layout import (CHECKPOINT, CONFIG, DIAGNOSTICS, FETUS_SUPPORT, STACKS, STOP_FILE, SUPPORT,
                                 TRAIN_LOG)
-from infanite.inr.build import (build_intensity_model, build_model, build_optimizer, check_against_cohort,
-                                 check_model_fits, ga_span, pack_training_data, psf_factors)
+from infanite.inr.build import (build_intensity_model, build_model, build_optimizer, build_slice_motion,
+                                 check_against_cohort, check_model_fits, ga_span, pack_training_data, psf_factors)
 from infanite.inr.data import loss_norms, psf_jitter, split_psf_loss, weighted_loss
 from infanite.inr.distributed import Ranks, teardown
 from infanite.inr.template import TemplateINR
@@ -179,7 +181,10 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
     intensity = build_intensity_model(config, data)
     if intensity is not None:
         intensity = intensity.to(device)
-    optimizer = build_optimizer(config, model, intensity)
+    motion = build_slice_motion(config, data)
+    if motion is not None:
+        motion = motion.to(device)
+    optimizer = build_optimizer(config, model, intensity, motion)
     forward = torch.compile(model) if config.compile else model
     template = model if isinstance(model, TemplateINR) else None
     steps_per_epoch = math.ceil(data.n_voxels / config.n_samples)
@@ -212,6 +217,8 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
             model.load_state_dict(_to_device(state["model"], device))
             if intensity is not None:
                 intensity.load_state_dict(_to_device(state["intensity"], device))
+            if motion is not None:
+                motion.load_state_dict(_to_device(state["slice_motion"], device))
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
@@ -231,13 +238,13 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
     session_steps, t_start, last = 0, time.perf_counter(), {}
     perm_epoch, perm = None, None
     saved_step, stopped = None, False
-    parameters = list(model.parameters()) + (list(intensity.parameters()) if intensity is not None else [])
+    parameters = [p for m in (model, intensity, motion) if m is not None for p in m.parameters()]
     with (log_path.open("a") if ranks.main else open(os.devnull, "w")) as log:
         while global_step < total_steps:
             if ranks.any(stop.requested(), device):      # a step boundary: save, report, return normally
                 if session_steps > 0 and saved_step != global_step and ranks.main:
                     _save_checkpoint(out, model, intensity, optimizer, scheduler, scaler, global_step,
-                                     total_steps, data.stack_ids, config, ranks.world_size)
+                                     total_steps, data.stack_ids, config, ranks.world_size, motion)
                 stopped = True
                 progress.update(global_step, f"stopped at step {global_step} of {total_steps}; continue with "
                                              f"--resume", stopped=True)
@@ -261,8 +268,14 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
             if template is not None:                     # displacements free after the warm-up (held at their
                 template.use_deformation = not warming_up or bool(config.template.deformation_init)   # start)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                moving = motion is not None and global_step >= config.data.slice_motion_warmup
+                if moving:                                # each sample (and its PSF) moved with its slice
+                    jitter = motion(jitter, data.slice_index[idx])
                 loss, l_int, l_seg, penalty = _step_loss(config, forward, model, intensity, data, idx, stack, jitter,
                                                          samples, class_weights, norms, ranks.world_size)
+                if moving:
+                    penalty_motion = config.data.slice_motion_weight * motion.penalty() / ranks.world_size
+                    loss, penalty = loss + penalty_motion, penalty + penalty_motion
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             ranks.all_reduce_gradients(parameters)
@@ -272,6 +285,8 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
                 _diverged(out, global_step + 1, f"the loss is {loss.item()}", saved_step, state, config)
             if warming_up and template.deformation is not None:
                 template.deformation.grad = None         # an initial displacement is held during the warm-up
+            if motion is not None and not moving:
+                motion.params.grad = None                 # the slices' motions held at zero (warm-up)
             optimizer.step()
             scheduler.step()
             global_step += 1
@@ -288,17 +303,19 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
                             **{k: v for k, v in last.items() if k != "step"})
             end_of_epoch = global_step % steps_per_epoch == 0
             if global_step % config.checkpoint_every == 0 or end_of_epoch or global_step == total_steps:
-                if not _finite(model, intensity):
+                if not _finite(model, intensity, motion):
                     _diverged(out, global_step, "a model parameter is NaN or inf", saved_step, state, config)
                 if ranks.main:
                     _save_checkpoint(out, model, intensity, optimizer, scheduler, scaler, global_step, total_steps,
-                                     data.stack_ids, config, ranks.world_size)
+                                     data.stack_ids, config, ranks.world_size, motion)
                 saved_step = global_step
             if stop_after_steps is not None and session_steps >= stop_after_steps:
                 break
     summary = {"steps": global_step, "total_steps": total_steps, "last": last,
                "seconds": round(time.perf_counter() - t_start, 2), "stopped": stopped,
                "world_size": ranks.world_size}
+    if motion is not None:
+        summary["slice_motion"] = motion.summary()
     if ranks.distributed:        # the last collective: every rank leaves the group together, then rank 0 goes on
         ranks.barrier()          # alone (diagnostics can outlast the collectives' timeout)
         teardown(ranks)
@@ -309,6 +326,11 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
         from infanite.inr.diagnostics import write_diagnostics
 
         summary["diagnostics"] = write_diagnostics(out, device)
+        if motion is not None:
+            from infanite.inr.slice_motion import write_slice_motion
+
+            summary["slice_motion_file"] = str(write_slice_motion(out, motion, data.stack_ids,
+                                                                  data.slice_number.tolist()))
         if template is not None:
             from infanite.inr.deformations import write_deformations
 
@@ -432,11 +454,12 @@ def labelled_stacks(data) -> list[str]:
 
 
 def _save_checkpoint(out: Path, model, intensity, optimizer, scheduler, scaler, global_step, total_steps, stack_ids,
-                     config, world_size: int = 1) -> None:
+                     config, world_size: int = 1, motion=None) -> None:
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "scaler": scaler.state_dict(), "global_step": global_step, "total_steps": total_steps,
              "stack_ids": list(stack_ids), "model_type": config.model,
              "intensity": intensity.state_dict() if intensity is not None else {},
+             "slice_motion": motion.state_dict() if motion is not None else {},
              "torch_rng": torch.get_rng_state(), "config": config.to_dict(), "world_size": int(world_size)}
     with atomic_output(out / CHECKPOINT) as tmp:
         torch.save(state, tmp)

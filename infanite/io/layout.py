@@ -64,6 +64,7 @@ FETUS_SUPPORT = "support_fetuses.nii.gz"  # 4-D: each fetus's brain + halo on th
 CONFIG = "config.yaml"                   # the resolved training config
 STOP_FILE = "STOP"                       # created (by a GUI) to stop at the next step boundary, checkpoint first
 DIAGNOSTICS = "diagnostics.json"         # a finished run: averaging vs shape removal (infanite.inr.diagnostics)
+SLICE_MOTION = "slice_motion.json"       # data.slice_motion: each acquired slice's fitted rigid motion
 DEFORMATIONS_DIR = "deformations"        # template model: <fetus>.h5, each fetus's fitted displacement (ITK)
 
 # -- an atlas folder (``infanite atlas --out``) ----------------------------------------------------------------------

@@ -118,7 +118,9 @@ def run_pipeline(manifest, templates, out, config_path=None, overrides=(), devic
     out = Path(out)
     progress = progress or ProgressReporter(None)
     if not config_path:
-        overrides = sized_defaults(manifest, device) + list(overrides)
+        from infanite.inr.config import defaults_then
+
+        overrides = defaults_then(sized_defaults(manifest, device), list(overrides))
     else:
         overrides = list(overrides)
     config = load_train_config(config_path, overrides + [f"device={device}"])   # validated before any work
