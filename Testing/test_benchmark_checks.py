@@ -237,3 +237,112 @@ def test_slice_motion_agreement_reads_the_simulators_motions_in_the_models_conve
     assert found["translation_correlation"] > 0.99 and found["rotation_correlation"] > 0.99
     assert found["rotation_rms_error_deg"] < 0.05 * found["rotation_rms_true_deg"]
     assert quality.slice_motion_agreement(tmp_path, tmp_path / "truth.json") is None           # no motions
+
+
+def _blobs(shift_mm, voxel_to_ras, shape=(44, 44, 44)):
+    """A smooth test image: Gaussian blobs (σ 3 mm) at fixed RAS points, all moved by ``shift_mm``."""
+    import numpy as np
+
+    from infanite.geometry import apply_matrix
+    from infanite.io.images import Volume
+
+    rng = np.random.default_rng(11)
+    centres = rng.uniform(-12, 12, size=(14, 3)) + np.asarray(shift_mm)
+    heights = rng.uniform(0.3, 1.0, size=14)
+    ras = apply_matrix(voxel_to_ras, np.indices(shape).reshape(3, -1).T).reshape(shape + (3,))
+    image = sum(h * np.exp(-((ras - c) ** 2).sum(-1) / (2 * 3.0 ** 2)) for h, c in zip(heights, centres))
+    return Volume(image.astype(np.float32), voxel_to_ras), ras
+
+
+def _oblique_grid():
+    import numpy as np
+    from scipy.spatial.transform import Rotation
+
+    voxel_to_ras = np.eye(4)
+    voxel_to_ras[:3, :3] = Rotation.from_euler("zx", [20, -10], degrees=True).as_matrix() * 1.0
+    voxel_to_ras[:3, 3] = -voxel_to_ras[:3, :3] @ np.full(3, 21.5) + np.array([3.0, -2.0, 5.0])
+    return voxel_to_ras
+
+
+def test_rigid_alignment_finds_a_known_shift_in_ras_on_an_oblique_grid(quality):
+    import numpy as np
+
+    voxel_to_ras = _oblique_grid()
+    reference, ras = _blobs([0, 0, 0], voxel_to_ras)
+    region = np.linalg.norm(ras - np.array([3.0, -2.0, 5.0]), axis=-1) < 17
+    shift = np.array([0.6, -0.4, 0.3])
+    moved, _ = _blobs(shift, voxel_to_ras)
+    found = quality.rigid_alignment(moved, reference, region)
+    # the moved image has the reference's content of each point at that point + shift
+    assert np.allclose(found["offset_mm"], shift, atol=0.05)
+    assert found["rotation_deg"] < 0.2
+    from infanite.evaluation.metrics import psnr
+
+    before = psnr(moved, reference, region)
+    assert found["psnr_db"] > before + 10
+    still = quality.rigid_alignment(reference, reference, region)
+    assert still["offset_norm_mm"] < 0.02
+
+
+def test_reference_offsets_are_the_neighbouring_weeks_shifts_and_their_midpoint(quality, tmp_path):
+    import numpy as np
+
+    from infanite.io.images import Volume, save_nifti
+
+    voxel_to_ras = _oblique_grid()
+    shifts = {29: [-0.5, 0.2, 0.0], 30: [0.0, 0.0, 0.0], 31: [0.9, 0.4, -0.6]}
+    for week, shift in shifts.items():
+        image, ras = _blobs(shift, voxel_to_ras)
+        folder = tmp_path / f"HarvardSTA{week}_Study1"
+        save_nifti(image, folder / "srr.nii.gz")
+        inside = np.linalg.norm(ras - np.array([3.0, -2.0, 5.0]), axis=-1) < 15
+        save_nifti(Volume(inside.astype(np.uint8), voxel_to_ras), folder / "mask.nii.gz")
+    found = quality.reference_offsets(tmp_path, [30.0, 31.0])
+    assert np.allclose(found["30.0"]["week_29_offset_mm"], shifts[29], atol=0.05)
+    assert np.allclose(found["30.0"]["week_31_offset_mm"], shifts[31], atol=0.05)
+    assert np.allclose(found["30.0"]["midpoint_mm"], np.mean([shifts[29], shifts[31]], 0), atol=0.05)
+    assert "midpoint_mm" not in found["31.0"]          # week 32 is not there: one side only
+    assert np.allclose(found["31.0"]["week_30_offset_mm"], -np.asarray(shifts[31]), atol=0.05)
+
+
+def test_run_diagnostics_are_reused_until_the_checkpoint_changes(quality, tmp_path, monkeypatch):
+    import os
+
+    calls = []
+
+    def diagnostics(run_dir, library, sim_config, truth_json):
+        calls.append(run_dir)
+        return {"agreement_db": 20.0 + len(calls), "nan": float("nan")}
+
+    monkeypatch.setattr(quality, "run_diagnostics", diagnostics)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    checkpoint, truth = run_dir / "checkpoint.pt", tmp_path / "truth.json"
+    checkpoint.write_bytes(b"0")
+    truth.write_text("{}")
+    cache = tmp_path / "diagnostics" / "g.json"
+    first = quality.cached_diagnostics(run_dir, None, None, truth, cache)
+    again = quality.cached_diagnostics(run_dir, None, None, truth, cache)
+    assert not first["reused"] and again["reused"] and len(calls) == 1
+    assert again["result"]["agreement_db"] == 21.0 and again["result"]["nan"] != again["result"]["nan"]
+    os.utime(truth, (1e9, 1e9))                         # rewritten with the same content: still reused
+    assert quality.cached_diagnostics(run_dir, None, None, truth, cache)["reused"]
+    later = cache.stat().st_mtime + 5
+    os.utime(checkpoint, (later, later))                 # the run trained on: its diagnostics are stale
+    fresh = quality.cached_diagnostics(run_dir, None, None, truth, cache)
+    assert not fresh["reused"] and fresh["result"]["agreement_db"] == 22.0 and len(calls) == 2
+    truth.write_text('{"another": "cohort"}')
+    assert not quality.cached_diagnostics(run_dir, None, None, truth, cache)["reused"] and len(calls) == 3
+
+
+def test_the_position_table_sets_each_atlas_beside_the_reference_weeks_offsets(quality):
+    metrics = {"gM": {"30.0": {"psnr_mask_db": 19.5, "psnr_rigid_mask_db": 21.1, "rigid_offset_mm": 0.53,
+                               "rigid_offset_ras_mm": [0.47, 0.11, -0.17]},
+                      "38.0": {"psnr_mask_db": 18.4}}}
+    offsets = {"30.0": {"week_29_offset_mm": [0.2, -0.5, 0.0], "week_31_offset_mm": [0.8, 0.4, -0.3],
+                        "midpoint_mm": [0.5, -0.05, -0.15], "midpoint_norm_mm": 0.52},
+               "38.0": {"week_37_offset_mm": [0.0, 0.3, 0.5]}}
+    rows = quality.position_table(metrics, offsets, ["gM"], [30.0, 38.0]).splitlines()
+    assert rows[2] == ("| 30.0 | 0.53 (+0.47, +0.11, -0.17); 19.50 → 21.10 | (+0.20, -0.50, +0.00) | "
+                       "(+0.80, +0.40, -0.30) | (+0.50, -0.05, -0.15) (0.52) |")
+    assert rows[3] == "| 38.0 | n/a —; 18.40 → n/a | (+0.00, +0.30, +0.50) | — | — (—) |"

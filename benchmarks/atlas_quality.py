@@ -64,6 +64,14 @@ scanned around that GA (Gaussian σ 0.5 weeks over their GAs) against their own 
 affine intensity map: fetuses well above the atlas say the loss is in averaging them (shapes not removed); fetuses
 at the atlas's level say the data fit itself is short; a large affine gap says the contrast is.
 
+A position table sets, per row and GA, the atlas's offset (mm at the brain's centre) from the CRL week after the
+best rigid alignment onto it, and its PSNR before → after that alignment, beside the rigid offsets of the
+neighbouring CRL weeks from that week and their midpoint: the CRL weeks' brains are not centred alike, and the
+simulator makes a fetus between two weeks as an intensity blend of both, so a template that changes smoothly with
+GA sits near the midpoint; the PSNR after the alignment says what that position costs (a diagnostic: the
+alignment uses the truth).  Each INR run's diagnostics are kept in ``<work>/diagnostics/`` and reused while its
+checkpoint and the simulator's truth are unchanged.
+
 The results end with a table of the goal's PSNR thresholds (c + the margin) beside the oracles: a threshold above
 oS is out of reach of the template model on that cohort, however well it is trained.
 
@@ -156,7 +164,11 @@ METRICS = [("psnr_mask_db", "PSNR mask (dB)", 2, True), ("psnr_bbox_db", "PSNR b
            ("dice_mean", "mean Dice", 4, True), ("hd95_mean_mm", "HD95 (mm)", 2, False),
            ("tct_test", "TCT", 3, True), ("sharpness", "sharpness (1/mm)", 4, True),
            ("vol_l1_reference", "volume L1 vs CRL", 4, False),
-           ("psnr_affine_mask_db", "PSNR mask after the best affine intensity map (dB; a diagnostic)", 2, True)]
+           ("psnr_affine_mask_db", "PSNR mask after the best affine intensity map (dB; a diagnostic)", 2, True),
+           ("psnr_rigid_mask_db", "PSNR mask after the best rigid alignment onto the truth (dB; a diagnostic)", 2,
+            True),
+           ("rigid_offset_mm", "the atlas's rigid offset from the truth at the brain's centre (mm; a diagnostic)",
+            2, False)]
 
 GOAL_PSNR_DB = {22.0: 1.5, 26.0: 3.0, 30.0: 3.0, 34.0: 3.0, 38.0: 1.5}
 GOAL_DICE = 0.05
@@ -405,8 +417,84 @@ def image_rows(atlas_dir: Path, atlas_root: Path, gas: list[float]) -> dict:
         mask = load_nifti(week / "mask.nii.gz", dtype=None)
         image = resample(load_nifti(atlas_dir / atlas_filenames(g)["T2w"]), mask.grid, None, "linear")
         region = brain_mask_region(mask, DEFAULT_DILATION_MM)
+        truth = load_nifti(week / "srr.nii.gz")
+        rigid = rigid_alignment(image, truth, region)
         out[f"{g:.1f}"] = {"sharpness": sharpness(image, mask),
-                           "psnr_affine_mask_db": psnr_affine(image, load_nifti(week / "srr.nii.gz"), region)}
+                           "psnr_affine_mask_db": psnr_affine(image, truth, region),
+                           "psnr_rigid_mask_db": rigid["psnr_db"], "rigid_offset_mm": rigid["offset_norm_mm"],
+                           "rigid_offset_ras_mm": rigid["offset_mm"]}
+    return out
+
+
+def rigid_alignment(image, reference, region) -> dict:
+    """The best rigid map of ``image`` onto ``reference`` (Volumes on one grid): mean squares of the two min–max
+    normalised over ``region`` (a boolean array of that grid), SimpleITK, linear interpolation.  Returns the PSNR
+    (dB, :func:`~infanite.evaluation.metrics.psnr` over ``region``) of ``image`` after it; ``offset_mm``, where
+    the image has the reference's content of the region's centroid, less that centroid (RAS mm); its norm; and
+    the rotation (degrees).  A diagnostic of how much of an atlas's error is its position alone: a template that
+    is smooth in GA sits between the reference's weeks, which are offset from one another
+    (:func:`reference_offsets`)."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from infanite.evaluation.metrics import minmax_normalise, psnr
+    from infanite.geometry import apply_matrix
+    from infanite.io.images import Volume, sitk_to_volume, volume_to_sitk
+
+    region = np.asarray(region, bool)
+    fixed = volume_to_sitk(Volume(minmax_normalise(reference.array, region).astype(np.float32),
+                                  reference.voxel_to_ras))
+    moving = volume_to_sitk(Volume(minmax_normalise(image.array, region).astype(np.float32), image.voxel_to_ras))
+    centre_ras = apply_matrix(reference.voxel_to_ras, np.argwhere(region).mean(0))
+    centre_lps = np.array([-centre_ras[0], -centre_ras[1], centre_ras[2]])
+    transform = sitk.Euler3DTransform()
+    transform.SetCenter([float(v) for v in centre_lps])
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMeanSquares()
+    method.SetMetricFixedMask(volume_to_sitk(Volume(region.astype(np.uint8), reference.voxel_to_ras)))
+    method.SetOptimizerAsRegularStepGradientDescent(0.5, 1e-5, 500, gradientMagnitudeTolerance=1e-10)
+    method.SetOptimizerScalesFromPhysicalShift()
+    method.SetInitialTransform(transform, True)        # optimised in place
+    method.SetInterpolator(sitk.sitkLinear)
+    method.Execute(fixed, moving)
+    warped = sitk.Resample(volume_to_sitk(Volume(image.array.astype(np.float32), image.voxel_to_ras)), fixed,
+                           transform, sitk.sitkLinear, 0.0)
+    moved_lps = np.asarray(transform.TransformPoint([float(v) for v in centre_lps]))
+    offset = (moved_lps - centre_lps) * np.array([-1.0, -1.0, 1.0])
+    rotation = np.asarray(transform.GetMatrix()).reshape(3, 3)
+    degrees = math.degrees(math.acos(max(-1.0, min(1.0, (np.trace(rotation) - 1) / 2))))
+    return {"psnr_db": psnr(sitk_to_volume(warped), reference, region), "offset_mm": offset.tolist(),
+            "offset_norm_mm": float(np.linalg.norm(offset)), "rotation_deg": degrees}
+
+
+def reference_offsets(atlas_root: Path, gas: list[float]) -> dict:
+    """Per GA ``w``: the rigid offsets (RAS mm, :func:`rigid_alignment`) of the CRL weeks ``w − 1`` and ``w + 1``
+    from week ``w``, over week ``w``'s PSNR region, and their midpoint: where a template that changes smoothly
+    with GA, fitted by fetuses on both sides of ``w``, sits against week ``w`` (the weeks' brains are not centred
+    alike); a week missing from the atlas folder is left out."""
+    import numpy as np
+
+    from infanite.evaluation.metrics import DEFAULT_DILATION_MM, brain_mask_region
+    from infanite.io.images import load_nifti
+    from infanite.io.resample import resample
+
+    out = {}
+    for g in gas:
+        w = int(round(g))
+        week = atlas_root / f"HarvardSTA{w}_Study1"
+        truth, mask = load_nifti(week / "srr.nii.gz"), load_nifti(week / "mask.nii.gz", dtype=None)
+        region = brain_mask_region(mask, DEFAULT_DILATION_MM)
+        sides = {}
+        for other in (w - 1, w + 1):
+            folder = atlas_root / f"HarvardSTA{other}_Study1"
+            if (folder / "srr.nii.gz").is_file():
+                image = resample(load_nifti(folder / "srr.nii.gz"), truth.grid, None, "linear")
+                sides[other] = rigid_alignment(image, truth, region)["offset_mm"]
+        row = {f"week_{k}_offset_mm": v for k, v in sides.items()}
+        if len(sides) == 2:
+            row["midpoint_mm"] = np.mean(list(sides.values()), axis=0).tolist()
+            row["midpoint_norm_mm"] = float(np.linalg.norm(row["midpoint_mm"]))
+        out[f"{g:.1f}"] = row
     return out
 
 
@@ -544,6 +632,29 @@ def run_diagnostics(run_dir: Path, library, sim_config, truth_json: Path | None 
     return result
 
 
+def cached_diagnostics(run_dir: Path, library, sim_config, truth_json: Path, cache: Path) -> dict:
+    """:func:`run_diagnostics`, kept in ``cache`` (JSON) with what it was computed from (the run's checkpoint,
+    by size and modification time, and the simulator's truth, by content: the simulation stage rewrites the
+    file) and reused while both are unchanged: ``{"result": ..., "reused": bool}``."""
+    import hashlib
+
+    from infanite.io.atomic import atomic_write_text
+    from infanite.io.layout import CHECKPOINT
+
+    stat = (run_dir / CHECKPOINT).stat()
+    source = {"checkpoint": [stat.st_size, stat.st_mtime_ns],
+              "truth_sha256": hashlib.sha256(truth_json.read_bytes()).hexdigest()}
+    if cache.is_file():
+        kept = json.loads(cache.read_text())
+        if kept.get("source") == source:
+            return {"result": kept["result"], "reused": True}
+    result = run_diagnostics(run_dir, library, sim_config, truth_json)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(cache, json.dumps({"source": source, "result": result}, indent=1,
+                                        default=lambda v: v.item() if hasattr(v, "item") else str(v)))
+    return {"result": result, "reused": False}
+
+
 # ------------------------------------------------------------------------------------------------ report
 
 def metric_tables(metrics: dict, gas: list[float], names: list[str], truth_sharp: dict) -> str:
@@ -644,6 +755,31 @@ def loss_location_table(metrics: dict, diagnostics: dict, fetus_ga: dict, gas: l
                          f"{format_metric(fetus_scores_around(per_fetus, fetus_ga, float(k)), 2)} / "
                          f"{format_metric(fetus_scores_around(per_fetus_affine, fetus_ga, float(k)), 2)}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def position_table(metrics: dict, offsets: dict, names: list[str], gas: list[float]) -> str:
+    """Per GA: each row's rigid offset from the CRL week (mm) and its PSNR (mask) as measured → after the best rigid
+    alignment, beside the offsets of the neighbouring CRL weeks from that week and their midpoint (mm, RAS
+    vectors): an atlas near the midpoint and far from zero is where a template smooth in GA must sit."""
+    from infanite.evaluation.report import format_metric
+
+    def vector(v) -> str:
+        return "(" + ", ".join(f"{x:+.2f}" for x in v) + ")" if v is not None else "—"
+
+    lines = ["| GA | " + " | ".join(f"{n}: offset (vector); PSNR → rigid" for n in names)
+             + " | CRL week −1 | CRL week +1 | midpoint (norm) |", "|---|" + "---|" * (len(names) + 3)]
+    for g in gas:
+        k, w = f"{g:.1f}", int(round(g))
+        o = offsets.get(k, {})
+        cells = [f"{format_metric(metrics[n][k].get('rigid_offset_mm'), 2)} "
+                 f"{vector(metrics[n][k].get('rigid_offset_ras_mm'))}; "
+                 f"{format_metric(metrics[n][k]['psnr_mask_db'], 2)} → "
+                 f"{format_metric(metrics[n][k].get('psnr_rigid_mask_db'), 2)}" for n in names]
+        mid = o.get("midpoint_norm_mm")
+        cells += [vector(o.get(f"week_{w - 1}_offset_mm")), vector(o.get(f"week_{w + 1}_offset_mm")),
+                  f"{vector(o.get('midpoint_mm'))} ({format_metric(mid, 2) if mid is not None else '—'})"]
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -841,8 +977,9 @@ def main(argv=None) -> int:
                 registered, training + options + sized + args.extra, run_dir), reused_if=lambda r: r["reused"])
             results["atlas"][name] = timer.run(f"{name} {label}: atlas", lambda: generate_variant(
                 run_dir, gas, out, ATLAS_SPACING_MM, args.device), reused_if=lambda r: not r["generated"])
-            results["diagnostics"][name] = timer.run(f"{name} {label}: diagnostics", lambda: run_diagnostics(
-                run_dir, library, sim_config, work / "sim" / "truth.json"))
+            results["diagnostics"][name] = timer.run(f"{name} {label}: diagnostics", lambda: cached_diagnostics(
+                run_dir, library, sim_config, work / "sim" / "truth.json", work / "diagnostics" / f"{key}.json"),
+                reused_if=lambda r: r["reused"])["result"]
 
     metrics = {}
     truth_sharp = truth_sharpness(atlas_dir, gas)
@@ -865,6 +1002,10 @@ def main(argv=None) -> int:
     print("\n## Where the loss is (PSNR mask dB of the atlas, and of the fetuses scanned around each GA against "
           "their own truth; each also after the best affine intensity map)\n")
     print(loss_location_table(metrics, results["diagnostics"], fetus_ga, gas))
+    offsets = reference_offsets(atlas_dir, gas)
+    print("\n## Position: each atlas's rigid offset from the CRL week (mm at the brain's centre) and its PSNR as "
+          "measured → after the best rigid alignment, beside the neighbouring CRL weeks' own offsets (RAS mm)\n")
+    print(position_table(metrics, offsets, names, gas))
     checks = goal_checks(metrics, gas)
     thresholds = threshold_table(metrics, gas)
     if thresholds:
@@ -895,7 +1036,8 @@ def main(argv=None) -> int:
                                                     "rows": {n: {"label": ROWS[n][0], "kind": ROWS[n][1],
                                                                  "options": ROWS[n][2]} for n in names}},
                     "registration": {"done": len(reg["done"]), "failed": reg["failed"]},
-                    "truth_sharpness": truth_sharp, "metrics": metrics, "goal_check": checks,
+                    "truth_sharpness": truth_sharp, "reference_offsets": offsets, "metrics": metrics,
+                    "goal_check": checks,
                     "timings": timer.rows, "stages": results}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(jsonable(document), indent=1, allow_nan=False) + "\n")
