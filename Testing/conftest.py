@@ -59,3 +59,20 @@ def mrml():
     scene, logics = headless_scene()
     yield {"scene": scene, "logics": logics}
     scene.Clear(0)   # Clear(1) (also singletons) crashes slicer-core with slice logics attached
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Torch on one thread for the test, restored after (training tests: one thread is deterministic and quick)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def registered(phantom_registered):
+    """The phantom cohort's ``registered.tsv`` (:func:`phantom_registered`)."""
+    return phantom_registered["registered"]

@@ -20,17 +20,7 @@ SMALL = ["n_samples=1500", "epochs.train=50", "checkpoint_every=10", "psf.sample
 MOVING = SMALL + ["data.slice_motion=true", "data.slice_motion_warmup=10"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def registered(phantom_registered):
-    return phantom_registered["registered"]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_rotation_matrices_are_rodrigues_rotations():

@@ -23,17 +23,7 @@ TEMPLATE = SMALL + ["model=template", "template.encoding=grid", "template.grid_r
                     "template.ga_nodes=[2,2,2]", "template.deformation_warmup=10", "template.hidden_size=32"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def registered(phantom_registered):
-    return phantom_registered["registered"]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------------------------- the data term
