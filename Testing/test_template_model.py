@@ -272,6 +272,90 @@ def test_a_run_starts_from_given_displacements_and_can_hold_them(template_run, r
         load_train_config(None, SMALL + [f"template.deformation_init={folder}"])        # model: infanite
 
 
+def _gauge_model(ga_weeks, **widths):
+    """A grid-encoded TemplateINR, one stack per fetus at ``ga_weeks``, 4³ control points over a ±40 mm box."""
+    from types import SimpleNamespace
+
+    from infanite.inr.config import TemplateConfig
+    from infanite.inr.template import TemplateINR
+
+    config = TemplateConfig(encoding="grid", grid_resolutions=[4], ga_nodes=[1], deformation_grid=4, **widths)
+    n = len(ga_weeks)
+    model = TemplateINR(3, list(range(n)), list(ga_weeks), (min(ga_weeks), max(ga_weeks)), [0, 0, 0], [40, 40, 40],
+                        config)
+    return model, SimpleNamespace(kernel=lambda width: _kernel(np.asarray(ga_weeks, float), width))
+
+
+def _kernel(ga, width):
+    k = np.exp(-0.5 * ((ga[:, None] - ga[None, :]) / width) ** 2)
+    return k / k.sum(1, keepdims=True)
+
+
+def test_a_fetus_position_is_its_mean_displacement_over_the_given_points():
+    """Trilinear control points hold a linear field exactly, so the weighted control points give the field's mean
+    over the points, which for a linear field is the field at their centroid."""
+    model, _ = _gauge_model([28.0, 30.0])
+    c = np.linspace(-1, 1, 4)
+    z, y, x = np.meshgrid(c, c, c, indexing="ij")
+    field = torch.as_tensor(np.stack([2 * x + 1, 0.5 * z - y, 3 * z]), dtype=torch.float32)     # mm, normalised x
+    with torch.no_grad():
+        model.deformation.copy_(torch.stack([field, -field]))
+    points = torch.tensor([[10.0, -4.0, 8.0], [-6.0, 12.0, 0.0], [20.0, 20.0, -30.0]])          # RAS mm
+    model.set_position_region(points)
+    assert model.position_weights.sum().item() == pytest.approx(1.0, abs=1e-6)
+    xn = points.mean(0).numpy() / 40
+    expected = np.array([2 * xn[0] + 1, 0.5 * xn[2] - xn[1], 3 * xn[2]])
+    position = (model.deformation * model.position_weights).sum(dim=(2, 3, 4)).detach().numpy()
+    np.testing.assert_allclose(position, [expected, -expected], atol=1e-5)
+
+
+def test_the_position_kernel_averages_only_the_fetuses_positions():
+    """Equal widths give the single-kernel penalty (K u)²; pure translations are averaged over the position
+    kernel alone; fields with no position over the region over the shape kernel alone."""
+    ga = [27.0, 29.5, 30.0, 30.6, 33.0]
+    rng = np.random.default_rng(3)
+    u = torch.as_tensor(rng.normal(size=(5, 3, 4, 4, 4)), dtype=torch.float32)
+    model, k = _gauge_model(ga, mean_kernel_weeks=1.0, position_kernel_weeks=1.0)
+    with torch.no_grad():
+        model.deformation.copy_(u)
+    flat = u.reshape(5, -1).numpy()
+    assert model.penalties()["mean"].item() == pytest.approx(np.mean((k.kernel(1.0) @ flat) ** 2), rel=1e-5)
+
+    translations = rng.normal(size=(5, 3))
+    shifts = torch.as_tensor(translations, dtype=torch.float32)[:, :, None, None, None].expand(5, 3, 4, 4, 4)
+    for shape_width in (0.5, 1.0, 2.0):
+        model, k = _gauge_model(ga, mean_kernel_weeks=shape_width, position_kernel_weeks=0.25)
+        model.set_position_region(torch.tensor([[5.0, 0.0, -5.0], [-10.0, 3.0, 2.0]]))
+        with torch.no_grad():
+            model.deformation.copy_(shifts)
+        assert model.penalties()["mean"].item() == pytest.approx(
+            np.mean((k.kernel(0.25) @ translations) ** 2), rel=1e-5), shape_width
+
+    shape_only = u - (u * model.position_weights).sum(dim=(2, 3, 4))[:, :, None, None, None]
+    for position_width in (0.25, 1.0, 3.0):
+        model, k = _gauge_model(ga, mean_kernel_weeks=1.0, position_kernel_weeks=position_width)
+        model.set_position_region(torch.tensor([[5.0, 0.0, -5.0], [-10.0, 3.0, 2.0]]))
+        with torch.no_grad():
+            model.deformation.copy_(shape_only)
+        assert model.penalties()["mean"].item() == pytest.approx(
+            np.mean((k.kernel(1.0) @ shape_only.reshape(5, -1).numpy()) ** 2), rel=1e-4), position_width
+
+
+def test_training_positions_are_measured_over_the_support_voxels():
+    from types import SimpleNamespace
+
+    from infanite.inr.train import support_points_mm
+
+    support = np.zeros((4, 5, 6), bool)
+    support[1, 2, 3] = support[3, 0, 5] = True
+    voxel_to_ras = np.array([[-0.8, 0, 0, 10.0], [0, 0.8, 0, -5.0], [0, 0, 1.5, 2.0], [0, 0, 0, 1]])
+    points = support_points_mm(SimpleNamespace(support_mask=support, voxel_to_ras=voxel_to_ras))
+    np.testing.assert_allclose(points.numpy(), [[9.2, -3.4, 6.5], [7.6, -5.0, 9.5]], atol=1e-6)
+    support[:] = True
+    assert len(support_points_mm(SimpleNamespace(support_mask=support, voxel_to_ras=voxel_to_ras),
+                                 max_points=7)) == 7
+
+
 @pytest.mark.parametrize("encoding", ["grid", "modulated"])
 def test_template_model_resumes_exactly(registered, tmp_path, encoding):
     config = load_train_config(None, TEMPLATE + ["max_steps=30", f"template.encoding={encoding}"])
@@ -360,8 +444,9 @@ def test_a_template_config_the_cohort_cannot_support_is_refused_before_any_work(
 def test_bad_template_keys_are_refused_with_the_key_named():
     with pytest.raises(TrainConfigError) as info:
         load_train_config(None, ["model=tmpl", "template.encoding=hash", "template.ga_nodes=[1]",
-                                 "template.deformation_grid=1", "data.term=exact-ish", "data.bias_order=3"])
+                                 "template.deformation_grid=1", "data.term=exact-ish", "data.bias_order=3",
+                                 "template.position_kernel_weeks=0", "template.mean_kernel_weeks=nan"])
     text = str(info.value)
     for key in ("model:", "template.encoding", "template.ga_nodes", "template.deformation_grid", "data.term",
-                "data.bias_order"):
+                "data.bias_order", "template.position_kernel_weeks", "template.mean_kernel_weeks"):
         assert key in text, key

@@ -587,8 +587,9 @@ def run_diagnostics(run_dir: Path, library, sim_config, truth_json: Path | None 
     """The run's diagnostics with the simulator's truth: per-fetus reconstruction and, for the template model,
     how its fitted displacements find the simulator's over each fetus's brain (mm, template RAS).
 
-    The target of fetus ``f`` is its true displacement minus the GA-kernel mean (σ ``MEAN_KERNEL_WEEKS``) of the
-    cohort's, the part the template model can recover (its penalty pushes that mean to zero); the errors are
+    The target of fetus ``f`` is its true displacement minus the GA-kernel mean of the cohort's (the run's
+    ``template.mean_kernel_weeks``, and its ``position_kernel_weeks`` for the mean displacements over fetus
+    ``f``'s brain), the part the template model can recover (its penalty pushes that mean to zero); the errors are
     given raw (``rms_error`` against ``rms_true``, the whole true field) and against the target, and with the
     affine parts removed (a fitted affine part also absorbs rigid misregistration and growth between weeks)."""
     import numpy as np
@@ -611,14 +612,24 @@ def run_diagnostics(run_dir: Path, library, sim_config, truth_json: Path | None 
     model = run.model("cpu")
     if isinstance(model, TemplateINR) and model.deformation is not None:
         ga = model.fetus_ga.numpy().astype(np.float64)
-        kernel = np.exp(-0.5 * ((ga[:, None] - ga[None, :]) / MEAN_KERNEL_WEEKS) ** 2)
-        kernel /= kernel.sum(1, keepdims=True)
+
+        def ga_kernel(width):
+            kernel = np.exp(-0.5 * ((ga[:, None] - ga[None, :]) / width) ** 2)
+            return kernel / kernel.sum(1, keepdims=True)
+
+        shape_kernel = ga_kernel(getattr(model, "mean_kernel_weeks", MEAN_KERNEL_WEEKS))
+        position_kernel = ga_kernel(getattr(model, "position_kernel_weeks", MEAN_KERNEL_WEEKS))
         rows = []
         for f, name in enumerate(names):
             field, labels = fields[name]
             points = apply_matrix(labels.voxel_to_ras, np.argwhere(labels.array > 0)[::20]).astype(np.float32)
             true = displacement(field, points)
-            mean = sum(k * displacement(fields[names[j]][0], points) for j, k in enumerate(kernel[f]) if k >= 1e-4)
+            mean = 0.0                    # the shape kernel's mean, its position part over the position kernel's
+            for j in range(len(names)):
+                if max(shape_kernel[f, j], position_kernel[f, j]) >= 1e-4:
+                    other = displacement(fields[names[j]][0], points)
+                    position = other.mean(0)
+                    mean = mean + shape_kernel[f, j] * (other - position) + position_kernel[f, j] * position
             with torch.no_grad():
                 fitted = model.displacement(torch.from_numpy(points), torch.full((len(points),), f)).numpy()
             against_target = displacement_agreement(points, fitted, true - mean)

@@ -193,7 +193,9 @@ class TemplateConfig:
     learning rates) whose latent grids sit at ``ga_latents`` GA nodes shared by the cohort.
     ``deformation_grid`` control points per axis (0: no deformation), frozen at zero for the first
     ``deformation_warmup`` steps; penalties: smoothness (squared differences of neighbouring control points,
-    mm²), magnitude (mm²) and the GA-kernel-weighted mean displacement (mm², keeps the template unbiased).
+    mm²), magnitude (mm²) and the GA-kernel-weighted mean displacement (mm², keeps the template unbiased;
+    Gaussian σ ``mean_kernel_weeks``, and ``position_kernel_weeks`` for the fetuses' positions, each one's mean
+    displacement over the observed brain).
     ``deformation_init``: a folder of ``<subject>.h5`` ITK transforms (a finished run's ``deformations/``, or a
     registration's) that the displacements start from (fitted onto the control grid by least squares; applied
     from the first step, held there during the warm-up); ``lr_deformation: 0`` keeps them fixed.  The per-stack
@@ -212,6 +214,8 @@ class TemplateConfig:
     deformation_smoothness: float = _f(1e-2, "float")
     deformation_magnitude: float = _f(1e-3, "float")
     deformation_mean: float = _f(1e-1, "float")
+    mean_kernel_weeks: float = _f(1.0, "float")       # σ (weeks) of the GA kernel of the mean displacement
+    position_kernel_weeks: float = _f(1.0, "float")   # σ (weeks) of that kernel for the fetuses' positions
     lr_template: float = _f(1e-2, "float")
     lr_deformation: float = _f(1e-2, "float")
     deformation_init: str = _f("", "str")   # folder of <subject>.h5 transforms to start from ("": zero)

@@ -269,6 +269,9 @@ class _Loader:
         for k in ("deformation_warmup", "deformation_smoothness", "deformation_magnitude", "deformation_mean",
                   "ga_smoothness"):
             nonneg(f"template.{k}", getattr(t, k))
+        for k in ("mean_kernel_weeks", "position_kernel_weeks"):
+            if not (math.isfinite(getattr(t, k)) and getattr(t, k) > 0):
+                bad(f"template.{k}", f"must be a finite width in weeks > 0, got {getattr(t, k)!r}")
         for k in ("lr_template", "lr_deformation"):
             learning_rate(f"template.{k}", getattr(t, k))
         if t.deformation_init and (c.model != "template" or t.deformation_grid < 2):

@@ -19,7 +19,10 @@ Template encodings (``template.encoding``):
 Displacements: ``deformation_grid``³ control points × 3 (mm) per fetus over the template box, trilinear between
 them.  :meth:`TemplateINR.penalties` gives their smoothness (squared differences of neighbouring control points),
 magnitude, and the GA-kernel-weighted mean displacement around each fetus's GA (pushed to zero: the template is
-the cohort's average shape at each GA, not one fetus's), plus the smoothness of the grids across GA nodes.
+the cohort's average shape at each GA, not one fetus's; Gaussian kernel of σ ``mean_kernel_weeks``), plus the
+smoothness of the grids across GA nodes.  The fetuses' positions (each one's mean displacement over the observed
+brain) can be averaged over a narrower kernel (``position_kernel_weeks``): the template then sits where the
+fetuses closest to each GA sit, while its shape stays the mean of a wider group.
 """
 from __future__ import annotations
 
@@ -32,7 +35,8 @@ from torch import nn
 
 from infanite.inr.model import interpolate_latents
 
-#: Gaussian width (weeks) of the kernel over fetus GAs whose weighted mean displacement is pushed to zero
+#: default Gaussian width (weeks) of the kernel over fetus GAs whose weighted mean displacement is pushed to zero
+#: (``template.mean_kernel_weeks``)
 MEAN_KERNEL_WEEKS = 1.0
 
 
@@ -193,6 +197,12 @@ class TemplateINR(nn.Module):
         self.register_buffer("centre", torch.as_tensor(centre_mm, dtype=torch.float32).reshape(3))
         self.register_buffer("half_extent", torch.as_tensor(half_extent_mm, dtype=torch.float32).reshape(3))
         self.use_deformation = True
+        self.mean_kernel_weeks = float(getattr(config, "mean_kernel_weeks", MEAN_KERNEL_WEEKS))
+        self.position_kernel_weeks = float(getattr(config, "position_kernel_weeks", self.mean_kernel_weeks))
+        # weights (G³, sum 1) of the control points in a fetus's position (its mean displacement over the
+        # observed brain); uniform until :meth:`set_position_region`; not saved (rebuilt from the data)
+        self.register_buffer("position_weights", torch.full((g, g, g), 1.0 / g ** 3) if g >= 2 else
+                             torch.zeros(0), persistent=False)
 
     # -- coordinates ---------------------------------------------------------------------------------------
     def normalise(self, coords_mm: torch.Tensor) -> torch.Tensor:
@@ -207,6 +217,18 @@ class TemplateINR(nn.Module):
         if self.deformation is None:
             return torch.zeros_like(coords_mm)
         return interpolate_latents(self.deformation, fetus, self.normalise(coords_mm))
+
+    def set_position_region(self, coords_mm: torch.Tensor) -> None:
+        """Make a fetus's position the mean of its displacement over the points ``coords_mm`` (N, 3, template RAS
+        mm; the observed brain): the control points' weights are those of trilinear interpolation, averaged."""
+        if self.deformation is None or len(coords_mm) == 0:
+            return
+        g = self.deformation.shape[-1]
+        basis = torch.zeros(1, 1, g, g, g, dtype=torch.float64, requires_grad=True)
+        xn = self.normalise(torch.as_tensor(coords_mm, dtype=torch.float32, device=self.centre.device)).cpu()
+        interpolate_latents(basis, torch.zeros(len(xn), dtype=torch.long), xn.double()).mean().backward()
+        weights = basis.grad[0, 0]
+        self.position_weights = (weights / weights.sum()).to(self.position_weights)
 
     # -- queries ---------------------------------------------------------------------------------------------
     def atlas(self, coords_mm: torch.Tensor, ga_weeks) -> torch.Tensor:
@@ -235,11 +257,20 @@ class TemplateINR(nn.Module):
                  (u[..., 1:] - u[..., :-1]) ** 2]
         out["smoothness"] = sum(d.mean() for d in diffs) / 3
         out["magnitude"] = (u ** 2).mean()
-        kernel = torch.exp(-0.5 * ((self.fetus_ga[:, None] - self.fetus_ga[None, :]) / MEAN_KERNEL_WEEKS) ** 2)
-        kernel = kernel / kernel.sum(1, keepdim=True)
-        mean = kernel @ u.reshape(u.shape[0], -1)
+        flat = u.reshape(u.shape[0], -1)
+        mean = self.ga_kernel(self.mean_kernel_weeks) @ flat
+        if self.position_kernel_weeks != self.mean_kernel_weeks:
+            # the fetuses' positions (mean displacement over the observed brain) averaged over a narrower GA kernel
+            position = (u * self.position_weights).sum(dim=(2, 3, 4))                   # (F, 3) mm
+            shift = (self.ga_kernel(self.position_kernel_weeks) - self.ga_kernel(self.mean_kernel_weeks)) @ position
+            mean = mean + shift.repeat_interleave(u[0, 0].numel(), dim=1)
         out["mean"] = (mean ** 2).mean()
         return out
+
+    def ga_kernel(self, width_weeks: float) -> torch.Tensor:
+        """(F, F) Gaussian weights (σ ``width_weeks``) over the fetuses' GAs, each row summing to 1."""
+        kernel = torch.exp(-0.5 * ((self.fetus_ga[:, None] - self.fetus_ga[None, :]) / width_weeks) ** 2)
+        return kernel / kernel.sum(1, keepdim=True)
 
     def displacement_summary(self) -> dict:
         """Per fetus: the mean and largest control-point displacement (mm)."""

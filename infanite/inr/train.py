@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from infanite.geometry import apply_matrix
 from infanite.io.atomic import atomic_output, atomic_write_text
 from infanite.io.images import Volume, save_nifti, save_nifti_array
 from infanite.io.layout import (CHECKPOINT, CONFIG, DIAGNOSTICS, FETUS_SUPPORT, STACKS, STOP_FILE, SUPPORT,
@@ -170,6 +171,8 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
                          f"{config.inr_decoder.hidden_size}, num_hidden_layers {config.inr_decoder.num_hidden_layers}, "
                          f"latent_dim {config.inr_decoder.latent_dim}, {len(data.stack_ids)} stacks); use a smaller "
                          f"model") from None
+    if isinstance(model, TemplateINR):                 # a fetus's position: its mean displacement over the support
+        model.set_position_region(support_points_mm(data))
     if state is None and isinstance(model, TemplateINR) and model.deformation is not None and \
             config.template.deformation_init:                  # a new run starts from the given displacements
         from infanite.inr.deformations import initial_deformations
@@ -336,6 +339,14 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
 
             summary["deformations"] = [str(p) for p in write_deformations(out, template, data.fetus_ids)]
     return summary
+
+
+def support_points_mm(data, max_points: int = 100_000) -> torch.Tensor:
+    """The centres (template RAS mm, (N, 3)) of the support mask's voxels (every stack's brain + halo), evenly
+    thinned to at most ``max_points``."""
+    ijk = np.argwhere(np.asarray(data.support_mask))
+    ijk = ijk[::max(1, math.ceil(len(ijk) / max_points))]
+    return torch.as_tensor(apply_matrix(np.asarray(data.voxel_to_ras), ijk), dtype=torch.float32)
 
 
 def _write_run_files(out: Path, config: TrainConfig, data, manifest, ga_range, labels, log_path: Path,
