@@ -379,6 +379,10 @@ def test_command_reports_bad_input_with_exit_code_2(tmp_path, capsys):
     assert "exactly one of --ga" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parse(["--run", "r", "--out", "o", "--ga", "28", "--ga-range", "24", "26"])
+    assert command(parse(["--run", str(tmp_path), "--ga", "28", "--out", str(tmp_path / "o"),
+                          "--position-sigma", "-1"])) == 2
+    assert "--position-sigma must be a number of weeks >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_command_writes_an_atlas_with_probabilities_and_progress(tmp_path, capsys):

@@ -39,6 +39,9 @@ def test_checks_need_only_the_rows_that_were_measured(quality):
     c = _rows({g: 16.0 for g in GAS})
     checks = quality.goal_checks({"c": c, "g": _rows({g: 17.0 for g in GAS})}, GAS)
     assert len(checks) == 1 and checks[0]["check"].startswith("best INR row (g)")
+    checks = quality.goal_checks({"c": c, "g": _rows({g: 17.0 for g in GAS}), "gM": _rows({g: 19.5 for g in GAS}),
+                                  "gT": _rows({g: 25.0 for g in GAS})}, GAS)
+    assert checks[0]["check"].startswith("best INR row (gM)") and checks[0]["pass"] is False   # Dice +0.0
     assert quality.goal_checks({"c": c}, GAS) == []
 
 
@@ -125,6 +128,10 @@ def test_a_bad_training_override_is_refused_before_any_work(quality, crl_atlas_d
                          "--set", "template.ga_latentz=3"])
     assert code == 2 and not work.exists()
     assert "template.ga_latentz: unknown key (did you mean 'template.ga_latents'?)" in capsys.readouterr().err
+    code = quality.main(["--smoke", "--atlas-dir", str(crl_atlas_dir), "--work", str(work),
+                         "--position-sigma", "-0.25"])
+    assert code == 2 and not work.exists()
+    assert "--position-sigma must be a number of weeks >= 0, got -0.25" in capsys.readouterr().err
 
 
 def test_the_full_mode_measures_the_model_and_budget_of_the_cpu_defaults(quality):

@@ -149,3 +149,7 @@ def test_run_refuses_a_bad_config_before_any_work(phantom_registered, tmp_path, 
                  "--out", str(tmp_path / "out"), "--set", "inr_decoder.hidden_sise=64"])
     assert code == 2 and "hidden_sise" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+    code = main(["run", "--manifest", str(cohort), "--templates", str(phantom_registered["templates"]),
+                 "--out", str(tmp_path / "out"), "--position-sigma", "-1"])
+    assert code == 2 and "--position-sigma must be a number of weeks >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

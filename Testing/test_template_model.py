@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -371,26 +372,81 @@ def test_template_model_resumes_exactly(registered, tmp_path, encoding):
 
 
 def test_the_atlas_of_a_template_run_is_the_template_at_the_ga(template_run, tmp_path):
-    """``infanite atlas`` on a template run: the same files and manifest as for the paper's model, and the T2w is
-    ``T(x, GA)`` with no displacement."""
+    """``infanite atlas`` on a template run: the same files and manifest as for the paper's model; with
+    ``position_sigma_weeks`` 0 the T2w is ``T(x, GA)`` with no displacement, by default ``T(x + p, GA)`` with ``p``
+    the fetuses' mean displacement over the GA-local support, Gaussian-weighted over their GAs (σ 0.25 weeks)."""
     from infanite.atlas.generate import generate
-    from infanite.atlas.predict import atlas_query, load_run
+    from infanite.atlas.predict import GASupport, atlas_grid, atlas_query, load_run
+    from infanite.atlas.kernel import gkr_weights
     from infanite.io.images import load_nifti
 
-    run, _ = template_run
-    result = generate(run, [28.0], tmp_path / "atlas", spacing_mm=3.2)
-    assert result["generated"] == ["28.0"] and (tmp_path / "atlas" / "atlas_manifest.json").is_file()
-    t2 = load_nifti(tmp_path / "atlas" / "atlas_ga-28.0_T2w.nii.gz")
+    run = tmp_path / "run"                    # the run, each fetus's displacement moved by a translation (mm)
+    shutil.copytree(template_run[0], run)
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    state["model"]["deformation"] += torch.tensor([[1.5, 0.0, -0.5], [-1.0, 2.0, 0.0]])[:, :, None, None, None]
+    torch.save(state, run / "checkpoint.pt")
+    still = generate(run, [28.0], tmp_path / "still", spacing_mm=3.2, position_sigma_weeks=0)
+    assert still["generated"] == ["28.0"] and (tmp_path / "still" / "atlas_manifest.json").is_file()
+    assert "position_shift_mm" not in still["ga"]["28.0"]
+    moved = generate(run, [28.0], tmp_path / "moved", spacing_mm=3.2)
     trained = load_run(run)
     model = trained.model("cpu")
-    brain = np.argwhere(t2.array > 0)[:50]
-    xyz = torch.as_tensor(brain @ t2.voxel_to_ras[:3, :3].T + t2.voxel_to_ras[:3, 3], dtype=torch.float32)
+    stacks = trained.stacks
+    grid = atlas_grid(stacks["grid_shape"], stacks["grid_voxel_to_ras"], 3.2)
+    support = GASupport(run, grid, stacks["stack_fetus"]).at(
+        gkr_weights(stacks["ga_weeks"], 28.0, 0.5, None, stacks["stack_fetus"]).weights)
+    ijk = np.argwhere(support)
+    points = torch.as_tensor(ijk @ grid.voxel_to_ras[:3, :3].T + grid.voxel_to_ras[:3, 3], dtype=torch.float32)
     with torch.no_grad():
-        direct = model.atlas(xyz, 28.0)[:, 0].numpy()
-        through = atlas_query(model, 28.0, None)(xyz)[:, 0].numpy()
-    np.testing.assert_allclose(t2.array[tuple(brain.T)], np.clip(direct, 0, None), atol=1e-5)
-    np.testing.assert_allclose(direct, through, atol=1e-6)
-    assert result["ga"]["28.0"]["support"] == "ga_local"
+        positions = np.stack([model.displacement(points, torch.full((len(points),), f)).mean(0).numpy()
+                              for f in range(2)])
+    weights = np.exp(-0.5 * ((model.fetus_ga.numpy() - 28.0) / 0.25) ** 2)
+    expected = weights @ positions / weights.sum()
+    shift = np.asarray(moved["ga"]["28.0"]["position_shift_mm"])
+    np.testing.assert_allclose(shift, expected, atol=2e-3)
+    assert np.abs(shift).max() > 0.4
+
+    for name, offset in (("still", None), ("moved", shift)):
+        t2 = load_nifti(tmp_path / name / "atlas_ga-28.0_T2w.nii.gz")
+        brain = np.argwhere(t2.array > 0)[:50]
+        xyz = torch.as_tensor(brain @ t2.voxel_to_ras[:3, :3].T + t2.voxel_to_ras[:3, 3], dtype=torch.float32)
+        moved_xyz = xyz if offset is None else xyz + torch.as_tensor(offset, dtype=torch.float32)
+        with torch.no_grad():
+            direct = model.atlas(moved_xyz, 28.0)[:, 0].numpy()
+            through = atlas_query(model, 28.0, None, offset)(xyz)[:, 0].numpy()
+        np.testing.assert_allclose(t2.array[tuple(brain.T)], np.clip(direct, 0, None), atol=2e-4)
+        np.testing.assert_allclose(direct, through, atol=1e-6)
+    assert moved["ga"]["28.0"]["support"] == "ga_local"
+    with pytest.raises(ValueError, match="different atlas"):          # another σ is another atlas
+        generate(run, [28.0], tmp_path / "moved", spacing_mm=3.2, position_sigma_weeks=1.0)
+    for bad in (-0.5, float("nan"), "wide"):
+        with pytest.raises(ValueError, match="--position-sigma must be a number of weeks >= 0"):
+            generate(run, [28.0], tmp_path / "bad", spacing_mm=3.2, position_sigma_weeks=bad)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_the_cohort_position_is_the_kernel_mean_of_the_fetuses_positions():
+    """Translations held by every control point are each fetus's position whatever the points; the cohort's
+    position at a GA is their Gaussian-weighted mean over the fetuses' GAs, the nearest fetus far from all of
+    them, and zero without displacements."""
+    from infanite.inr.config import TemplateConfig
+    from infanite.inr.template import TemplateINR
+
+    ga = [27.0, 29.5, 30.0, 30.6, 33.0]
+    model, _ = _gauge_model(ga)
+    translations = np.array([[1.0, 0, 0], [0, 2.0, 0], [0, 0, -1.0], [0.5, 0.5, 0.5], [-3.0, 1.0, 0]])
+    with torch.no_grad():
+        model.deformation.copy_(torch.as_tensor(translations, dtype=torch.float32)[:, :, None, None, None]
+                                .expand_as(model.deformation))
+    points = np.array([[10.0, -4.0, 8.0], [-6.0, 12.0, 0.0]])
+    for at, width in ((30.0, 0.25), (30.0, 1.0), (28.0, 0.5)):
+        w = np.exp(-0.5 * ((np.asarray(ga) - at) / width) ** 2)
+        np.testing.assert_allclose(model.cohort_position(at, points, width).numpy(), w @ translations / w.sum(),
+                                   atol=1e-5)
+    np.testing.assert_allclose(model.cohort_position(49.0, points, 0.1).numpy(), translations[-1], atol=1e-6)
+    still = TemplateINR(3, [0, 1], [28.0, 30.0], (28.0, 30.0), [0, 0, 0], [40, 40, 40],
+                        TemplateConfig(encoding="grid", grid_resolutions=[4], ga_nodes=[1], deformation_grid=0))
+    assert still.cohort_position(29.0, points, 0.25).abs().max().item() == 0.0
 
 
 def test_the_run_keeps_each_fetus_support_and_their_union(template_run):

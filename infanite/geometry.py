@@ -59,6 +59,14 @@ def world_to_voxel(voxel_to_ras: np.ndarray, ras: np.ndarray) -> np.ndarray:
     return apply_matrix(np.linalg.inv(voxel_to_ras), ras)
 
 
+def mask_points_mm(mask, voxel_to_ras: np.ndarray, max_points: int = 100_000) -> np.ndarray:
+    """The world (RAS mm, (N, 3)) centres of the voxels of a boolean ``mask`` on the grid ``voxel_to_ras``,
+    evenly thinned (every k-th in C order) to at most ``max_points``."""
+    ijk = np.argwhere(np.asarray(mask))
+    ijk = ijk[::max(1, -(-len(ijk) // int(max_points)))]
+    return apply_matrix(np.asarray(voxel_to_ras, dtype=np.float64), ijk.astype(np.float64)).reshape(-1, 3)
+
+
 def voxel_spacing(voxel_to_ras: np.ndarray) -> np.ndarray:
     """Voxel size in mm along each array axis (column norms of the affine)."""
     return np.linalg.norm(np.asarray(voxel_to_ras, dtype=np.float64)[:3, :3], axis=0)

@@ -32,8 +32,8 @@ from infanite.atlas.folder import entry_complete, read_atlas_manifest, remove_at
 from infanite.atlas.kernel import check_sigma_top_k, gkr_weights
 from infanite.atlas.labels import label_abbrevs
 from infanite.atlas.outputs import plot_growth, support_flag, write_ga, write_montage, write_volumes
-from infanite.atlas.predict import (atlas_grid, atlas_query, chunk_size, load_run, model_width, predict_grid,
-                                    resolve_device, GASupport)
+from infanite.atlas.predict import (POSITION_SIGMA_WEEKS, atlas_grid, atlas_position, atlas_query, chunk_size,
+                                    load_run, model_width, predict_grid, resolve_device, GASupport)
 from infanite.io.layout import ATLAS_MANIFEST, ATLAS_MANIFEST_FORMAT, GROWTH, MONTAGE, VOLUMES, ga_text
 from infanite.io.lock import folder_lock
 from infanite.progress import ProgressReporter
@@ -83,10 +83,22 @@ def check_grid_size(grid, n_classes: int, probabilities: bool, spacing_mm) -> No
                          f"can generate is about {math.ceil(finest * 100) / 100:g} mm")
 
 
+def check_position_sigma(value) -> float:
+    """``--position-sigma`` (weeks) as a float; ``ValueError`` unless it is a finite number >= 0."""
+    try:
+        weeks = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"--position-sigma must be a number of weeks >= 0, got {value!r}") from exc
+    if not math.isfinite(weeks) or weeks < 0:
+        raise ValueError(f"--position-sigma must be a number of weeks >= 0 (0: no move), got {value!r}")
+    return weeks
+
+
 def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_weeks: float = 0.5,
              top_k: int | None = None, probabilities: bool = False, overwrite: bool = False,
              progress: ProgressReporter | None = None, normative=None, templates=None,
-             label_method: str = "demons", accept_estimated_ga: bool = False, jobs: int = 1) -> dict:
+             label_method: str = "demons", accept_estimated_ga: bool = False, jobs: int = 1,
+             position_sigma_weeks: float = POSITION_SIGMA_WEEKS) -> dict:
     """Generate the atlas of a finished run at the GAs ``ga_weeks`` (weeks, rounded to 0.1) into ``out_dir``.
 
     ``spacing_mm``: atlas voxel size (mm; 1 or 3 values); ``sigma_weeks``: GKR kernel width (weeks); ``top_k``:
@@ -109,6 +121,13 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
     the GA regression, which would otherwise be conditioned on its own guess, unless ``accept_estimated_ga``; the
     manifest lists them (``ga_estimated_stacks``, ``ga_estimated_used``).
 
+    A template run's atlas (``model: template``) is ``T(x + p(t), t)``: the template moved to where the fetuses
+    scanned around *t* sit, ``p(t)`` their mean displacement over the GA-local support, averaged with Gaussian
+    weights of σ ``position_sigma_weeks`` over their GAs (0: the template where training left it, at the mean
+    position of the fetuses within about ``template.position_kernel_weeks``).  The template's shape changes
+    smoothly with GA; the fetuses' positions need not (stacks registered to templates of different weeks inherit
+    those templates' positions).  Each GA's manifest entry records ``position_shift_mm``.
+
     ``jobs`` > 1 makes the GAs in that many processes (each loads the model once; on CUDA process *i* uses GPU
     *i* mod the GPUs there, on CPU the cores are shared out); this process writes the manifest as each GA is done,
     so an interrupted run still resumes per GA.  The files are the same as with one process.
@@ -120,6 +139,7 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
     if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
         raise ValueError(f"atlas spacing must be > 0 mm, got {spacing_mm!r}")
     check_sigma_top_k(sigma_weeks, top_k)
+    position_sigma_weeks = check_position_sigma(position_sigma_weeks)
     if int(jobs) != jobs or jobs < 1:
         raise ValueError(f"--jobs must be a whole number >= 1, got {jobs!r}")
     jobs = int(jobs)
@@ -147,7 +167,9 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
                                           "top_k": None if top_k is None else int(top_k),
                                           "ga_estimated_used": bool(accept_estimated_ga and estimated),
                                           "labels": "stacks" if library is None else
-                                          {"propagated_from": library.source, "method": label_method}}))
+                                          {"propagated_from": library.source, "method": label_method},
+                                          **({"position_sigma_weeks": position_sigma_weeks}
+                                             if run.config.model == "template" else {})}))
         try:
             previous = read_atlas_manifest(out_dir, "; use another output folder or --overwrite")
         except ValueError:
@@ -161,7 +183,8 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
                 raise ValueError(
                     f"{out_dir} already holds a different atlas (from {previous.get('run_dir')}, checkpoint "
                     f"{str(old.get('checkpoint_sha256'))[:12]}, spacing {old.get('spacing_mm')} mm, sigma "
-                    f"{old.get('sigma_weeks')} weeks, top_k {old.get('top_k')}); use another --out or --overwrite")
+                    f"{old.get('sigma_weeks')} weeks, top_k {old.get('top_k')}, position sigma "
+                    f"{old.get('position_sigma_weeks')} weeks); use another --out or --overwrite")
             remove_atlas(out_dir, previous)
             previous = None
 
@@ -194,7 +217,7 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
         if todo:
             parallel = jobs > 1 and len(todo) > 1
             maker = None if parallel else GAMaker(run, grid, dev, probabilities, library, label_method, out_dir,
-                                                  support)
+                                                  support, position_sigma_weeks)
             n_chunks = 1 if parallel else maker.n_chunks         # in processes: progress per GA
             progress = progress or ProgressReporter(None)
             progress.start("atlas", len(todo) * n_chunks,
@@ -216,7 +239,8 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
             if parallel:                                 # each process loads its own model
                 for done, (key, entry) in enumerate(_make_in_processes(
                         run.run_dir, grid, dev, probabilities, templates, label_method, out_dir,
-                        [(ga_text(g), kernels[ga_text(g)].weights) for g in todo], jobs), start=1):
+                        [(ga_text(g), kernels[ga_text(g)].weights) for g in todo], jobs, position_sigma_weeks),
+                        start=1):
                     record(key, entry)
                     progress.update(done * n_chunks, f"GA {key} written ({done}/{len(todo)})", ga_weeks=float(key))
             else:
@@ -254,10 +278,11 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
 
 class GAMaker:
     """What making one GA needs, loaded once per process: the model on its device, the atlas grid, its chunking,
-    the GA-local support and (mask-only runs) the template labels."""
+    the GA-local support, (mask-only runs) the template labels and (template runs) the width of the GA kernel of
+    the fetuses' positions (:func:`~infanite.atlas.predict.atlas_position`)."""
 
     def __init__(self, run, grid, device: str, probabilities: bool, library, label_method: str, out_dir: Path,
-                 support: GASupport | None = None):
+                 support: GASupport | None = None, position_sigma_weeks: float = POSITION_SIGMA_WEEKS):
         stacks = run.stacks
         self.grid, self.device, self.probabilities = grid, device, probabilities
         self.library, self.label_method, self.out_dir = library, label_method, Path(out_dir)
@@ -265,6 +290,7 @@ class GAMaker:
         self.chunk = chunk_size(device, model_width(self.model))
         self.n_chunks = max(1, math.ceil(int(np.prod(grid.shape)) / self.chunk))
         self.support = support or GASupport(run.run_dir, grid, stacks.get("stack_fetus"))
+        self.position_sigma_weeks = float(position_sigma_weeks)
         self.label_values = [int(v) for v in stacks["label_values"]]
         self.halo = int(stacks["halo_label"])
         self.abbrevs = label_abbrevs(self.label_values)
@@ -272,12 +298,16 @@ class GAMaker:
 
     def make(self, ga: float, weights, on_chunk=None) -> dict:
         """Predict and write one GA (``weights``: its GKR weight per stack); returns its manifest entry."""
-        pred = predict_grid(atlas_query(self.model, ga, weights), self.grid, self.device, self.label_values,
+        support = self.support.at(weights)
+        shift = atlas_position(self.model, ga, support, self.grid, self.position_sigma_weeks)
+        pred = predict_grid(atlas_query(self.model, ga, weights, shift), self.grid, self.device, self.label_values,
                             self.probabilities, self.chunk, on_chunk)
         relabel = None if self.library is None else _propagation(self.library, ga, self.grid, self.label_method)
         entry = write_ga(self.out_dir, self.grid, ga, pred, self.label_values, self.halo, self.abbrevs,
-                         self.voxel_ml, self.support.at(weights), relabel)
+                         self.voxel_ml, support, relabel)
         entry["support"] = "ga_local" if self.support.ga_local else "union"
+        if shift is not None:
+            entry["position_shift_mm"] = [round(float(v), 4) for v in shift]
         return entry
 
 
@@ -285,7 +315,7 @@ _WORKER: dict = {}
 
 
 def _init_worker(run_dir, grid_shape, grid_affine, devices, probabilities, templates, label_method, out_dir,
-                 threads):
+                 threads, position_sigma_weeks):
     """A ``--jobs`` process: take a device from ``devices`` (a queue) and load the model there once."""
     import torch
 
@@ -296,14 +326,16 @@ def _init_worker(run_dir, grid_shape, grid_affine, devices, probabilities, templ
     run = load_run(run_dir)
     library = _label_templates(run, templates, label_method, probabilities)
     grid = Grid(tuple(grid_shape), np.asarray(grid_affine))
-    _WORKER["maker"] = GAMaker(run, grid, devices.get(), probabilities, library, label_method, Path(out_dir))
+    _WORKER["maker"] = GAMaker(run, grid, devices.get(), probabilities, library, label_method, Path(out_dir),
+                               position_sigma_weeks=position_sigma_weeks)
 
 
 def _make_one(key: str, weights) -> tuple[str, dict]:
     return key, _WORKER["maker"].make(float(key), weights)
 
 
-def _make_in_processes(run_dir, grid, device: str, probabilities, templates, label_method, out_dir, tasks, jobs):
+def _make_in_processes(run_dir, grid, device: str, probabilities, templates, label_method, out_dir, tasks, jobs,
+                       position_sigma_weeks: float = POSITION_SIGMA_WEEKS):
     """Yield ``(GA key, entry)`` as ``jobs`` processes finish the ``tasks`` ((key, weights) pairs)."""
     import multiprocessing
     import os
@@ -325,7 +357,8 @@ def _make_in_processes(run_dir, grid, device: str, probabilities, templates, lab
         threads = max(1, (os.cpu_count() or 1) // jobs)
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
                              initargs=(str(run_dir), list(grid.shape), grid.voxel_to_ras.tolist(), devices,
-                                       probabilities, templates, label_method, str(out_dir), threads)) as pool:
+                                       probabilities, templates, label_method, str(out_dir), threads,
+                                       position_sigma_weeks)) as pool:
         futures = [pool.submit(_make_one, key, np.asarray(weights)) for key, weights in tasks]
         for future in as_completed(futures):
             yield future.result()

@@ -61,17 +61,40 @@ class TrainedRun:
         return model.to(device).eval()
 
 
-def atlas_query(model, ga_weeks: float, kernel_weights):
+#: σ (weeks) of the GA kernel over which a template run's atlas takes the fetuses' positions (``--position-sigma``):
+#: measured best of 0.25 / 0.35 / 0.5 and none (benchmarks/README.md, "The atlas where the fetuses are")
+POSITION_SIGMA_WEEKS = 0.25
+
+
+def atlas_position(model, ga_weeks: float, region, grid: Grid, sigma_weeks: float):
+    """A template run's atlas position at GA ``ga_weeks``: where the fetuses scanned around it sit against the
+    template ((3,) mm, template RAS; :meth:`~infanite.inr.template.TemplateINR.cohort_position` over the voxels of
+    ``region``, a boolean array on ``grid``, or the whole grid where ``region`` is None, with a GA kernel of σ
+    ``sigma_weeks``).  ``None`` for the paper's model, a run without displacements, or ``sigma_weeks`` 0 (the
+    template where training left it)."""
+    from infanite.geometry import mask_points_mm
+    from infanite.inr.template import TemplateINR
+
+    if not isinstance(model, TemplateINR) or model.deformation is None or not sigma_weeks:
+        return None
+    mask = np.ones(grid.shape, bool) if region is None or not np.any(region) else region
+    points = mask_points_mm(mask, grid.voxel_to_ras)
+    return model.cohort_position(float(ga_weeks), points, float(sigma_weeks)).cpu().numpy().astype(np.float64)
+
+
+def atlas_query(model, ga_weeks: float, kernel_weights, shift_mm=None):
     """The atlas at GA ``ga_weeks`` as a function of template RAS points (N, 3) → outputs (N, 1 + classes): the
-    template model's ``T(x, GA)`` (no deformation), or the paper's decoder at the Gaussian-kernel regression of the
-    stack latents (``kernel_weights``, one per stack)."""
+    template model's ``T(x + shift, GA)`` (no deformation; ``shift_mm`` from :func:`atlas_position`, default
+    none), or the paper's decoder at the Gaussian-kernel regression of the stack latents (``kernel_weights``, one
+    per stack)."""
     import torch
 
     from infanite.atlas.kernel import regress_latent
     from infanite.inr.template import TemplateINR
 
     if isinstance(model, TemplateINR):
-        return lambda xyz: model.atlas(xyz, float(ga_weeks))
+        shift = None if shift_mm is None else torch.as_tensor(np.asarray(shift_mm), dtype=torch.float32)
+        return lambda xyz: model.atlas(xyz, float(ga_weeks), None if shift is None else shift.to(xyz.device))
     latent = regress_latent(model.latents.detach(), kernel_weights).float()
 
     def query(xyz):

@@ -33,6 +33,9 @@ def add_parser(sub) -> None:
                    help="largest distance in weeks from a stack's GA to the nearest template (default 2)")
     p.add_argument("--sigma", type=float, default=0.5,
                    help="atlas GA kernel width in weeks (default 0.5; wider for sparse cohorts)")
+    p.add_argument("--position-sigma", type=float, default=None, metavar="WEEKS",
+                   help="template model: the atlas at each GA where the fetuses scanned around it sit, their "
+                        "positions averaged over a Gaussian of this width in weeks (default 0.25; 0: no move)")
     p.add_argument("--probabilities", action="store_true", help="also write 4-D tissue probability maps")
     p.add_argument("--label-method", choices=["demons", "bspline", "none"], default="demons",
                    help="how template labels reach the atlas of a mask-only cohort (default demons)")
@@ -62,7 +65,9 @@ def run(args) -> int:
                                   progress=progress, command=command_line(),
                                   atlas_options={"sigma_weeks": args.sigma, "probabilities": args.probabilities,
                                                  "label_method": args.label_method,
-                                                 "accept_estimated_ga": args.accept_estimated_ga})
+                                                 "accept_estimated_ga": args.accept_estimated_ga,
+                                                 **({} if args.position_sigma is None else
+                                                    {"position_sigma_weeks": args.position_sigma})})
     except ManifestError as exc:
         print(str(exc), file=sys.stderr)
         return 2

@@ -23,6 +23,11 @@ the cohort's average shape at each GA, not one fetus's; Gaussian kernel of σ ``
 smoothness of the grids across GA nodes.  The fetuses' positions (each one's mean displacement over the observed
 brain) can be averaged over a narrower kernel (``position_kernel_weeks``): the template then sits where the
 fetuses closest to each GA sit, while its shape stays the mean of a wider group.
+
+The atlas may also be moved after training (:meth:`TemplateINR.cohort_position`, ``infanite atlas
+--position-sigma``): ``T(x + p(GA), GA)``, ``p`` the fetuses' positions averaged over a narrow GA kernel.  The
+template's shape changes smoothly with GA and cannot follow positions that jump from one week to the next (stacks
+registered to templates of different weeks inherit those templates' positions); a translation per GA can.
 """
 from __future__ import annotations
 
@@ -223,17 +228,43 @@ class TemplateINR(nn.Module):
         mm; the observed brain): the control points' weights are those of trilinear interpolation, averaged."""
         if self.deformation is None or len(coords_mm) == 0:
             return
+        self.position_weights = self._region_weights(coords_mm).to(self.position_weights)
+
+    def _region_weights(self, coords_mm) -> torch.Tensor:
+        """(G, G, G) weights, summing to 1, that give the mean over the points ``coords_mm`` (N, 3, template RAS mm)
+        of a trilinear field on the control grid: the trilinear weights of the points, averaged (by autograd of the
+        interpolation)."""
         g = self.deformation.shape[-1]
         basis = torch.zeros(1, 1, g, g, g, dtype=torch.float64, requires_grad=True)
         xn = self.normalise(torch.as_tensor(coords_mm, dtype=torch.float32, device=self.centre.device)).cpu()
         interpolate_latents(basis, torch.zeros(len(xn), dtype=torch.long), xn.double()).mean().backward()
         weights = basis.grad[0, 0]
-        self.position_weights = (weights / weights.sum()).to(self.position_weights)
+        return weights / weights.sum()
+
+    def cohort_position(self, ga_weeks: float, coords_mm, width_weeks: float) -> torch.Tensor:
+        """Where the fetuses scanned around ``ga_weeks`` sit against the template (3,) mm, template RAS: each
+        fetus's position (its mean displacement over the points ``coords_mm`` (N, 3, template RAS mm), e.g. the
+        brain around that GA) averaged over the fetuses with Gaussian weights of σ ``width_weeks`` over their GAs.
+        ``T(x + position, GA)`` is the template moved to where those fetuses' anatomy is on average (a fetus sees
+        the template point ``x + u_f(x)`` at ``x``).  Zero without displacements or points."""
+        if self.deformation is None or self.deformation.shape[0] == 0 or len(coords_mm) == 0:
+            return self.centre.new_zeros(3)
+        weights = self._region_weights(coords_mm).to(self.deformation)
+        positions = (self.deformation.detach() * weights).sum(dim=(2, 3, 4))           # (F, 3) mm
+        kernel = torch.exp(-0.5 * ((self.fetus_ga.double() - float(ga_weeks)) / float(width_weeks)) ** 2)
+        if not float(kernel.sum()) > 0:           # a GA far from every fetus: the nearest fetuses' weights
+            nearest = (self.fetus_ga - float(ga_weeks)).abs()
+            kernel = (nearest == nearest.min()).double()
+        kernel = (kernel / kernel.sum()).to(positions)
+        return kernel @ positions
 
     # -- queries ---------------------------------------------------------------------------------------------
-    def atlas(self, coords_mm: torch.Tensor, ga_weeks) -> torch.Tensor:
-        """``T(x, GA)``: the atlas (no deformation) at ``coords_mm`` (N, 3) and GA (weeks, scalar or (N,))."""
+    def atlas(self, coords_mm: torch.Tensor, ga_weeks, shift_mm=None) -> torch.Tensor:
+        """``T(x + shift, GA)``: the atlas (no deformation) at ``coords_mm`` (N, 3) and GA (weeks, scalar or (N,));
+        ``shift_mm`` (3,) mm, template RAS (default none) moves it (see :meth:`cohort_position`)."""
         ga = torch.as_tensor(ga_weeks, dtype=coords_mm.dtype, device=coords_mm.device).expand(coords_mm.shape[0])
+        if shift_mm is not None:
+            coords_mm = coords_mm + torch.as_tensor(shift_mm, dtype=coords_mm.dtype, device=coords_mm.device)
         return self.template(self.normalise(coords_mm), self.normalised_ga(ga))
 
     def forward(self, coords_mm: torch.Tensor, stack: torch.Tensor) -> torch.Tensor:
@@ -258,11 +289,12 @@ class TemplateINR(nn.Module):
         out["smoothness"] = sum(d.mean() for d in diffs) / 3
         out["magnitude"] = (u ** 2).mean()
         flat = u.reshape(u.shape[0], -1)
-        mean = self.ga_kernel(self.mean_kernel_weeks) @ flat
+        shape_kernel = self.ga_kernel(self.mean_kernel_weeks)
+        mean = shape_kernel @ flat
         if self.position_kernel_weeks != self.mean_kernel_weeks:
             # the fetuses' positions (mean displacement over the observed brain) averaged over a narrower GA kernel
             position = (u * self.position_weights).sum(dim=(2, 3, 4))                   # (F, 3) mm
-            shift = (self.ga_kernel(self.position_kernel_weeks) - self.ga_kernel(self.mean_kernel_weeks)) @ position
+            shift = (self.ga_kernel(self.position_kernel_weeks) - shape_kernel) @ position
             mean = mean + shift.repeat_interleave(u[0, 0].numel(), dim=1)
         out["mean"] = (mean ** 2).mean()
         return out

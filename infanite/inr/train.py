@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from infanite.geometry import apply_matrix
+from infanite.geometry import mask_points_mm
 from infanite.io.atomic import atomic_output, atomic_write_text
 from infanite.io.images import Volume, save_nifti, save_nifti_array
 from infanite.io.layout import (CHECKPOINT, CONFIG, DIAGNOSTICS, FETUS_SUPPORT, STACKS, STOP_FILE, SUPPORT,
@@ -344,9 +344,7 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
 def support_points_mm(data, max_points: int = 100_000) -> torch.Tensor:
     """The centres (template RAS mm, (N, 3)) of the support mask's voxels (every stack's brain + halo), evenly
     thinned to at most ``max_points``."""
-    ijk = np.argwhere(np.asarray(data.support_mask))
-    ijk = ijk[::max(1, math.ceil(len(ijk) / max_points))]
-    return torch.as_tensor(apply_matrix(np.asarray(data.voxel_to_ras), ijk), dtype=torch.float32)
+    return torch.as_tensor(mask_points_mm(data.support_mask, data.voxel_to_ras, max_points), dtype=torch.float32)
 
 
 def _write_run_files(out: Path, config: TrainConfig, data, manifest, ga_range, labels, log_path: Path,

@@ -146,7 +146,9 @@ def write_report(out: Path, failed: dict | None = None) -> Path:
                                 f"{model.get('hidden_layers')} layers, {model.get('parameters', 0):,} parameters; "
                                 f"data term {model.get('data_term')})"))
     if manifest.get("spacing_mm"):
-        header.append(("Atlas spacing", f"{manifest['spacing_mm'][0]:g} mm, σ {manifest.get('sigma_weeks')} weeks"))
+        position = (manifest.get("identity") or {}).get("position_sigma_weeks")
+        header.append(("Atlas spacing", f"{manifest['spacing_mm'][0]:g} mm, σ {manifest.get('sigma_weeks')} weeks"
+                       + ("" if position is None else f"; fetuses' positions over σ {position:g} weeks")))
     if timings:
         total = sum(v["seconds"] for v in timings.values())
         header.append(("Run time", f"{total / 60:.1f} min (" + ", ".join(

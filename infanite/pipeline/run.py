@@ -109,14 +109,19 @@ def run_pipeline(manifest, templates, out, config_path=None, overrides=(), devic
     """Run every stage into ``out``; returns a summary with the report path.  Bad input raises ``ValueError``
     (from the stage that reads it) before that stage writes anything.  ``atlas_options``: keywords of
     :func:`~infanite.atlas.generate.generate` (``sigma_weeks``, ``probabilities``, ``label_method``,
-    ``accept_estimated_ga``)."""
-    from infanite.atlas.generate import generate
+    ``accept_estimated_ga``, ``position_sigma_weeks``), the GA kernels' widths checked before any work."""
+    from infanite.atlas.generate import check_position_sigma, generate
+    from infanite.atlas.kernel import check_sigma_top_k
     from infanite.registration.register import RegisterOptions, register_cohort
     from infanite.inr.train import train
     from infanite.inr.config_loading import load_train_config
 
     out = Path(out)
     progress = progress or ProgressReporter(None)
+    atlas_options = dict(atlas_options or {})
+    check_sigma_top_k(atlas_options.get("sigma_weeks", 0.5), atlas_options.get("top_k"))
+    if "position_sigma_weeks" in atlas_options:
+        atlas_options["position_sigma_weeks"] = check_position_sigma(atlas_options["position_sigma_weeks"])
     if not config_path:
         from infanite.inr.config import defaults_then
 
@@ -149,7 +154,7 @@ def run_pipeline(manifest, templates, out, config_path=None, overrides=(), devic
         weeks = [float(g) for g in ga_weeks] if ga_weeks else default_atlas_weeks(stacks["ga_weeks"])
         spacing = atlas_spacing_mm or (0.8 if str(device).startswith("cuda") else 1.6)
         atlas = generate(out, weeks, out / ATLAS_DIR, spacing_mm=spacing, device=device, progress=progress,
-                         templates=templates, **(atlas_options or {}))
+                         templates=templates, **atlas_options)
         timings.record("atlas", time.perf_counter() - t0, f"{len(weeks)} GAs at {spacing} mm")
 
         metrics = None
