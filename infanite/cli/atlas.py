@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from infanite.cli.common import add_progress
+from infanite.cli.common import add_position_sigma, add_progress, position_sigma
 from infanite.progress import ProgressReporter
 
 
@@ -25,10 +25,7 @@ def add_parser(sub) -> None:
     p.add_argument("--sigma", type=float, default=0.5,
                    help="Gaussian kernel width over stack GAs in weeks (default 0.5)")
     p.add_argument("--top-k", type=int, default=None, metavar="K", help="regress from the K most weighted stacks only")
-    p.add_argument("--position-sigma", type=float, default=None, metavar="WEEKS",
-                   help="template runs: put the atlas at each GA where the fetuses scanned around it sit, their "
-                        "positions averaged over a Gaussian of this width in weeks (default 0.25; 0: the template "
-                        "where training left it)")
+    add_position_sigma(p)
     p.add_argument("--probabilities", action="store_true",
                    help="also write 4-D tissue probability maps (atlas_ga-<GA>_probseg.nii.gz)")
     p.add_argument("--normative", default=None, metavar="CSV",
@@ -68,7 +65,7 @@ def run(args) -> int:
                               overwrite=args.overwrite, progress=progress, normative=args.normative,
                               templates=args.templates, label_method=args.label_method,
                               accept_estimated_ga=args.accept_estimated_ga, jobs=getattr(args, "jobs", 1),
-                              **_position(args))
+                              **position_sigma(args))
     except (ValueError, FileNotFoundError) as exc:
         message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         print(f"atlas: error: {message}", file=sys.stderr)
@@ -82,9 +79,3 @@ def run(args) -> int:
           f"{len(result['skipped'])} already done); manifest {result['manifest']}")
     return 0
 
-
-def _position(args) -> dict:
-    """``position_sigma_weeks`` for :func:`~infanite.atlas.generate.generate` when ``--position-sigma`` was given
-    (otherwise its default)."""
-    value = getattr(args, "position_sigma", None)
-    return {} if value is None else {"position_sigma_weeks": value}

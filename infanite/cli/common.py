@@ -1,4 +1,4 @@
-"""What every command shares: the ``--progress-json`` option and one-line errors."""
+"""What every command shares: the ``--progress-json`` and ``--position-sigma`` options and one-line errors."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,21 @@ import sys
 def add_progress(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--progress-json", metavar="FILE|-", default=None,
                         help="write progress as JSON lines to FILE, or to stdout with '-'")
+
+
+def add_position_sigma(parser: argparse.ArgumentParser) -> None:
+    """``--position-sigma WEEKS`` (template runs' atlas placement), shared by ``atlas`` and ``run``."""
+    parser.add_argument("--position-sigma", type=float, default=None, metavar="WEEKS",
+                        help="template runs: put the atlas at each GA where the fetuses scanned around it sit, "
+                             "their positions averaged over a Gaussian of this width in weeks (default 0.25; 0: "
+                             "the template where training left it)")
+
+
+def position_sigma(args) -> dict:
+    """``{"position_sigma_weeks": …}`` for :func:`~infanite.atlas.generate.generate` when ``--position-sigma`` was
+    given, else ``{}`` (its default)."""
+    value = getattr(args, "position_sigma", None)
+    return {} if value is None else {"position_sigma_weeks": value}
 
 
 def error(command: str, exc: BaseException, prefix: str = "error") -> int:

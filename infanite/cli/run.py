@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from infanite.cli.common import add_progress, command_line
+from infanite.cli.common import add_position_sigma, add_progress, command_line, position_sigma
 from infanite.progress import ProgressReporter
 
 
@@ -33,9 +33,7 @@ def add_parser(sub) -> None:
                    help="largest distance in weeks from a stack's GA to the nearest template (default 2)")
     p.add_argument("--sigma", type=float, default=0.5,
                    help="atlas GA kernel width in weeks (default 0.5; wider for sparse cohorts)")
-    p.add_argument("--position-sigma", type=float, default=None, metavar="WEEKS",
-                   help="template model: the atlas at each GA where the fetuses scanned around it sit, their "
-                        "positions averaged over a Gaussian of this width in weeks (default 0.25; 0: no move)")
+    add_position_sigma(p)
     p.add_argument("--probabilities", action="store_true", help="also write 4-D tissue probability maps")
     p.add_argument("--label-method", choices=["demons", "bspline", "none"], default="demons",
                    help="how template labels reach the atlas of a mask-only cohort (default demons)")
@@ -66,8 +64,7 @@ def run(args) -> int:
                                   atlas_options={"sigma_weeks": args.sigma, "probabilities": args.probabilities,
                                                  "label_method": args.label_method,
                                                  "accept_estimated_ga": args.accept_estimated_ga,
-                                                 **({} if args.position_sigma is None else
-                                                    {"position_sigma_weeks": args.position_sigma})})
+                                                 **position_sigma(args)})
     except ManifestError as exc:
         print(str(exc), file=sys.stderr)
         return 2
