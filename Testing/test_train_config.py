@@ -198,6 +198,8 @@ def test_wrong_type(tmp_path):
     ("spatial_weighting.w_int=-0.5", "spatial_weighting.w_int", "must be >= 0"),
     ("max_steps=0", "max_steps", "must be > 0"),
     ("device=gpu", "device", "cuda"),
+    ("data.fetus_balance=1.5", "data.fetus_balance", "in [0, 1]"),
+    ("data.fetus_balance=-0.1", "data.fetus_balance", "in [0, 1]"),
 ])
 def test_out_of_range(override, key, fragment):
     with pytest.raises(TrainConfigError) as ei:
@@ -309,3 +311,40 @@ def test_a_run_config_written_before_label_weight_existed_reads_as_it_was_traine
     assert load_train_config(user).data.label_weight == 0.1
     # a resolved file written now reads back unchanged
     assert load_train_config(resolved.save_yaml(tmp_path / "new.yaml")) == resolved
+
+
+def _weights_cohort(weights, stack, stack_fetus):
+    """A PackedCohort carrying only what :func:`balance_fetuses` reads (weights, stacks, fetuses)."""
+    import numpy as np
+    import torch
+
+    from infanite.inr.data import PackedCohort
+
+    n = len(weights)
+    return PackedCohort(torch.zeros(n, 3), torch.zeros(n), torch.zeros(n, dtype=torch.int64),
+                        torch.tensor(weights, dtype=torch.float32), torch.tensor(stack), torch.zeros(3, 3, 3),
+                        ["s0", "s1", "s2"], [22.0, 22.0, 38.0], 9, np.zeros((1, 1, 1), bool), np.zeros(3),
+                        np.ones(3), np.eye(4), (1, 1, 1), stack_fetus=stack_fetus)
+
+
+def test_fetus_balance_gives_every_fetus_the_same_share_at_1_and_leaves_weights_at_0():
+    """A small fetus (two stacks, total weight 1 + 1 + 0.5 = 2.5) and a large one (one stack, total 7.5): at
+    exponent 1 both end with the mean total, 5 (factors 2 and 2/3); at 0.5 the factors are their square roots."""
+    import numpy as np
+
+    from infanite.inr.build import balance_fetuses
+
+    weights, stack = [1.0, 1.0, 0.5, 2.5, 2.5, 2.5], [0, 1, 1, 2, 2, 2]
+    data = _weights_cohort(weights, stack, [0, 0, 1])
+    balance_fetuses(data, 0.0)
+    np.testing.assert_array_equal(data.weight.numpy(), weights)
+    balance_fetuses(data, 1.0)
+    np.testing.assert_allclose(data.weight.numpy(), [2.0, 2.0, 1.0, 2.5 * 2 / 3, 2.5 * 2 / 3, 2.5 * 2 / 3], rtol=1e-6)
+    assert abs(data.weight[:3].sum().item() - data.weight[3:].sum().item()) < 1e-5
+    half = _weights_cohort(weights, stack, [0, 0, 1])
+    balance_fetuses(half, 0.5)
+    np.testing.assert_allclose(half.weight.numpy()[[0, 3]], [2.0 ** 0.5, 2.5 * (2 / 3) ** 0.5], rtol=1e-6)
+    by_stack = _weights_cohort(weights, stack, None)         # no 'subject': each stack is its own group
+    balance_fetuses(by_stack, 1.0)
+    np.testing.assert_allclose([by_stack.weight[[i for i, s in enumerate(stack) if s == k]].sum().item()
+                                for k in range(3)], [10 / 3] * 3, rtol=1e-6)

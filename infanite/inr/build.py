@@ -16,13 +16,31 @@ from infanite.inr.template import TemplateINR
 
 def pack_training_data(config: TrainConfig, manifest, label_values) -> PackedCohort:
     """The samples of ``data.term``: the acquired stack voxels (``exact``) or the resampled stacks
-    (``reference``)."""
+    (``reference``), their weights balanced across fetuses by ``data.fetus_balance``."""
     if config.data.term == "exact":
         from infanite.inr.samples import pack_acquired
 
-        return pack_acquired(manifest, label_values, config.data.halo_mm, config.data.halo_weight)
-    return pack_cohort(manifest, label_values, config.spatial_weighting.w_int, config.halo.sigma_voxels,
-                       config.halo.threshold, uniform_weights=config.spatial_weighting.uniform)
+        data = pack_acquired(manifest, label_values, config.data.halo_mm, config.data.halo_weight)
+    else:
+        data = pack_cohort(manifest, label_values, config.spatial_weighting.w_int, config.halo.sigma_voxels,
+                           config.halo.threshold, uniform_weights=config.spatial_weighting.uniform)
+    balance_fetuses(data, config.data.fetus_balance)
+    return data
+
+
+def balance_fetuses(data: PackedCohort, exponent: float) -> None:
+    """Multiply (in place) the weights of each fetus's samples by ``(mean over fetuses of Σw / its Σw) **
+    exponent``: 0 leaves them, 1 gives every fetus the same total weight (a small brain as much say as a large
+    one).  Fetuses are ``data.stack_fetus`` groups, or the stacks themselves when the cohort has none."""
+    if exponent <= 0:
+        return
+    group = np.arange(len(data.stack_ids)) if data.stack_fetus is None else np.asarray(data.stack_fetus)
+    sample_group = torch.from_numpy(group.astype(np.int64))[data.stack.cpu()]
+    totals = torch.bincount(sample_group, weights=data.weight.double().cpu(), minlength=int(group.max()) + 1)
+    present = totals > 0
+    factor = torch.ones_like(totals)
+    factor[present] = (totals[present].mean() / totals[present]) ** float(exponent)
+    data.weight = (data.weight * factor[sample_group].to(data.weight)).to(data.weight.device)
 
 
 def ga_span(ga_weeks) -> tuple[float, float]:

@@ -166,6 +166,10 @@ class DataConfig:
     bias_weight: float = _f(0.1, "float")   # L2 penalty on the bias coefficients
     halo_mm: float = _f(4.0, "float")       # acquired samples: halo (background class) this far outside the mask
     halo_weight: float = _f(0.5, "float")   # a halo sample's weight against a brain sample's (intensity and labels)
+    # Each fetus's samples weighed by (mean total weight of a fetus / its own total weight) ** fetus_balance:
+    # 0 (default) weighs every sample alike, so a 38-week brain (~4x the volume of a 22-week one) carries ~4x the
+    # loss; 1 gives every fetus the same share (stacks stand for fetuses when the cohort has no 'subject').
+    fetus_balance: float = _f(0.0, "float")
     # The intensity a sample sees is the network's intensity times its brain probability (1 − background − halo):
     # the brain's edge comes from the labels' logits, so the intensity need not fall to 0 across it.
     gate_intensity: bool = _f(False, "bool")

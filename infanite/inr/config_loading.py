@@ -247,6 +247,9 @@ class _Loader:
         for k in ("gain_weight", "bias_weight", "halo_mm", "label_weight", "halo_weight", "slice_motion_lr",
                   "slice_motion_weight", "slice_motion_warmup"):
             nonneg(f"data.{k}", getattr(dt, k))
+        if not 0.0 <= dt.fetus_balance <= 1.0:
+            bad("data.fetus_balance", f"must be a number in [0, 1] (0: every sample alike, 1: every fetus the same "
+                                      f"share), got {dt.fetus_balance!r}")
         if dt.slice_motion and dt.term != "exact":
             bad("data.slice_motion", "moves the acquired slices: it needs data.term exact (the reference term trains "
                                      "on stacks resampled onto the template grid, where slices no longer exist)")
