@@ -353,3 +353,37 @@ def test_the_position_table_sets_each_atlas_beside_the_reference_weeks_offsets(q
     assert rows[2] == ("| 30.0 | 0.53 (+0.47, +0.11, -0.17); 19.50 → 21.10 | (+0.20, -0.50, +0.00) | "
                        "(+0.80, +0.40, -0.30) | (+0.50, -0.05, -0.15) (0.52) |")
     assert rows[3] == "| 38.0 | n/a —; 18.40 → n/a | (+0.00, +0.30, +0.50) | — | — (—) |"
+
+
+def test_intensity_levels_of_the_truth_itself_and_of_one_bright_voxel(crl_atlas_dir, tmp_path):
+    """The CRL week written as an atlas has the truth's levels and a PSNR at float precision; one voxel made twice the
+    maximum halves every level over the maximum, and the min–max PSNR falls while the affine one does not."""
+    import numpy as np
+
+    from infanite.io.images import Volume, load_nifti, save_nifti
+    from infanite.io.layout import atlas_filenames
+
+    spec = importlib.util.spec_from_file_location("atlas_intensity_levels",
+                                                  BENCHMARK.parent / "atlas_intensity_levels.py")
+    levels_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(levels_module)
+    week = crl_atlas_dir / "HarvardSTA30_Study1"
+    truth = load_nifti(week / "srr.nii.gz")
+    mask = load_nifti(week / "mask.nii.gz", dtype=None).array > 0
+    names = atlas_filenames(30.0)
+    same, bright = tmp_path / "same", tmp_path / "bright"
+    seg = np.where(mask, 3, 0).astype(np.int16)            # every brain voxel "white matter"
+    for folder, array in ((same, truth.array), (bright, truth.array.copy())):
+        folder.mkdir()
+        if folder is bright:
+            centre = tuple(int(round(c)) for c in np.argwhere(mask).mean(0))
+            array[centre] = 2 * truth.array.max()
+        save_nifti(Volume(array.astype(np.float32), truth.voxel_to_ras), folder / names["T2w"])
+        save_nifti(Volume(seg, truth.voxel_to_ras), folder / names["dseg"])
+    exact = levels_module.levels(same, crl_atlas_dir, 30.0, None)
+    assert exact["atlas_p999"] == pytest.approx(exact["truth_p999"])
+    assert exact["WM"][0] == pytest.approx(exact["WM"][1]) and exact["psnr"] > 100.0
+    spiked = levels_module.levels(bright, crl_atlas_dir, 30.0, 99.9)
+    assert spiked["WM"][0] == pytest.approx(exact["WM"][1] / 2, rel=1e-4)
+    assert spiked["psnr"] < 20.0 and spiked["psnr_affine"] > 40.0
+    assert spiked["psnr_clipped"] > 40.0                   # clipped at p99.9 the spike is gone
