@@ -348,3 +348,20 @@ def test_fetus_balance_gives_every_fetus_the_same_share_at_1_and_leaves_weights_
     balance_fetuses(by_stack, 1.0)
     np.testing.assert_allclose([by_stack.weight[[i for i, s in enumerate(stack) if s == k]].sum().item()
                                 for k in range(3)], [10 / 3] * 3, rtol=1e-6)
+
+
+def test_psf_factors_stay_on_the_data_device():
+    """The slice PSF's Cholesky factors are made on the device the packed data is on (a CUDA run once failed
+    here: the regulariser was made on the CPU).  PyTorch's ``meta`` device stands in for a GPU: shapes and
+    devices are checked without one."""
+    import torch
+
+    from infanite.inr.build import psf_factors
+
+    data = _weights_cohort([1.0, 1.0, 1.0], [0, 1, 2], None)
+    data.psf_cov_mm2 = torch.diag(torch.tensor([0.2, 0.2, 1.6])).expand(3, 3, 3).clone()
+    on_cpu = psf_factors(TrainConfig(), data)
+    torch.testing.assert_close(on_cpu[0] @ on_cpu[0].T, data.psf_cov_mm2[0], atol=1e-6, rtol=0)
+    data.psf_cov_mm2 = data.psf_cov_mm2.to("meta")
+    factors = psf_factors(TrainConfig(), data)
+    assert factors.device.type == "meta" and factors.shape == (3, 3, 3)

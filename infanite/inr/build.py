@@ -178,7 +178,8 @@ def psf_factors(config: TrainConfig, data: PackedCohort) -> torch.Tensor:
     if config.psf.mode == "isotropic":
         sigma = torch.as_tensor(config.psf.isotropic_sigma_norm * data.half_extent_mm, dtype=torch.float32)
         return torch.diag(sigma).expand(len(data.stack_ids), 3, 3).clone()
-    return torch.linalg.cholesky(data.psf_cov_mm2.double() + 1e-9 * torch.eye(3, dtype=torch.float64)).float()
+    cov = data.psf_cov_mm2.double()
+    return torch.linalg.cholesky(cov + 1e-9 * torch.eye(3, dtype=torch.float64, device=cov.device)).float()
 
 
 def build_optimizer(config: TrainConfig, model: torch.nn.Module, intensity: StackIntensity | None,
