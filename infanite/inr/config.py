@@ -320,7 +320,7 @@ def default_overrides(device: str, template: bool = False, n_fetuses: int | None
     """Config overrides applied when the user gives no ``--config``: CPU-sized on a CPU (with the template model
     when ``template``: the cohort supports it, :func:`~infanite.inr.build.template_unsupported`; its GA nodes
     sized by :func:`template_ga_nodes` when the cohort's ``n_fetuses`` and ``ga_span_weeks`` are given), none on
-    a GPU (the paper's settings: nothing has been measured on a GPU yet)."""
+    a GPU (the paper's settings: one short GPU run measured so far, benchmarks/README.md, GPU check)."""
     if str(device).startswith("cuda"):
         return []
     if not template:
