@@ -40,7 +40,7 @@ def balance_fetuses(data: PackedCohort, exponent: float) -> None:
     present = totals > 0
     factor = torch.ones_like(totals)
     factor[present] = (totals[present].mean() / totals[present]) ** float(exponent)
-    data.weight = (data.weight * factor[sample_group].to(data.weight)).to(data.weight.device)
+    data.weight = data.weight * factor[sample_group].to(data.weight)
 
 
 def ga_span(ga_weeks) -> tuple[float, float]:
