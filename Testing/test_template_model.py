@@ -108,6 +108,62 @@ def test_acquired_samples_land_on_the_template_brain(registered, phantom_registe
     assert torch.all(data.weight[~brain] == 0.5)                                  # data.halo_weight's default
     heavier = pack_acquired(registered, list(range(1, 9)), halo_mm=4.0, halo_weight=1.0)
     assert torch.equal(heavier.label, data.label) and torch.all(heavier.weight == 1.0)
+    assert torch.all(data.intensity[~brain] == 0)                      # data.halo_intensity's default: zero
+
+
+def test_halo_intensity_targets_are_zero_measured_or_none(registered):
+    """``data.halo_intensity``: a halo sample's target is 0, the stack's own (normalised) value at that voxel, or
+    none (NaN); the brain samples, labels and weights are the same in the three."""
+    from infanite.inr.samples import halo_targets, pack_acquired
+    from infanite.io.cohort_checks import load_cohort
+    from infanite.io.images import load_nifti
+    from infanite.inr.data import brain_normalised
+
+    packs = {mode: pack_acquired(registered, list(range(1, 9)), halo_mm=4.0, halo_intensity=mode)
+             for mode in ("zero", "measured", "none")}
+    zero, measured, none = packs["zero"], packs["measured"], packs["none"]
+    halo = zero.label == zero.halo_label
+    for other in (measured, none):
+        assert torch.equal(other.label, zero.label) and torch.equal(other.weight, zero.weight)
+        assert torch.equal(other.intensity[~halo], zero.intensity[~halo])
+    assert torch.isnan(none.intensity[halo]).all() and torch.isfinite(none.intensity[~halo]).all()
+    # measured: the first stack's halo values are its own voxels, normalised over its brain, in the packing order
+    from scipy import ndimage
+    from infanite.geometry import voxel_spacing
+
+    record = load_cohort(registered).stacks[0]
+    t2 = load_nifti(record.extra["source_T2w"])
+    brain = load_nifti(record.extra["source_Mask"], dtype=None).array > 0
+    outside = ndimage.distance_transform_edt(~brain, sampling=voxel_spacing(t2.voxel_to_ras))
+    expected = brain_normalised(t2.array, brain)[(~brain) & (outside <= 4.0)]
+    values = measured.intensity[(zero.stack == 0) & halo].numpy()
+    assert np.allclose(values, expected)
+    assert values.max() > 0.05                       # the slice profile reaches the bright edge: not all zero
+    with pytest.raises(ValueError, match="data.halo_intensity"):
+        halo_targets(np.zeros(3, np.float32), "blurred")
+
+
+def test_a_sample_without_an_intensity_target_teaches_its_label_only():
+    """A NaN intensity (``data.halo_intensity: none``) removes the sample from the intensity term, in both the
+    value and the normaliser, and keeps its label; ``loss_norms`` counts it the same way (data-parallel shards)."""
+    from infanite.inr.data import loss_norms
+
+    samples = torch.tensor([[[0.2, 2.0, 0.0], [0.4, 2.0, 0.0]],
+                            [[0.9, 0.0, 2.0], [0.7, 0.0, 2.0]]])               # (N=2, P=2, 1 + 2 classes)
+    label, weight, cw = torch.tensor([0, 1]), torch.tensor([1.0, 0.5]), torch.ones(2)
+    _, l_int, l_seg = split_psf_loss(samples, torch.tensor([0.5, float("nan")]), label, weight, cw)
+    _, ref_int, ref_seg = split_psf_loss(samples[:1], torch.tensor([0.5]), label[:1], weight[:1], cw)
+    assert l_int.item() == pytest.approx((0.2 - 0.5) * (0.4 - 0.5), rel=1e-6) == ref_int.item()
+    ce = -torch.log_softmax(torch.tensor([2.0, 0.0]), 0)[0].item()
+    assert l_seg.item() == pytest.approx(ce, rel=1e-6) and ref_seg.item() == pytest.approx(ce, rel=1e-6)
+    assert torch.isfinite(l_int) and torch.isfinite(l_seg)
+    _, mean_int, _ = weighted_loss(samples.mean(1), torch.tensor([0.5, float("nan")]), label, weight, cw, "mse")
+    assert mean_int.item() == pytest.approx((0.3 - 0.5) ** 2, rel=1e-6)
+    norm_int, norm_seg = loss_norms(weight, label, torch.tensor([0.5, float("nan")]))
+    assert norm_int.item() == 1.0 and norm_seg.item() == 1.5
+    _, sharded, _ = split_psf_loss(samples, torch.tensor([0.5, float("nan")]), label, weight, cw,
+                                   norms=(norm_int, norm_seg))
+    assert sharded.item() == pytest.approx(l_int.item(), rel=1e-6)
 
 
 def test_a_gated_intensity_is_the_tissue_intensity_times_the_brain_probability():

@@ -199,6 +199,7 @@ def test_wrong_type(tmp_path):
     ("max_steps=0", "max_steps", "must be > 0"),
     ("device=gpu", "device", "cuda"),
     ("data.fetus_balance=1.5", "data.fetus_balance", "in [0, 1]"),
+    ("data.halo_intensity=blurred", "data.halo_intensity", "zero"),
     ("data.fetus_balance=-0.1", "data.fetus_balance", "in [0, 1]"),
 ])
 def test_out_of_range(override, key, fragment):

@@ -20,7 +20,8 @@ def pack_training_data(config: TrainConfig, manifest, label_values) -> PackedCoh
     if config.data.term == "exact":
         from infanite.inr.samples import pack_acquired
 
-        data = pack_acquired(manifest, label_values, config.data.halo_mm, config.data.halo_weight)
+        data = pack_acquired(manifest, label_values, config.data.halo_mm, config.data.halo_weight,
+                             config.data.halo_intensity)
     else:
         data = pack_cohort(manifest, label_values, config.spatial_weighting.w_int, config.halo.sigma_voxels,
                            config.halo.threshold, uniform_weights=config.spatial_weighting.uniform)

@@ -32,6 +32,7 @@ __all__ = [
 RESOLVED_HEADER = "# INFANiTE resolved training configuration\n"
 MODEL_TYPES = ("infanite", "template")         # the paper's modulated SIREN; the deformation-aware template INR
 DATA_TERMS = ("exact", "reference")             # acquired samples + unbiased PSF + intensity model; the reference's
+HALO_INTENSITIES = ("zero", "measured", "none")   # a halo sample's intensity target (data.halo_intensity)
 PSF_ESTIMATORS = ("split", "mean")              # unbiased split-sample product (MSE); Monte-Carlo mean (biased)
 TEMPLATE_ENCODINGS = ("grid", "siren", "modulated")  # feature grids + MLP; a 4-D SIREN; the paper's decoder
 LOSS_METRICS = ("l1", "mse")
@@ -166,6 +167,9 @@ class DataConfig:
     bias_weight: float = _f(0.1, "float")   # L2 penalty on the bias coefficients
     halo_mm: float = _f(4.0, "float")       # acquired samples: halo (background class) this far outside the mask
     halo_weight: float = _f(0.5, "float")   # a halo sample's weight against a brain sample's (intensity and labels)
+    # A halo sample's intensity target: 'zero' (the brain-only atlas is 0 outside the brain), 'measured' (what the
+    # stack measured there: the slice profile reaches across the mask's edge) or 'none' (labels only).
+    halo_intensity: str = _f("zero", "str")
     # Each fetus's samples weighed by (mean total weight of a fetus / its own total weight) ** fetus_balance:
     # 0 (default) weighs every sample alike, so a 38-week brain (~4x the volume of a 22-week one) carries ~4x the
     # loss; 1 gives every fetus the same share (stacks stand for fetuses when the cohort has no 'subject').

@@ -17,9 +17,9 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from infanite.inr.config import (DATA_TERMS, DEVICE_PATTERN, IGNORED_REFERENCE_KEYS, LOSS_METRICS, MODEL_TYPES,
-                                 PSF_ESTIMATORS, PSF_MODES, RESOLVED_HEADER, SCHEDULER_TYPES, TEMPLATE_ENCODINGS,
-                                 TF_DIMS, TrainConfig, TrainConfigError)
+from infanite.inr.config import (DATA_TERMS, DEVICE_PATTERN, HALO_INTENSITIES, IGNORED_REFERENCE_KEYS, LOSS_METRICS,
+                                 MODEL_TYPES, PSF_ESTIMATORS, PSF_MODES, RESOLVED_HEADER, SCHEDULER_TYPES,
+                                 TEMPLATE_ENCODINGS, TF_DIMS, TrainConfig, TrainConfigError)
 
 
 def _all_keys(cls, prefix: str = "") -> list[str]:
@@ -242,6 +242,7 @@ class _Loader:
         dt = c.data
         choice("data.term", dt.term, DATA_TERMS)
         choice("data.psf_estimator", dt.psf_estimator, PSF_ESTIMATORS)
+        choice("data.halo_intensity", dt.halo_intensity, HALO_INTENSITIES)
         if dt.bias_order not in (0, 1, 2):
             bad("data.bias_order", f"must be 0, 1 or 2 (polynomial degree), got {dt.bias_order!r}")
         for k in ("gain_weight", "bias_weight", "halo_mm", "label_weight", "halo_weight", "slice_motion_lr",

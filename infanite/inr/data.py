@@ -184,11 +184,22 @@ def psf_jitter(coords_mm: torch.Tensor, chol_mm: torch.Tensor, samples: int, gen
     return coords_mm[:, None, :] + torch.einsum("nij,npj->npi", chol_mm, eps)
 
 
-def loss_norms(weight: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The normalisers of the data term over a batch: (Σw for intensity, Σw over the labelled samples for the
-    segmentation).  Data-parallel training computes them on the global batch and passes them to every rank's
-    shard (``norms`` of :func:`weighted_loss` / :func:`split_psf_loss`), so that the shards' terms add up."""
-    return weight.sum().clamp_min(1e-12), (weight * (label != IGNORE_LABEL)).sum().clamp_min(1e-12)
+def loss_norms(weight: torch.Tensor, label: torch.Tensor, intensity: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The normalisers of the data term over a batch: (Σw over the samples with an intensity (a NaN intensity is
+    none: :func:`intensity_weight`) for intensity, Σw over the labelled samples for the segmentation).
+    Data-parallel training computes them on the global batch and passes them to every rank's shard (``norms`` of
+    :func:`weighted_loss` / :func:`split_psf_loss`), so that the shards' terms add up."""
+    w_int = weight if intensity is None else intensity_weight(weight, intensity)[0]
+    return w_int.sum().clamp_min(1e-12), (weight * (label != IGNORE_LABEL)).sum().clamp_min(1e-12)
+
+
+def intensity_weight(weight: torch.Tensor, intensity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, target) of the intensity term: a sample whose intensity is NaN has no intensity target (a halo
+    sample under ``data.halo_intensity: none``), so its weight there is 0 and its target a finite placeholder;
+    its label still counts."""
+    known = torch.isfinite(intensity)
+    return weight * known, torch.where(known, intensity, torch.zeros_like(intensity))
 
 
 def _segmentation_loss(logits: torch.Tensor, label: torch.Tensor, weight: torch.Tensor,
@@ -212,10 +223,11 @@ def weighted_loss(pred: torch.Tensor, intensity: torch.Tensor, label: torch.Tens
     """The reference's data term on the mean prediction over the PSF samples ``pred`` (N, 1 + classes):
     Σw·ℓ_int/Σw + seg_weight·Σw·CE/Σw (CE with class weights); returns (total, int, seg).  ``norms``: the
     (intensity, segmentation) normalisers of the global batch (:func:`loss_norms`) when this is a shard of it."""
+    w_int, intensity = intensity_weight(weight, intensity)
     diff = pred[:, 0] - intensity
     per_voxel = diff.abs() if metric == "l1" else diff * diff
-    norm_int, norm_seg = norms if norms is not None else (weight.sum().clamp_min(1e-12), None)
-    l_int = (weight * per_voxel).sum() / norm_int
+    norm_int, norm_seg = norms if norms is not None else (w_int.sum().clamp_min(1e-12), None)
+    l_int = (w_int * per_voxel).sum() / norm_int
     l_seg = _segmentation_loss(pred[:, 1:], label, weight, class_weights, norm_seg)
     return l_int + seg_weight * l_seg, l_int, l_seg
 
@@ -235,7 +247,8 @@ def split_psf_loss(samples: torch.Tensor, intensity: torch.Tensor, label: torch.
     else:
         half = p // 2
         a, b = samples[:, :half, 0].mean(1), samples[:, half:2 * half, 0].mean(1)
-    norm_int, norm_seg = norms if norms is not None else (weight.sum().clamp_min(1e-12), None)
-    l_int = (weight * (a - intensity) * (b - intensity)).sum() / norm_int
+    w_int, intensity = intensity_weight(weight, intensity)
+    norm_int, norm_seg = norms if norms is not None else (w_int.sum().clamp_min(1e-12), None)
+    l_int = (w_int * (a - intensity) * (b - intensity)).sum() / norm_int
     l_seg = _segmentation_loss(samples[:, :, 1:].mean(1), label, weight, class_weights, norm_seg)
     return l_int + seg_weight * l_seg, l_int, l_seg

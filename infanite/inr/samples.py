@@ -9,7 +9,8 @@ training on stacks resampled onto the template grid (``data.term: reference``).
 Per stack: the brain voxels (``source_Mask``, else ``source_Seg > 0``) with their intensity (min–max normalised
 over the brain, as the resampled data) and label (the stack's own ``source_Seg``; ``BRAIN_LABEL``, "some
 tissue", without one), and the halo: voxels within ``halo_mm`` of the brain, outside it, as the background-halo
-class with intensity 0 at weight ``halo_weight`` (``data.halo_weight``) relative to a brain voxel.  The template
+class at weight ``halo_weight`` (``data.halo_weight``) relative to a brain voxel, with intensity 0, the
+stack's own value there, or none (``data.halo_intensity``: :func:`halo_targets`).  The template
 grid and its box still come from the registration's resampled stacks (the atlas is generated on that grid's
 field of view), and the support (where the network is trained, outside which the atlas is background) is the
 union of the registered brain masks dilated by the same ``halo_mm``.
@@ -54,7 +55,22 @@ def missing_source_columns(cohort) -> list[str]:
     return missing
 
 
-def pack_acquired(manifest, label_values, halo_mm: float = 4.0, halo_weight: float = HALO_WEIGHT) -> PackedCohort:
+def halo_targets(measured: np.ndarray, halo_intensity: str) -> np.ndarray:
+    """The intensity targets of a stack's halo samples (``data.halo_intensity``) from what the stack measured
+    there (``measured``, normalised as its brain): ``zero`` (the brain-only atlas is 0 outside the brain),
+    ``measured`` (the slice profile of a voxel just outside the mask still reaches the brain's bright edge, so the
+    stack's own value is what the PSF forward model predicts), ``none`` (NaN: no intensity target, the label only)."""
+    if halo_intensity == "zero":
+        return np.zeros(measured.shape, np.float32)
+    if halo_intensity == "measured":
+        return measured.astype(np.float32)
+    if halo_intensity == "none":
+        return np.full(measured.shape, np.nan, np.float32)
+    raise ValueError(f"data.halo_intensity must be one of zero, measured, none; got {halo_intensity!r}")
+
+
+def pack_acquired(manifest, label_values, halo_mm: float = 4.0, halo_weight: float = HALO_WEIGHT,
+                  halo_intensity: str = "zero") -> PackedCohort:
     """Read ``registered.tsv`` and pack every acquired stack voxel of the brain and its halo (see the module
     docstring).  ``label_values`` are the tissue labels; the halo gets ``max(label_values) + 1``.  ``ValueError``
     naming the manifest and the missing column when the manifest does not point back at the acquired stacks."""
@@ -97,7 +113,7 @@ def pack_acquired(manifest, label_values, halo_mm: float = 4.0, halo_weight: flo
             parts["coords"].append(apply_matrix(stack_to_template, ras).astype(np.float32))
             n = len(ijk)
             if is_halo:
-                parts["intensity"].append(np.zeros(n, np.float32))
+                parts["intensity"].append(halo_targets(normalised[region], halo_intensity))
                 parts["label"].append(np.full(n, halo_label, np.int64))
                 parts["weight"].append(np.full(n, halo_weight, np.float32))
             else:

@@ -264,7 +264,7 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
                                 generator=_generator(config.seed, epoch, step_in_epoch + 1, device=device))
             norms, batch = None, len(idx)
             if ranks.distributed:                        # this rank's shard; the loss normalised by the global batch
-                norms = loss_norms(data.weight[idx], data.label[idx])
+                norms = loss_norms(data.weight[idx], data.label[idx], data.intensity[idx])
                 part = ranks.shard(len(idx))
                 idx, stack, jitter = idx[part], stack[part], jitter[part]
             warming_up = template is not None and global_step < config.template.deformation_warmup
