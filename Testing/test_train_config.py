@@ -286,6 +286,16 @@ def test_the_exact_term_weighs_its_labels_by_data_label_weight_not_the_reference
     assert "--set: data.label_weight: must be >= 0" in _errors(ei)
 
 
+def test_the_halo_target_is_a_setting_of_the_exact_term_only():
+    assert TrainConfig().data.halo_intensity == "zero"
+    assert load_train_config(None, ["data.halo_intensity=none"]).data.halo_intensity == "none"
+    assert load_train_config(None, ["data.term=reference"]).data.halo_intensity == "zero"
+    with pytest.raises(TrainConfigError) as ei:
+        load_train_config(None, ["data.halo_intensity=measured", "data.term=reference"])
+    msg = _errors(ei)
+    assert "--set: data.halo_intensity:" in msg and "data.term exact" in msg
+
+
 @pytest.mark.parametrize("term, seg_weight, expected_label_weight", [("exact", 0.3, 0.3), ("exact", 1.0, 1.0),
                                                                       ("reference", 0.5, 0.1)])
 def test_a_run_config_written_before_label_weight_existed_reads_as_it_was_trained(tmp_path, term, seg_weight,
