@@ -22,6 +22,7 @@ import torch
 from scipy import ndimage
 
 from infanite.geometry import apply_matrix, voxel_spacing
+from infanite.inr.config import HALO_INTENSITIES
 from infanite.inr.data import (BRAIN_LABEL, PackedCohort, brain_normalised, fetus_index, grid_box, psf_covariance,
                                training_grid)
 from infanite.io.cohort_checks import load_cohort
@@ -66,7 +67,7 @@ def halo_targets(measured: np.ndarray, halo_intensity: str) -> np.ndarray:
         return measured.astype(np.float32)
     if halo_intensity == "none":
         return np.full(measured.shape, np.nan, np.float32)
-    raise ValueError(f"data.halo_intensity must be one of zero, measured, none; got {halo_intensity!r}")
+    raise ValueError(f"data.halo_intensity must be one of {', '.join(HALO_INTENSITIES)}; got {halo_intensity!r}")
 
 
 def pack_acquired(manifest, label_values, halo_mm: float = 4.0, halo_weight: float = HALO_WEIGHT,
