@@ -562,3 +562,68 @@ def test_bad_template_keys_are_refused_with_the_key_named():
     for key in ("model:", "template.encoding", "template.ga_nodes", "template.deformation_grid", "data.term",
                 "data.bias_order", "template.position_kernel_weeks", "template.mean_kernel_weeks"):
         assert key in text, key
+
+
+class _Ramp(torch.nn.Module):
+    """A template whose intensity is ``a · xn`` (normalised coordinates) and whose labels are constant."""
+
+    def __init__(self, slope):
+        super().__init__()
+        self.slope = torch.as_tensor(slope, dtype=torch.float32)
+
+    def forward(self, xn, t):
+        return torch.cat([(xn * self.slope).sum(1, keepdim=True) + 0 * t[:, None], torch.zeros(len(xn), 2)], 1)
+
+
+def test_the_template_tv_is_the_intensity_gradient_norm_per_mm():
+    model, _ = _gauge_model([28.0, 30.0])             # box ±40 mm: T = a·x/40 has gradient a/40 per mm
+    model.template = _Ramp([3.0, -4.0, 0.0])
+    points = torch.rand(50, 3) * 40 - 20
+    tv = model.intensity_tv(points, torch.full((50,), 29.0), 0.8, eps=0.0)
+    assert tv.item() == pytest.approx(5.0 / 40, rel=1e-5)
+    # a step edge 0 → 1 across x = 0: the difference is seen only at points within h of the edge, (1/h) each
+    model.template = _Step()
+    h = 0.8
+    points = torch.tensor([[-0.3, 0.0, 0.0], [-5.0, 1.0, 2.0], [5.0, 0.0, 0.0], [-0.7, 3.0, 0.0]])
+    tv = model.intensity_tv(points, torch.full((4,), 29.0), h, eps=0.0)
+    assert tv.item() == pytest.approx((1 / h + 0 + 0 + 1 / h) / 4, rel=1e-5)
+
+
+class _Step(torch.nn.Module):
+    def forward(self, xn, t):
+        return torch.cat([(xn[:, :1] > 0).float(), torch.zeros(len(xn), 2)], 1)
+
+
+def test_the_tv_penalty_enters_a_template_step_with_its_weight(template_run, registered):
+    from infanite.atlas.predict import load_run
+    from infanite.inr.build import build_intensity_model
+    from infanite.inr.data import psf_jitter
+    from infanite.inr.samples import pack_acquired
+    from infanite.inr.train import _step_loss
+
+    run = load_run(template_run[0])
+    model = run.model("cpu")
+    data = pack_acquired(registered, run.stacks["label_values"])
+    idx = torch.arange(0, data.n_voxels, 97)[:300]
+    stack = data.stack[idx]
+    jitter = psf_jitter(data.coords_mm[idx], torch.zeros(len(idx), 3, 3), 2)
+    losses = {}
+    for weight in (0.0, 0.5):
+        config = load_train_config(None, TEMPLATE + [f"template.tv_weight={weight}", "template.tv_points=40"])
+        intensity = build_intensity_model(config, data)
+        with torch.no_grad():
+            losses[weight] = _step_loss(config, model, model, intensity, data, idx, stack, jitter, 2, None)
+    tv = model.intensity_tv(data.coords_mm[idx[:40]], model.stack_ga[data.stack[idx[:40]]], 0.8)
+    assert tv.item() > 0
+    assert (losses[0.5][3] - losses[0.0][3]).item() == pytest.approx(0.5 * tv.item(), rel=1e-4)
+    assert (losses[0.5][0] - losses[0.0][0]).item() == pytest.approx(0.5 * tv.item(), rel=1e-4)
+
+
+def test_bad_tv_keys_are_refused_with_the_key_named():
+    with pytest.raises(TrainConfigError) as info:
+        load_train_config(None, TEMPLATE + ["template.tv_weight=-1", "template.tv_points=0",
+                                            "template.tv_step_mm=nan"])
+    for key in ("template.tv_weight", "template.tv_points", "template.tv_step_mm"):
+        assert key in str(info.value), key
+    with pytest.raises(TrainConfigError, match="template.tv_weight: penalises the template of model: template"):
+        load_train_config(None, ["template.tv_weight=0.1"])

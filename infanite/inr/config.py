@@ -207,7 +207,11 @@ class TemplateConfig:
     ``deformation_init``: a folder of ``<subject>.h5`` ITK transforms (a finished run's ``deformations/``, or a
     registration's) that the displacements start from (fitted onto the control grid by least squares; applied
     from the first step, held there during the warm-up); ``lr_deformation: 0`` keeps them fixed.  The per-stack
-    intensity model learns at ``lr_template``."""
+    intensity model learns at ``lr_template``.
+    ``tv_weight``: a total-variation penalty on the template's intensity, ``mean |∇T|`` (per mm, forward
+    differences of ``tv_step_mm`` along the template axes, at the first ``tv_points`` samples of each batch and
+    their fetuses' GAs): it damps what the thick slices' PSF hides (a smooth overshoot inside a bright region)
+    while costing an edge only its height."""
 
     encoding: str = _f("modulated", "str")  # measured best (benchmarks/atlas_quality.py, README)
     ga_latents: int = _f(6, "int")          # modulated encoding: latent grids at this many GA nodes
@@ -227,6 +231,9 @@ class TemplateConfig:
     lr_template: float = _f(1e-2, "float")
     lr_deformation: float = _f(1e-2, "float")
     deformation_init: str = _f("", "str")   # folder of <subject>.h5 transforms to start from ("": zero)
+    tv_weight: float = _f(0.0, "float")     # total variation of T's intensity (per mm), 0: none
+    tv_points: int = _f(500, "int")         # batch samples at which the TV is estimated each step
+    tv_step_mm: float = _f(0.8, "float")    # finite-difference step (mm) of that estimate
 
 
 @dataclass

@@ -275,8 +275,14 @@ class _Loader:
             bad("template.deformation_grid", f"must be 0 (no deformation) or >= 2 control points per axis, got "
                                              f"{t.deformation_grid}")
         for k in ("deformation_warmup", "deformation_smoothness", "deformation_magnitude", "deformation_mean",
-                  "ga_smoothness"):
+                  "ga_smoothness", "tv_weight"):
             nonneg(f"template.{k}", getattr(t, k))
+        positive("template.tv_points", t.tv_points)
+        if t.tv_weight > 0 and c.model != "template":
+            bad("template.tv_weight", f"penalises the template of model: template (now model {c.model!r}); "
+                                      f"remove it or set model: template")
+        if not (math.isfinite(t.tv_step_mm) and t.tv_step_mm > 0):
+            bad("template.tv_step_mm", f"must be a finite step in mm > 0, got {t.tv_step_mm!r}")
         for k in ("mean_kernel_weeks", "position_kernel_weeks"):
             if not (math.isfinite(getattr(t, k)) and getattr(t, k) > 0):
                 bad(f"template.{k}", f"must be a finite width in weeks > 0, got {getattr(t, k)!r}")

@@ -275,6 +275,23 @@ class TemplateINR(nn.Module):
         return self.template(self.normalise(x), self.normalised_ga(self.stack_ga[stack]))
 
     # -- regularisation --------------------------------------------------------------------------------------
+    def intensity_tv(self, coords_mm: torch.Tensor, ga_weeks: torch.Tensor, step_mm: float,
+                     eps: float = 1e-3) -> torch.Tensor:
+        """Mean isotropic total variation of the template's intensity (per mm) at ``coords_mm`` (N, 3, template
+        RAS) and ``ga_weeks`` (N,): ``mean sqrt(Σ_k ((T(x + h e_k) − T(x)) / h)² + eps²)`` with forward differences
+        of ``h = step_mm`` along the template axes (no displacement: the template itself)."""
+        n = coords_mm.shape[0]
+        if n == 0:
+            return coords_mm.new_zeros(())
+        h = float(step_mm)
+        offsets = torch.cat([coords_mm.new_zeros(1, 3), h * torch.eye(3, dtype=coords_mm.dtype,
+                                                                      device=coords_mm.device)])
+        points = (coords_mm[None] + offsets[:, None]).reshape(-1, 3)
+        t = self.normalised_ga(ga_weeks.to(coords_mm.dtype)).repeat(4)
+        values = self.template(self.normalise(points), t)[:, 0].float().reshape(4, n)
+        gradient = (values[1:] - values[:1]) / h
+        return torch.sqrt((gradient ** 2).sum(0) + eps ** 2).mean()
+
     def penalties(self) -> dict:
         """Unweighted penalty terms: ``smoothness`` and ``magnitude`` of the displacements (mm²), ``mean``
         (squared GA-kernel-weighted mean displacement around each fetus's GA, mm²) and ``ga`` (the template's

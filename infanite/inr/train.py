@@ -402,6 +402,10 @@ def _step_loss(config: TrainConfig, forward, model, intensity, data, idx, stack,
     if isinstance(model, TemplateINR):
         t, terms = config.template, model.penalties()
         penalty = penalty + t.ga_smoothness * terms["ga"]
+        if t.tv_weight > 0:                              # the template's own intensity, at the batch's first points
+            first = idx[:t.tv_points]
+            penalty = penalty + t.tv_weight * model.intensity_tv(data.coords_mm[first],
+                                                                 model.stack_ga[data.stack[first]], t.tv_step_mm)
         if model.use_deformation:
             penalty = penalty + t.deformation_smoothness * terms["smoothness"] + \
                 t.deformation_magnitude * terms["magnitude"] + t.deformation_mean * terms["mean"]
