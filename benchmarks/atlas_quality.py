@@ -105,7 +105,7 @@ sys.path.insert(0, str(REPO))
 
 DEFAULT_ATLAS = REPO.parent / "shared" / "data" / "crl2017-fetal-atlas"
 
-from infanite.inr.config import CPU_DEFAULTS  # noqa: E402  (after the path set-up above)
+from infanite.inr.config import CPU_DEFAULTS, CPU_TEMPLATE  # noqa: E402  (after the path set-up above)
 
 #: Model size and optimisation of every INR row in the quick mode (and of atlas_budget.py): the CPU model of the
 #: first measurements, hidden 128 (the paper's size needs a GPU).
@@ -152,7 +152,8 @@ ROWS = {
     "gP": ("g without PSF", "inr", TEMPLATE + ["psf.mode=none"]),
     "gT": ("g with the simulator's displacements, fixed (oracle)", "inr",
            TEMPLATE + ["template.lr_deformation=0", "template.deformation_init={oracle_deformations}"]),
-    "gM": ("g with per-slice motion", "inr", TEMPLATE + ["data.slice_motion=true"]),
+    "gM": ("g as infanite run trains it on a CPU: per-slice motion, template TV", "inr",
+           TEMPLATE + [o for o in CPU_TEMPLATE if o != "model=template"]),
 }
 ABLATIONS = ("g0", "gP", "gT")
 #: rows run only when named with --rows
