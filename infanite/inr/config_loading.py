@@ -278,9 +278,6 @@ class _Loader:
                   "ga_smoothness", "tv_weight"):
             nonneg(f"template.{k}", getattr(t, k))
         positive("template.tv_points", t.tv_points)
-        if t.tv_weight > 0 and c.model != "template":
-            bad("template.tv_weight", f"penalises the template of model: template (now model {c.model!r}); "
-                                      f"remove it or set model: template")
         if not (math.isfinite(t.tv_step_mm) and t.tv_step_mm > 0):
             bad("template.tv_step_mm", f"must be a finite step in mm > 0, got {t.tv_step_mm!r}")
         for k in ("mean_kernel_weeks", "position_kernel_weeks"):
