@@ -25,7 +25,7 @@ def test_default_atlas_weeks_and_device_sizing():
     assert "model=template" in default_overrides("cpu", template=True)
     assert "data.slice_motion=true" in default_overrides("cpu", template=True)          # measured best with it
     assert "template.tv_weight=0.005" in default_overrides("cpu", template=True)       # measured best with it
-    assert not any("tv_weight" in o for o in default_overrides("cpu"))                # the paper's model refuses it
+    assert not any("tv_weight" in o for o in default_overrides("cpu"))                # unused by the paper's model
     assert "data.slice_motion=true" not in default_overrides("cpu")
     # the user's reference data term on top of the defaults turns the slice motions off, unless asked for
     from infanite.inr.config import defaults_then

@@ -311,7 +311,7 @@ DEMO_TRAINING = ["inr_decoder.hidden_size=64", "inr_decoder.num_hidden_layers=3"
 #: on the 40-fetus benchmark, every GA better, for 1.6 % more time per step) and a total-variation penalty on the
 #: template (``template.tv_weight`` 0.005: +0.26 / +0.36 dB on the mean PSNR over two seeds, +0.64 / +0.98 at 30
 #: weeks, by damping bright spots the thick slices cannot see; 0.1 dB lower after the best affine intensity map;
-#: 2 % more time per step).
+#: 11 % more time per step).
 CPU_TEMPLATE = ["model=template", "data.slice_motion=true", "template.tv_weight=0.005"]
 
 #: Fetuses per GA node of the template's latent grids in the CPU defaults: about 3 measured best (12 fetuses:

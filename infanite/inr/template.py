@@ -287,8 +287,7 @@ class TemplateINR(nn.Module):
         offsets = torch.cat([coords_mm.new_zeros(1, 3), h * torch.eye(3, dtype=coords_mm.dtype,
                                                                       device=coords_mm.device)])
         points = (coords_mm[None] + offsets[:, None]).reshape(-1, 3)
-        t = self.normalised_ga(ga_weeks.to(coords_mm.dtype)).repeat(4)
-        values = self.template(self.normalise(points), t)[:, 0].float().reshape(4, n)
+        values = self.atlas(points, ga_weeks.to(coords_mm.dtype).repeat(4))[:, 0].float().reshape(4, n)
         gradient = (values[1:] - values[:1]) / h
         return torch.sqrt((gradient ** 2).sum(0) + eps ** 2).mean()
 
