@@ -312,6 +312,39 @@ def test_reference_offsets_are_the_neighbouring_weeks_shifts_and_their_midpoint(
     assert np.allclose(found["31.0"]["week_30_offset_mm"], -np.asarray(shifts[31]), atol=0.05)
 
 
+def test_ga_blur_finds_the_width_of_the_week_mixture_an_atlas_is(quality, tmp_path):
+    """Five CRL-like weeks whose blobs move 2 mm a week: an atlas that is week 30 scores best at σ 0 and an atlas
+    that is the σ 0.75 mixture of the weeks (each divided by its 99th percentile) at σ 0.75, exactly."""
+    import math
+
+    import numpy as np
+
+    from infanite.io.images import Volume, save_nifti
+
+    voxel_to_ras = _oblique_grid()
+    weeks = {}
+    for week in range(28, 33):
+        image, ras = _blobs([2.0 * (week - 30), 0.0, 0.0], voxel_to_ras)
+        image = Volume(image.array * (1 + 0.1 * (week - 30)), voxel_to_ras)     # another scale each week
+        folder = tmp_path / f"HarvardSTA{week}_Study1"
+        save_nifti(image, folder / "srr.nii.gz")
+        inside = np.linalg.norm(ras - np.array([3.0, -2.0, 5.0]), axis=-1) < 15
+        save_nifti(Volume(inside.astype(np.uint8), voxel_to_ras), folder / "mask.nii.gz")
+        weeks[week] = image.array.astype(np.float64)
+    from infanite.evaluation.metrics import DEFAULT_DILATION_MM, brain_mask_region
+    from infanite.io.images import load_nifti
+
+    region = brain_mask_region(load_nifti(tmp_path / "HarvardSTA30_Study1" / "mask.nii.gz", dtype=None),
+                               DEFAULT_DILATION_MM)
+    weights = {k: math.exp(-0.5 * ((k - 30) / 0.75) ** 2) for k in weeks}
+    mixture = sum(weights[k] * weeks[k] / np.percentile(weeks[k][region], 99) for k in weeks) / sum(weights.values())
+    sharp = quality.ga_blur(Volume(weeks[30].astype(np.float32), voxel_to_ras), tmp_path, 30.0)
+    blurred = quality.ga_blur(Volume(mixture.astype(np.float32), voxel_to_ras), tmp_path, 30.0)
+    assert sharp["best_sigma_weeks"] == 0.0 and blurred["best_sigma_weeks"] == 0.75
+    assert blurred["psnr_db"][0.75] > 60 and blurred["psnr_db"][0.0] < 40
+    assert sharp["psnr_db"][0.0] > 60 > sharp["psnr_db"][0.5]
+
+
 def test_run_diagnostics_are_reused_until_the_checkpoint_changes(quality, tmp_path, monkeypatch):
     import os
 

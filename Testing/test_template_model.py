@@ -413,9 +413,11 @@ def test_training_positions_are_measured_over_the_support_voxels():
                                  max_points=7)) == 7
 
 
-@pytest.mark.parametrize("encoding", ["grid", "modulated"])
+@pytest.mark.parametrize("encoding", ["grid", "modulated", "modulated-scaled"])
 def test_template_model_resumes_exactly(registered, tmp_path, encoding):
-    config = load_train_config(None, TEMPLATE + ["max_steps=30", f"template.encoding={encoding}"])
+    scaled = encoding.endswith("-scaled")
+    config = load_train_config(None, TEMPLATE + ["max_steps=30", f"template.encoding={encoding.split('-')[0]}",
+                                                 f"template.ga_scaling={str(scaled).lower()}"])
     train(registered, config, tmp_path / "full")
     train(registered, config, tmp_path / "killed", stop_after_steps=15)      # last checkpoint at step 10
     train(registered, config, tmp_path / "killed", resume=True)
@@ -628,3 +630,65 @@ def test_bad_tv_keys_are_refused_with_the_key_named():
     # like every template.* key it acts on model: template only: the CPU defaults set it, and a user who picks the
     # paper's model on top of them is not refused
     assert load_train_config(None, ["model=template", "template.tv_weight=0.1", "model=infanite"]).model == "infanite"
+
+
+def _scaled_model(ga_weeks):
+    from infanite.inr.config import TemplateConfig
+    from infanite.inr.template import TemplateINR
+
+    config = TemplateConfig(encoding="grid", grid_resolutions=[4], ga_nodes=[1], deformation_grid=4, ga_scaling=True)
+    return TemplateINR(3, list(range(len(ga_weeks))), list(ga_weeks), (min(ga_weeks), max(ga_weeks)), [0, 0, 0],
+                       [40, 40, 40], config)
+
+
+def test_ga_scaling_fits_the_brains_growth_and_divides_the_template_input_by_it():
+    """Brains whose size grows as exp(0.03·GA): the fitted growth is that rate, the template's input at GA g is the
+    normalised position divided by exp(0.03·(g − 38)), so a point of a 22-week brain reads the template where the
+    point scaled to a 38-week brain does (a template that ignores GA, a ramp in the input)."""
+    ga = [22.0, 26.0, 30.0, 34.0, 38.0]
+    model = _scaled_model(ga)
+    generator = torch.Generator().manual_seed(0)
+    points, stacks = [], []
+    for f, g in enumerate(ga):
+        sd = 12.0 * math.exp(0.03 * (g - 38.0)) * torch.tensor([1.0, 1.4, 1.2])
+        points.append(torch.randn(20000, 3, generator=generator) * sd + torch.tensor([2.0, -1.0, 3.0]))
+        stacks.append(torch.full((20000,), f))
+    model.set_ga_scaling(torch.cat(points), torch.cat(stacks))
+    assert model.ga_growth[1].item() == pytest.approx(0.03, abs=1e-3)
+    scale = model.brain_scale(torch.tensor([22.0, 38.0, 45.0]))
+    np.testing.assert_allclose(scale.numpy(), [math.exp(-0.03 * 16), 1.0, 1.0], rtol=0.02)
+    x = torch.rand(30, 3) * 30 - 15
+    np.testing.assert_allclose(model.template_coordinates(x, torch.full((30,), 22.0)).numpy(),
+                               (x / 40 / scale[0]).numpy(), rtol=1e-5)
+    model.template = _Ramp([3.0, -4.0, 1.0])
+    with torch.no_grad():
+        np.testing.assert_allclose(model.atlas(x, 22.0)[:, 0].numpy(), model.atlas(x / scale[0], 38.0)[:, 0].numpy(),
+                                   rtol=1e-4, atol=1e-6)
+        # a fetus sees the same template, scaled at its own GA
+        np.testing.assert_allclose(model(x, torch.zeros(30, dtype=torch.long))[:, 0].numpy(),
+                                   model.atlas(x, 22.0)[:, 0].numpy(), rtol=1e-6)
+    assert "ga_growth" in model.state_dict()
+
+
+def test_without_ga_scaling_the_template_input_is_the_box_position_and_nothing_more_is_saved():
+    model, _ = _gauge_model([22.0, 38.0])
+    x = torch.rand(20, 3) * 30 - 15
+    assert torch.equal(model.template_coordinates(x, torch.full((20,), 22.0)), model.normalise(x))
+    assert "ga_growth" not in model.state_dict()             # checkpoints written before the key still load
+    shrinking = _scaled_model([22.0, 38.0])                   # no growth to follow: no scaling
+    points = torch.cat([torch.randn(5000, 3) * 10, torch.randn(5000, 3) * 5])
+    shrinking.set_ga_scaling(points, torch.cat([torch.zeros(5000), torch.ones(5000)]).long())
+    assert shrinking.ga_growth[1].item() == 0.0
+    assert torch.equal(shrinking.brain_scale(torch.tensor([22.0, 30.0])), torch.ones(2))
+
+
+def test_a_ga_scaled_run_saves_its_growth_and_its_atlas_reads_it(registered, tmp_path):
+    from infanite.atlas.predict import load_run
+
+    train(registered, load_train_config(None, TEMPLATE + ["max_steps=12", "template.ga_scaling=true"]),
+          tmp_path / "run")
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    growth = state["model"]["ga_growth"]
+    assert torch.isfinite(growth).all() and growth[1] >= 0
+    model = load_run(tmp_path / "run").model("cpu")
+    assert torch.equal(model.ga_growth, growth)                  # the atlas is queried with the fitted scaling

@@ -211,7 +211,11 @@ class TemplateConfig:
     ``tv_weight``: a total-variation penalty on the template's intensity, ``mean |∇T|`` (per mm, forward
     differences of ``tv_step_mm`` along the template axes, at the first ``tv_points`` samples of each batch and
     their fetuses' GAs): it damps what the thick slices' PSF hides (a smooth overshoot inside a bright region)
-    while costing an edge only its height."""
+    while costing an edge only its height.
+    ``ga_scaling``: the template network's input is the box-normalised position divided by the brain's linear
+    size at the sample's GA against the oldest (``log size`` fitted linear in GA to the cohort's brain samples
+    before training, saved with the model): a young brain then spans the network's whole input range and latent
+    grid, as the oldest does, instead of the middle of a box sized for the oldest."""
 
     encoding: str = _f("modulated", "str")  # measured best (benchmarks/atlas_quality.py, README)
     ga_latents: int = _f(6, "int")          # modulated encoding: latent grids at this many GA nodes
@@ -234,6 +238,7 @@ class TemplateConfig:
     tv_weight: float = _f(0.0, "float")     # total variation of T's intensity (per mm), 0: none
     tv_points: int = _f(500, "int")         # batch samples at which the TV is estimated each step
     tv_step_mm: float = _f(0.8, "float")    # finite-difference step (mm) of that estimate
+    ga_scaling: bool = _f(False, "bool")    # the template's input scaled by the brain's size at each GA
 
 
 @dataclass

@@ -44,6 +44,10 @@ from infanite.inr.model import interpolate_latents
 #: (``template.mean_kernel_weeks``)
 MEAN_KERNEL_WEEKS = 1.0
 
+#: smallest brain size (against the cohort's oldest) that ``template.ga_scaling`` scales by (a 20-week brain is
+#: about 0.55 of a 38-week one in linear size on the CRL atlas)
+MIN_BRAIN_SCALE = 0.3
+
 
 class FeatureGrids(nn.Module):
     """Dense feature grids, level ``l``: ``(ga_nodes[l], channels, R, R, R)`` with ``R = resolutions[l]``."""
@@ -208,10 +212,56 @@ class TemplateINR(nn.Module):
         # observed brain); uniform until :meth:`set_position_region`; not saved (rebuilt from the data)
         self.register_buffer("position_weights", torch.full((g, g, g), 1.0 / g ** 3) if g >= 2 else
                              torch.zeros(0), persistent=False)
+        # ``template.ga_scaling``: the brain's growth, log(size) = a + b·GA, fitted to the cohort before training
+        # (:meth:`set_ga_scaling`) and saved with the model; (0, 0) is no scaling
+        if bool(getattr(config, "ga_scaling", False)):
+            self.register_buffer("ga_growth", torch.zeros(2))
+        else:
+            self.ga_growth = None
 
     # -- coordinates ---------------------------------------------------------------------------------------
     def normalise(self, coords_mm: torch.Tensor) -> torch.Tensor:
         return (coords_mm - self.centre) / self.half_extent
+
+    def brain_scale(self, ga_weeks: torch.Tensor) -> torch.Tensor:
+        """The brain's linear size at ``ga_weeks`` (N,) against its size at the cohort's oldest GA (N,): 1 without
+        ``template.ga_scaling``; else ``exp(b·(GA − GA_max))`` from the fitted growth, within [``MIN_BRAIN_SCALE``,
+        1] (a GA beyond the cohort's range takes its end's size)."""
+        if self.ga_growth is None:
+            return torch.ones_like(ga_weeks)
+        ga = ga_weeks.clamp(self.ga_range[0], self.ga_range[1])
+        return torch.exp(self.ga_growth[1] * (ga - self.ga_range[1])).clamp(MIN_BRAIN_SCALE, 1.0)
+
+    def template_coordinates(self, coords_mm: torch.Tensor, ga_weeks: torch.Tensor) -> torch.Tensor:
+        """The template network's input (N, 3) for template RAS points ``coords_mm`` (N, 3) at ``ga_weeks`` (N,):
+        the box-normalised position divided by :meth:`brain_scale`, so that a young (small) brain spans as much of
+        the network's input range, and as many of its latent grid cells, as the oldest."""
+        xn = self.normalise(coords_mm)
+        if self.ga_growth is None:
+            return xn
+        return xn / self.brain_scale(ga_weeks.to(xn.dtype))[:, None]
+
+    def set_ga_scaling(self, coords_mm: torch.Tensor, stack: torch.Tensor) -> None:
+        """Fit the brain's growth to the cohort (``template.ga_scaling``): each fetus's size is the geometric mean
+        of the standard deviations along the template axes of its brain samples ``coords_mm`` (N, 3, template RAS
+        mm; ``stack`` (N,) their stacks), and ``log(size)`` is fitted linear in GA over the fetuses (least squares).
+        A shrinking fit (slope < 0: no growth to follow) is set to no scaling."""
+        if self.ga_growth is None or len(coords_mm) == 0:
+            return
+        fetus = self.stack_fetus.to(stack.device)[stack]
+        n = int(self.fetus_ga.shape[0])
+        log_size, ages = [], []
+        for f in range(n):
+            points = coords_mm[fetus == f].double()
+            if len(points) < 10:
+                continue
+            log_size.append(float(torch.log(points.std(0).clamp_min(1e-6)).mean()))
+            ages.append(float(self.fetus_ga[f]))
+        if len(ages) < 2 or np.ptp(ages) <= 0:
+            return
+        slope, intercept = np.polyfit(np.asarray(ages), np.asarray(log_size), 1)
+        slope = max(float(slope), 0.0)
+        self.ga_growth.copy_(torch.as_tensor([float(intercept), slope], dtype=self.ga_growth.dtype))
 
     def normalised_ga(self, ga_weeks: torch.Tensor) -> torch.Tensor:
         lo, hi = self.ga_range[0], self.ga_range[1]
@@ -265,14 +315,15 @@ class TemplateINR(nn.Module):
         ga = torch.as_tensor(ga_weeks, dtype=coords_mm.dtype, device=coords_mm.device).expand(coords_mm.shape[0])
         if shift_mm is not None:
             coords_mm = coords_mm + torch.as_tensor(shift_mm, dtype=coords_mm.dtype, device=coords_mm.device)
-        return self.template(self.normalise(coords_mm), self.normalised_ga(ga))
+        return self.template(self.template_coordinates(coords_mm, ga), self.normalised_ga(ga))
 
     def forward(self, coords_mm: torch.Tensor, stack: torch.Tensor) -> torch.Tensor:
         """What stack ``stack`` sees at ``coords_mm``: ``T(x + u_f(x), GA_f)`` (N, n_out)."""
         x = coords_mm
         if self.use_deformation and self.deformation is not None:
             x = x + self.displacement(coords_mm, self.stack_fetus[stack])
-        return self.template(self.normalise(x), self.normalised_ga(self.stack_ga[stack]))
+        ga = self.stack_ga[stack]
+        return self.template(self.template_coordinates(x, ga), self.normalised_ga(ga))
 
     # -- regularisation --------------------------------------------------------------------------------------
     def intensity_tv(self, coords_mm: torch.Tensor, ga_weeks: torch.Tensor, step_mm: float,
