@@ -687,8 +687,16 @@ def test_a_ga_scaled_run_saves_its_growth_and_its_atlas_reads_it(registered, tmp
 
     train(registered, load_train_config(None, TEMPLATE + ["max_steps=12", "template.ga_scaling=true"]),
           tmp_path / "run")
+    from infanite.inr.samples import pack_acquired
+
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     growth = state["model"]["ga_growth"]
-    assert torch.isfinite(growth).all() and growth[1] >= 0
-    model = load_run(tmp_path / "run").model("cpu")
+    run = load_run(tmp_path / "run")
+    model = run.model("cpu")
     assert torch.equal(model.ga_growth, growth)                  # the atlas is queried with the fitted scaling
+    data = pack_acquired(registered, run.stacks["label_values"])  # the growth is the fit to the run's brain samples
+    brain = data.label != data.halo_label
+    model.ga_growth.zero_()
+    model.set_ga_scaling(data.coords_mm[brain], data.stack[brain])
+    np.testing.assert_allclose(model.ga_growth.numpy(), growth.numpy(), rtol=1e-5, atol=1e-7)
+    assert growth[0].item() != 0.0                               # fitted, not the unscaled (0, 0)

@@ -44,8 +44,8 @@ from infanite.inr.model import interpolate_latents
 #: (``template.mean_kernel_weeks``)
 MEAN_KERNEL_WEEKS = 1.0
 
-#: smallest brain size (against the cohort's oldest) that ``template.ga_scaling`` scales by (a 20-week brain is
-#: about 0.55 of a 38-week one in linear size on the CRL atlas)
+#: smallest brain size (against the cohort's oldest) that ``template.ga_scaling`` scales by (on the CRL atlas a
+#: 21-week brain is 0.59 of a 38-week one in linear size: cube root of the masks' volume ratio)
 MIN_BRAIN_SCALE = 0.3
 
 

@@ -173,8 +173,9 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
                          f"model") from None
     if isinstance(model, TemplateINR):                 # a fetus's position: its mean displacement over the support
         model.set_position_region(support_points_mm(data))
-        brain = data.label != data.halo_label             # the brain's growth with GA (template.ga_scaling)
-        model.set_ga_scaling(data.coords_mm[brain], data.stack[brain])
+        if model.ga_growth is not None:                  # the brain's growth with GA (template.ga_scaling)
+            brain = data.label != data.halo_label
+            model.set_ga_scaling(data.coords_mm[brain], data.stack[brain])
     if state is None and isinstance(model, TemplateINR) and model.deformation is not None and \
             config.template.deformation_init:                  # a new run starts from the given displacements
         from infanite.inr.deformations import initial_deformations
