@@ -324,6 +324,42 @@ def test_gas_made_in_two_processes_equal_those_made_in_one(trained, atlas, tmp_p
         generate(trained["run"], [27.5], tmp_path / "other", spacing_mm=3.0, jobs=0)
 
 
+def test_atlas_is_capped_at_the_runs_intensity_ceiling(trained, atlas, tmp_path):
+    """Training wrote the ceiling (one per stack GA); the atlas records it per GA and stays below it.  With the
+    ceiling lowered to the median of the measured samples, the capped T2w is exactly the uncapped one
+    (``intensity_ceiling=False``, ``--no-intensity-ceiling``) clipped there, the manifest counts the clipped brain
+    voxels, and an uncapped atlas is another atlas for an output folder."""
+    from infanite.inr.ceiling import ceiling_at, read_intensity_ceiling, write_intensity_ceiling
+    from infanite.inr.samples import pack_acquired
+
+    table = read_intensity_ceiling(trained["run"])
+    stacks = json.loads((trained["run"] / "stacks.json").read_text())
+    assert table["ga_weeks"] == sorted(set(round(g, 4) for g in stacks["ga_weeks"]))
+    assert all(0.3 < c < 2.0 for c in table["ceiling"])
+    out, result = atlas
+    for ga in ("27.5", "28.5"):
+        entry = result["ga"][ga]
+        assert entry["intensity_ceiling"] == pytest.approx(ceiling_at(table, float(ga)), abs=1e-6)
+        assert load_nifti(out / f"atlas_ga-{ga}_T2w.nii.gz").array.max() <= entry["intensity_ceiling"] + 1e-6
+
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run)
+    data = pack_acquired(trained["registered"], LABELS)
+    write_intensity_ceiling(run, data, None, quantile=50.0)
+    low = read_intensity_ceiling(run)
+    capped = generate(run, [28.5], tmp_path / "capped", spacing_mm=3.0)["ga"]["28.5"]
+    free = generate(run, [28.5], tmp_path / "free", spacing_mm=3.0, intensity_ceiling=False)["ga"]["28.5"]
+    assert "intensity_ceiling" not in free
+    cap = ceiling_at(low, 28.5)
+    assert capped["intensity_ceiling"] == pytest.approx(cap, abs=1e-6)
+    a = load_nifti(tmp_path / "capped" / "atlas_ga-28.5_T2w.nii.gz").array
+    b = load_nifti(tmp_path / "free" / "atlas_ga-28.5_T2w.nii.gz").array
+    np.testing.assert_allclose(a, np.minimum(b, np.float32(cap)), atol=1e-6)
+    assert capped["intensity_capped_voxels"] == int(np.count_nonzero(b > np.float32(cap))) > 0
+    with pytest.raises(ValueError, match="intensity ceiling on"):
+        generate(run, [28.5], tmp_path / "capped", spacing_mm=3.0, intensity_ceiling=False)
+
+
 def test_a_different_atlas_in_the_output_folder_is_refused(trained, atlas, tmp_path):
     out = tmp_path / "atlas"
     shutil.copytree(atlas[0], out)

@@ -34,6 +34,7 @@ from infanite.atlas.labels import label_abbrevs
 from infanite.atlas.outputs import plot_growth, support_flag, write_ga, write_montage, write_volumes
 from infanite.atlas.predict import (POSITION_SIGMA_WEEKS, atlas_grid, atlas_position, atlas_query, chunk_size,
                                     load_run, model_width, predict_grid, resolve_device, GASupport)
+from infanite.inr.ceiling import ceiling_at, read_intensity_ceiling
 from infanite.io.layout import ATLAS_MANIFEST, ATLAS_MANIFEST_FORMAT, GROWTH, MONTAGE, VOLUMES, ga_text
 from infanite.io.lock import folder_lock
 from infanite.progress import ProgressReporter
@@ -98,7 +99,7 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
              top_k: int | None = None, probabilities: bool = False, overwrite: bool = False,
              progress: ProgressReporter | None = None, normative=None, templates=None,
              label_method: str = "demons", accept_estimated_ga: bool = False, jobs: int = 1,
-             position_sigma_weeks: float = POSITION_SIGMA_WEEKS) -> dict:
+             position_sigma_weeks: float = POSITION_SIGMA_WEEKS, intensity_ceiling: bool = True) -> dict:
     """Generate the atlas of a finished run at the GAs ``ga_weeks`` (weeks, rounded to 0.1) into ``out_dir``.
 
     ``spacing_mm``: atlas voxel size (mm; 1 or 3 values); ``sigma_weeks``: GKR kernel width (weeks); ``top_k``:
@@ -131,6 +132,10 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
     ``jobs`` > 1 makes the GAs in that many processes (each loads the model once; on CUDA process *i* uses GPU
     *i* mod the GPUs there, on CPU the cores are shared out); this process writes the manifest as each GA is done,
     so an interrupted run still resumes per GA.  The files are the same as with one process.
+
+    ``intensity_ceiling``: cap each GA's T2w at the brightest intensity the scanner measured around that GA (the
+    run's ``intensity_ceiling.json``, :mod:`infanite.inr.ceiling`; runs trained before it have none and are not
+    capped); each GA's manifest entry records ``intensity_ceiling`` and how many voxels it capped.
     """
     from infanite.io.atomic import atomic_write_text
 
@@ -145,6 +150,7 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
     jobs = int(jobs)
     dev = resolve_device(device)
     run = load_run(run_dir)
+    ceiling = read_intensity_ceiling(run.run_dir) if intensity_ceiling else None
     table = open_normative(normative)
     stacks = run.stacks
     estimated = list(stacks.get("ga_estimated") or [])
@@ -169,7 +175,10 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
                                           "labels": "stacks" if library is None else
                                           {"propagated_from": library.source, "method": label_method},
                                           **({"position_sigma_weeks": position_sigma_weeks}
-                                             if run.config.model == "template" else {})}))
+                                             if run.config.model == "template" else {}),
+                                          **({"intensity_ceiling": {"quantile": ceiling.get("quantile"),
+                                                                    "window_weeks": ceiling.get("window_weeks")}}
+                                             if ceiling is not None else {})}))
         try:
             previous = read_atlas_manifest(out_dir, "; use another output folder or --overwrite")
         except ValueError:
@@ -184,7 +193,8 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
                     f"{out_dir} already holds a different atlas (from {previous.get('run_dir')}, checkpoint "
                     f"{str(old.get('checkpoint_sha256'))[:12]}, spacing {old.get('spacing_mm')} mm, sigma "
                     f"{old.get('sigma_weeks')} weeks, top_k {old.get('top_k')}, position sigma "
-                    f"{old.get('position_sigma_weeks')} weeks); use another --out or --overwrite")
+                    f"{old.get('position_sigma_weeks')} weeks, intensity ceiling "
+                    f"{'on' if old.get('intensity_ceiling') else 'off'}); use another --out or --overwrite")
             remove_atlas(out_dir, previous)
             previous = None
 
@@ -217,7 +227,7 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
         if todo:
             parallel = jobs > 1 and len(todo) > 1
             maker = None if parallel else GAMaker(run, grid, dev, probabilities, library, label_method, out_dir,
-                                                  support, position_sigma_weeks)
+                                                  support, position_sigma_weeks, ceiling)
             n_chunks = 1 if parallel else maker.n_chunks         # in processes: progress per GA
             progress = progress or ProgressReporter(None)
             progress.start("atlas", len(todo) * n_chunks,
@@ -239,7 +249,8 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
             if parallel:                                 # each process loads its own model
                 for done, (key, entry) in enumerate(_make_in_processes(
                         run.run_dir, grid, dev, probabilities, templates, label_method, out_dir,
-                        [(ga_text(g), kernels[ga_text(g)].weights) for g in todo], jobs, position_sigma_weeks),
+                        [(ga_text(g), kernels[ga_text(g)].weights) for g in todo], jobs, position_sigma_weeks,
+                        ceiling),
                         start=1):
                     record(key, entry)
                     progress.update(done * n_chunks, f"GA {key} written ({done}/{len(todo)})", ga_weeks=float(key))
@@ -278,11 +289,13 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
 
 class GAMaker:
     """What making one GA needs, loaded once per process: the model on its device, the atlas grid, its chunking,
-    the GA-local support, (mask-only runs) the template labels and (template runs) the width of the GA kernel of
-    the fetuses' positions (:func:`~infanite.atlas.predict.atlas_position`)."""
+    the GA-local support, (mask-only runs) the template labels, (template runs) the width of the GA kernel of
+    the fetuses' positions (:func:`~infanite.atlas.predict.atlas_position`) and the run's intensity ceiling
+    table (None: no cap)."""
 
     def __init__(self, run, grid, device: str, probabilities: bool, library, label_method: str, out_dir: Path,
-                 support: GASupport | None = None, position_sigma_weeks: float = POSITION_SIGMA_WEEKS):
+                 support: GASupport | None = None, position_sigma_weeks: float = POSITION_SIGMA_WEEKS,
+                 ceiling: dict | None = None):
         stacks = run.stacks
         self.grid, self.device, self.probabilities = grid, device, probabilities
         self.library, self.label_method, self.out_dir = library, label_method, Path(out_dir)
@@ -291,6 +304,7 @@ class GAMaker:
         self.n_chunks = max(1, math.ceil(int(np.prod(grid.shape)) / self.chunk))
         self.support = support or GASupport(run.run_dir, grid, stacks.get("stack_fetus"))
         self.position_sigma_weeks = float(position_sigma_weeks)
+        self.ceiling = ceiling
         self.label_values = [int(v) for v in stacks["label_values"]]
         self.halo = int(stacks["halo_label"])
         self.abbrevs = label_abbrevs(self.label_values)
@@ -302,9 +316,10 @@ class GAMaker:
         shift = atlas_position(self.model, ga, support, self.grid, self.position_sigma_weeks)
         pred = predict_grid(atlas_query(self.model, ga, weights, shift), self.grid, self.device, self.label_values,
                             self.probabilities, self.chunk, on_chunk)
+        cap = None if self.ceiling is None else ceiling_at(self.ceiling, ga)
         relabel = None if self.library is None else _propagation(self.library, ga, self.grid, self.label_method)
         entry = write_ga(self.out_dir, self.grid, ga, pred, self.label_values, self.halo, self.abbrevs,
-                         self.voxel_ml, support, relabel)
+                         self.voxel_ml, support, relabel, cap)
         entry["support"] = "ga_local" if self.support.ga_local else "union"
         if shift is not None:
             entry["position_shift_mm"] = [round(float(v), 4) for v in shift]
@@ -315,7 +330,7 @@ _WORKER: dict = {}
 
 
 def _init_worker(run_dir, grid_shape, grid_affine, devices, probabilities, templates, label_method, out_dir,
-                 threads, position_sigma_weeks):
+                 threads, position_sigma_weeks, ceiling):
     """A ``--jobs`` process: take a device from ``devices`` (a queue) and load the model there once."""
     import torch
 
@@ -327,7 +342,7 @@ def _init_worker(run_dir, grid_shape, grid_affine, devices, probabilities, templ
     library = _label_templates(run, templates, label_method, probabilities)
     grid = Grid(tuple(grid_shape), np.asarray(grid_affine))
     _WORKER["maker"] = GAMaker(run, grid, devices.get(), probabilities, library, label_method, Path(out_dir),
-                               position_sigma_weeks=position_sigma_weeks)
+                               position_sigma_weeks=position_sigma_weeks, ceiling=ceiling)
 
 
 def _make_one(key: str, weights) -> tuple[str, dict]:
@@ -335,7 +350,7 @@ def _make_one(key: str, weights) -> tuple[str, dict]:
 
 
 def _make_in_processes(run_dir, grid, device: str, probabilities, templates, label_method, out_dir, tasks, jobs,
-                       position_sigma_weeks: float = POSITION_SIGMA_WEEKS):
+                       position_sigma_weeks: float = POSITION_SIGMA_WEEKS, ceiling: dict | None = None):
     """Yield ``(GA key, entry)`` as ``jobs`` processes finish the ``tasks`` ((key, weights) pairs)."""
     import multiprocessing
     import os
@@ -358,7 +373,7 @@ def _make_in_processes(run_dir, grid, device: str, probabilities, templates, lab
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
                              initargs=(str(run_dir), list(grid.shape), grid.voxel_to_ras.tolist(), devices,
                                        probabilities, templates, label_method, str(out_dir), threads,
-                                       position_sigma_weeks)) as pool:
+                                       position_sigma_weeks, ceiling)) as pool:
         futures = [pool.submit(_make_one, key, np.asarray(weights)) for key, weights in tasks]
         for future in as_completed(futures):
             yield future.result()

@@ -33,11 +33,13 @@ def degenerate_warnings(ga: float, intensity: np.ndarray, dseg: np.ndarray) -> l
 
 
 def write_ga(out_dir: Path, grid: Grid, ga: float, pred: Prediction, label_values, halo: int, abbrevs,
-              voxel_ml: float, support: np.ndarray | None = None, relabel=None) -> dict:
+              voxel_ml: float, support: np.ndarray | None = None, relabel=None, ceiling: float | None = None) -> dict:
     """Write one GA's NIfTI files from the raw prediction; returns its manifest entry.
 
     ``relabel(intensity, brain) -> (labels, note)`` replaces the predicted tissue labels inside the predicted brain
-    (a mask-only run: template labels propagated); the entry's ``labels`` records how they were made."""
+    (a mask-only run: template labels propagated); the entry's ``labels`` records how they were made.
+    ``ceiling``: the T2w is capped there (:mod:`infanite.inr.ceiling`); the entry records it
+    (``intensity_ceiling``) and how many brain voxels it capped (``intensity_capped_voxels``)."""
     from infanite.io.images import Volume, save_nifti
 
     names = atlas_filenames(ga)
@@ -46,6 +48,10 @@ def write_ga(out_dir: Path, grid: Grid, ga: float, pred: Prediction, label_value
         raw = np.where(support, raw, 0).astype(raw.dtype)
     dseg, report = clean_labels(raw)
     intensity = np.where(dseg > 0, np.clip(pred.intensity, 0.0, None), 0.0).astype(np.float32)
+    capped = None
+    if ceiling is not None:
+        capped = int(np.count_nonzero(intensity > ceiling))
+        intensity = np.minimum(intensity, np.float32(ceiling))
     labels_note = {"labels_from": "stacks"}
     if relabel is not None and (dseg > 0).any():
         dseg, labels_note = relabel(intensity, dseg > 0)
@@ -59,11 +65,14 @@ def write_ga(out_dir: Path, grid: Grid, ga: float, pred: Prediction, label_value
     from infanite.reference.volumes import label_volumes_ml, measures_from_tissues
 
     tissue = label_volumes_ml(dseg, abbrevs, voxel_ml * 1000.0)
-    return {"ga_weeks": float(ga_text(ga)), "files": files, "complete": True,
-            "warnings": degenerate_warnings(ga, intensity, dseg), "labels": labels_note,
-            "volumes_ml": {k: round(v, 4) for k, v in {**tissue, **measures_from_tissues(tissue)}.items()},
-            "cleaning": {"reassigned_voxels": report.reassigned_voxels, "removed_voxels": report.removed_voxels,
-                         "kept_raw": report.kept_raw}}
+    entry = {"ga_weeks": float(ga_text(ga)), "files": files, "complete": True,
+             "warnings": degenerate_warnings(ga, intensity, dseg), "labels": labels_note,
+             "volumes_ml": {k: round(v, 4) for k, v in {**tissue, **measures_from_tissues(tissue)}.items()},
+             "cleaning": {"reassigned_voxels": report.reassigned_voxels, "removed_voxels": report.removed_voxels,
+                          "kept_raw": report.kept_raw}}
+    if ceiling is not None:
+        entry.update({"intensity_ceiling": round(float(ceiling), 6), "intensity_capped_voxels": capped})
+    return entry
 
 
 def _save_nifti_4d(array: np.ndarray, voxel_to_ras: np.ndarray, path: Path) -> Path:

@@ -38,6 +38,9 @@ def add_parser(sub) -> None:
                         "(default), B-spline registration, or none (the template's labels as they lie)")
     p.add_argument("--accept-estimated-ga", action="store_true",
                    help="let stacks whose GA 'register' estimated (no scan_age) take part in the GA regression")
+    p.add_argument("--no-intensity-ceiling", dest="intensity_ceiling", action="store_false",
+                   help="do not cap the T2w at the brightest intensity the scanner measured around each GA (the "
+                        "run's intensity_ceiling.json); by default it is capped where the run has one")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="make the GAs in N processes (on CUDA one per GPU in turn, on CPU the cores shared out); "
                         "default 1")
@@ -65,6 +68,7 @@ def run(args) -> int:
                               overwrite=args.overwrite, progress=progress, normative=args.normative,
                               templates=args.templates, label_method=args.label_method,
                               accept_estimated_ga=args.accept_estimated_ga, jobs=getattr(args, "jobs", 1),
+                              intensity_ceiling=getattr(args, "intensity_ceiling", True),
                               **position_sigma(args))
     except (ValueError, FileNotFoundError) as exc:
         message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())

@@ -11,7 +11,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from infanite.io.layout import CHECKPOINT, CONFIG, DEFORMATIONS_DIR, DIAGNOSTICS, SLICE_MOTION, TRAIN_LOG
+from infanite.io.layout import (CHECKPOINT, CONFIG, DEFORMATIONS_DIR, DIAGNOSTICS, INTENSITY_CEILING, SLICE_MOTION,
+                                TRAIN_LOG)
 
 #: config keys (prefixes) that decide the shapes of a checkpoint's tensors
 SHAPE_KEYS = ("model", "inr_decoder.", "template.encoding", "template.ga_latents", "template.grid_resolutions",
@@ -101,9 +102,10 @@ def check_run_folder(out, config, resume: bool, overwrite: bool, world_size: int
 
 
 def clear_previous_model(out) -> None:
-    """``--overwrite``: remove the previous model's checkpoint, log, diagnostics, deformations and slice motions."""
+    """``--overwrite``: remove the previous model's checkpoint, log, diagnostics, intensity ceiling, deformations
+    and slice motions."""
     out = Path(out)
-    for name in (CHECKPOINT, TRAIN_LOG, DIAGNOSTICS, SLICE_MOTION):
+    for name in (CHECKPOINT, TRAIN_LOG, DIAGNOSTICS, SLICE_MOTION, INTENSITY_CEILING):
         (out / name).unlink(missing_ok=True)
     if (out / DEFORMATIONS_DIR).is_dir():
         shutil.rmtree(out / DEFORMATIONS_DIR)

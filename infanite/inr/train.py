@@ -332,6 +332,9 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
         from infanite.inr.diagnostics import write_diagnostics
 
         summary["diagnostics"] = write_diagnostics(out, device)
+        from infanite.inr.ceiling import write_intensity_ceiling
+
+        summary["intensity_ceiling_file"] = str(write_intensity_ceiling(out, data, intensity))
         if motion is not None:
             from infanite.inr.slice_motion import write_slice_motion
 

@@ -66,6 +66,7 @@ STOP_FILE = "STOP"                       # created (by a GUI) to stop at the nex
 DIAGNOSTICS = "diagnostics.json"         # a finished run: averaging vs shape removal (infanite.inr.diagnostics)
 SLICE_MOTION = "slice_motion.json"       # data.slice_motion: each acquired slice's fitted rigid motion
 DEFORMATIONS_DIR = "deformations"        # template model: <fetus>.h5, each fetus's fitted displacement (ITK)
+INTENSITY_CEILING = "intensity_ceiling.json"  # a finished run: the brightest measured intensity per GA
 
 # -- an atlas folder (``infanite atlas --out``) ----------------------------------------------------------------------
 ATLAS_MANIFEST = "atlas_manifest.json"   # written last: the complete GAs, their files, the run, the label values
