@@ -345,6 +345,44 @@ def test_ga_blur_finds_the_width_of_the_week_mixture_an_atlas_is(quality, tmp_pa
     assert sharp["psnr_db"][0.0] > 60 > sharp["psnr_db"][0.5]
 
 
+def test_boundary_error_puts_a_darkened_rim_in_its_band_at_the_grid_spacing(quality):
+    """A ball (radius 10 mm, anisotropic oblique grid 0.5 × 0.5 × 0.7 mm) whose truth is 0.5 inside with one bright
+    voxel at the centre; the atlas equals it except in a shell 1.05–1.3 mm inside the edge, darkened to 0.2: all of
+    the squared error lies in the band −2…−1 mm (by distances at the grid's spacing; in voxels it would not), the
+    MSE is the direct one and each band's voxel shares sum to 100 %."""
+    import numpy as np
+    from scipy.spatial.transform import Rotation
+
+    from infanite.evaluation.metrics import brain_mask_region
+    from infanite.geometry import apply_matrix
+    from infanite.io.images import Volume
+
+    shape = (52, 52, 38)
+    voxel_to_ras = np.eye(4)
+    voxel_to_ras[:3, :3] = Rotation.from_euler("zx", [25, 15], degrees=True).as_matrix() @ np.diag([0.5, 0.5, 0.7])
+    voxel_to_ras[:3, 3] = -voxel_to_ras[:3, :3] @ ((np.asarray(shape) - 1) / 2) + np.array([4.0, -3.0, 2.0])
+    ras = apply_matrix(voxel_to_ras, np.indices(shape).reshape(3, -1).T).reshape(shape + (3,))
+    radius = np.linalg.norm(ras - np.array([4.0, -3.0, 2.0]), axis=-1)
+    inside = radius < 10.0
+    truth = np.where(inside, 0.5, 0.0)
+    truth[np.unravel_index(np.argmin(radius), shape)] = 1.0
+    image = truth.copy()
+    shell = (radius >= 10.0 - 1.3) & (radius < 10.0 - 1.05)
+    image[shell] = 0.2
+    mask = Volume(inside.astype(np.uint8), voxel_to_ras)
+    region = brain_mask_region(mask, 2.0)
+    found = quality.boundary_error(Volume(image.astype(np.float32), voxel_to_ras),
+                                   Volume(truth.astype(np.float32), voxel_to_ras), mask, region)
+    bands = {(b["lo_mm"], b["hi_mm"]): b for b in found["bins"]}
+    assert bands[(-2.0, -1.0)]["error_share_pct"] > 99.9
+    assert abs(sum(b["error_share_pct"] for b in found["bins"]) - 100.0) < 1e-9
+    assert abs(sum(b["voxel_share_pct"] for b in found["bins"]) - 100.0) < 1e-9
+    assert np.isclose(found["mse"], np.mean((image[region] - truth[region]) ** 2))
+    assert bands[(-2.0, -1.0)]["image_mean"] < bands[(-2.0, -1.0)]["truth_mean"] == 0.5
+    assert bands[(None, -4.0)]["image_mean"] == bands[(None, -4.0)]["truth_mean"]
+    assert bands[(1.0, None)]["truth_mean"] == 0.0
+
+
 def test_run_diagnostics_are_reused_until_the_checkpoint_changes(quality, tmp_path, monkeypatch):
     import os
 

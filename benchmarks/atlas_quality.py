@@ -229,8 +229,9 @@ def train_variant(manifest: Path, overrides: list[str], run_dir: Path) -> dict:
     """Train (or reuse/resume) one INFANiTE run; returns ``{"steps", "total_steps", "reused", "seconds"}``."""
     import torch
 
+    from infanite.inr.ceiling import write_run_intensity_ceiling
     from infanite.inr.train import train
-    from infanite.io.layout import CHECKPOINT
+    from infanite.io.layout import CHECKPOINT, INTENSITY_CEILING
     from infanite.inr.config_loading import load_train_config
 
     config = load_train_config(None, overrides)
@@ -241,6 +242,8 @@ def train_variant(manifest: Path, overrides: list[str], run_dir: Path) -> dict:
             raise SystemExit(f"{run_dir} holds a run with other training settings; use another --work")
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         if int(state["global_step"]) >= int(state["total_steps"]):
+            if not (run_dir / INTENSITY_CEILING).is_file():     # a run finished before ceilings were written
+                write_run_intensity_ceiling(run_dir, manifest)
             return {"steps": int(state["global_step"]), "total_steps": int(state["total_steps"]), "reused": True}
     summary = train(manifest, config, run_dir, resume=checkpoint.exists())
     return {"steps": summary["steps"], "total_steps": summary["total_steps"], "reused": False,
@@ -430,6 +433,7 @@ def image_rows(atlas_dir: Path, atlas_root: Path, gas: list[float]) -> dict:
         blur = ga_blur(image, atlas_root, g)
         out[f"{g:.1f}"] = {"sharpness": sharpness(image, mask), "ga_blur_sigma_weeks": blur["best_sigma_weeks"],
                            "ga_blur_psnr_db": blur["best_psnr_db"],
+                           "boundary_error": boundary_error(image, truth, mask, region),
                            "psnr_affine_mask_db": psnr_affine(image, truth, region),
                            "psnr_rigid_mask_db": rigid["psnr_db"], "rigid_offset_mm": rigid["offset_norm_mm"],
                            "rigid_offset_ras_mm": rigid["offset_mm"]}
@@ -547,6 +551,45 @@ def ga_blur(image, atlas_root: Path, ga: float, widths=GA_BLUR_WIDTHS) -> dict:
         scores[float(sigma)] = psnr(image, mixture, region)
     best = max(scores, key=scores.get)
     return {"psnr_db": scores, "best_sigma_weeks": best, "best_psnr_db": scores[best]}
+
+
+#: Signed distances (mm, + outside) to the CRL brain boundary that bin the squared error (:func:`boundary_error`):
+#: deep inside, the cortex, the thin extra-axial CSF rim, the boundary voxel, just outside, the 2 mm dilation
+BOUNDARY_BINS_MM = (-math.inf, -4.0, -2.0, -1.0, 0.0, 1.0, math.inf)
+
+
+def boundary_error(image, truth, mask, region, bins_mm=BOUNDARY_BINS_MM) -> dict:
+    """Where an atlas's error lies relative to the brain's edge: ``image`` and ``truth`` (Volumes on the grid of
+    the brain ``mask``) min–max normalised over ``region`` as :func:`~infanite.evaluation.metrics.psnr` does, the
+    squared error binned by the signed distance (mm, + outside, from both sides' Euclidean distance transforms at
+    the mask's spacing) of each region voxel to the mask's boundary.  Per bin ``(lo, hi]``: its share of the
+    region's squared error (%), its voxels' share of the region (%), and the mean normalised intensity of the
+    image and of the truth there (``lo_mm``/``hi_mm`` None: unbounded).  Also the region's MSE."""
+    import numpy as np
+    from scipy import ndimage
+
+    from infanite.evaluation.metrics import minmax_normalise
+
+    inside = np.asarray(mask.array) > 0
+    region = np.asarray(region, bool)
+    spacing = mask.spacing_mm
+    signed = (ndimage.distance_transform_edt(~inside, sampling=spacing)
+              - ndimage.distance_transform_edt(inside, sampling=spacing))
+    a = minmax_normalise(np.asarray(image.array), region)
+    t = minmax_normalise(np.asarray(truth.array), region)
+    error = (a - t) ** 2
+    total = float(error[region].sum())
+    rows = []
+    for lo, hi in zip(bins_mm[:-1], bins_mm[1:]):
+        sel = region & (signed > lo) & (signed <= hi)
+        n = int(sel.sum())
+        rows.append({"lo_mm": float(lo) if math.isfinite(lo) else None,
+                     "hi_mm": float(hi) if math.isfinite(hi) else None,
+                     "error_share_pct": 100.0 * float(error[sel].sum()) / total if total > 0 else 0.0,
+                     "voxel_share_pct": 100.0 * n / int(region.sum()),
+                     "image_mean": float(a[sel].mean()) if n else None,
+                     "truth_mean": float(t[sel].mean()) if n else None})
+    return {"mse": total / int(region.sum()), "bins": rows}
 
 
 def truth_sharpness(atlas_root: Path, gas: list[float]) -> dict:
@@ -862,6 +905,34 @@ def ga_blur_table(metrics: dict, names: list[str], gas: list[float]) -> str:
     return "\n".join(lines)
 
 
+def boundary_error_table(metrics: dict, names: list[str], gas: list[float]) -> str:
+    """Per GA and row (:func:`boundary_error`): the region's MSE (×1000, normalised intensities) and, per band of
+    signed distance to the CRL brain boundary, the share of the squared error (%) with the atlas's and the
+    truth's mean intensity there."""
+    from infanite.evaluation.report import format_metric
+
+    def band(row) -> str:
+        def edge(v):
+            return "" if v is None else f"{v:g}"
+        return f"{edge(row['lo_mm'])}…{edge(row['hi_mm'])}"
+
+    first = next((metrics[n][f"{g:.1f}"].get("boundary_error") for n in names for g in gas
+                  if metrics[n][f"{g:.1f}"].get("boundary_error")), None)
+    if first is None:
+        return ""
+    lines = ["| GA | row | MSE ×1000 | " + " | ".join(band(b) + " mm" for b in first["bins"]) + " |",
+             "|---|---|---|" + "---|" * len(first["bins"])]
+    for g in gas:
+        for n in names:
+            found = metrics[n][f"{g:.1f}"].get("boundary_error")
+            if not found:
+                continue
+            cells = [f"{b['error_share_pct']:.0f} % ({format_metric(b['image_mean'], 2)} / "
+                     f"{format_metric(b['truth_mean'], 2)})" for b in found["bins"]]
+            lines.append(f"| {g:.1f} | {n} | {1000 * found['mse']:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def goal_checks(metrics: dict, gas: list[float]) -> list[dict]:
     """The issue's goals, each checked only when the rows it needs were measured (``--rows`` may leave some out).
     The best model is the best of a, a', g and gM (g with per-slice motion, the CPU default); never the oracle gT."""
@@ -1098,6 +1169,9 @@ def main(argv=None) -> int:
     print("\n## Blur in GA: PSNR (mask, dB) against the CRL week → against the Gaussian mixture of the CRL weeks "
           "around it that each atlas matches best (σ, weeks; 0: the week itself)\n")
     print(ga_blur_table(metrics, names, gas))
+    print("\n## Where in the brain: share of the squared error by signed distance to the CRL brain boundary (mm, "
+          "+ outside; the PSNR's region; in brackets the atlas's / the truth's mean normalised intensity there)\n")
+    print(boundary_error_table(metrics, names, gas))
     checks = goal_checks(metrics, gas)
     thresholds = threshold_table(metrics, gas)
     if thresholds:
