@@ -325,11 +325,13 @@ def test_gas_made_in_two_processes_equal_those_made_in_one(trained, atlas, tmp_p
 
 
 def test_atlas_is_capped_at_the_runs_intensity_ceiling(trained, atlas, tmp_path):
-    """Training wrote the ceiling (one per stack GA); the atlas records it per GA and stays below it.  With the
-    ceiling lowered to the median of the measured samples, the capped T2w is exactly the uncapped one
+    """Training wrote the ceiling (one per stack GA), and a run finished without one gets the same back-filled
+    from its data and checkpoint; the atlas records it per GA and stays below it.  With the ceiling lowered to the
+    median of the measured samples (in one process and in two), the capped T2w is exactly the uncapped one
     (``intensity_ceiling=False``, ``--no-intensity-ceiling``) clipped there, the manifest counts the clipped brain
     voxels, and an uncapped atlas is another atlas for an output folder."""
-    from infanite.inr.ceiling import ceiling_at, read_intensity_ceiling, write_intensity_ceiling
+    from infanite.inr.ceiling import (ceiling_at, read_intensity_ceiling, write_intensity_ceiling,
+                                      write_run_intensity_ceiling)
     from infanite.inr.samples import pack_acquired
 
     table = read_intensity_ceiling(trained["run"])
@@ -344,6 +346,9 @@ def test_atlas_is_capped_at_the_runs_intensity_ceiling(trained, atlas, tmp_path)
 
     run = tmp_path / "run"
     shutil.copytree(trained["run"], run)
+    (run / "intensity_ceiling.json").unlink()            # a run finished before ceilings: back-filled the same
+    write_run_intensity_ceiling(run, trained["registered"])
+    assert read_intensity_ceiling(run) == table
     data = pack_acquired(trained["registered"], LABELS)
     write_intensity_ceiling(run, data, None, quantile=50.0)
     low = read_intensity_ceiling(run)
@@ -356,6 +361,10 @@ def test_atlas_is_capped_at_the_runs_intensity_ceiling(trained, atlas, tmp_path)
     b = load_nifti(tmp_path / "free" / "atlas_ga-28.5_T2w.nii.gz").array
     np.testing.assert_allclose(a, np.minimum(b, np.float32(cap)), atol=1e-6)
     assert capped["intensity_capped_voxels"] == int(np.count_nonzero(b > np.float32(cap))) > 0
+    two = generate(run, [27.5, 28.5], tmp_path / "two", spacing_mm=3.0, jobs=2)["ga"]    # --jobs: capped the same
+    assert two["28.5"]["intensity_capped_voxels"] == capped["intensity_capped_voxels"]
+    np.testing.assert_allclose(load_nifti(tmp_path / "two" / "atlas_ga-28.5_T2w.nii.gz").array, a, atol=1e-5)
+    assert load_nifti(tmp_path / "two" / "atlas_ga-27.5_T2w.nii.gz").array.max() <= ceiling_at(low, 27.5) + 1e-6
     with pytest.raises(ValueError, match="intensity ceiling on"):
         generate(run, [28.5], tmp_path / "capped", spacing_mm=3.0, intensity_ceiling=False)
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from infanite.inr.ceiling import (ceiling_at, ceiling_table, corrected_intensities, read_intensity_ceiling,
-                                  write_intensity_ceiling)
+from infanite.inr.ceiling import (ceiling_at, ceiling_identity, ceiling_table, corrected_intensities,
+                                  read_intensity_ceiling, write_intensity_ceiling)
 from infanite.inr.data import PackedCohort
 from infanite.inr.intensity import StackIntensity
 from infanite.io.layout import INTENSITY_CEILING
@@ -79,3 +79,19 @@ def test_written_table_reads_back_and_a_broken_one_is_named(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ValueError, match=f"{INTENSITY_CEILING}: not an intensity ceiling table"):
         read_intensity_ceiling(tmp_path)
+
+
+def test_one_ga_written_with_two_precisions_is_one_entry_and_the_identity_follows_the_values(tmp_path):
+    """28 + 1/7 weeks written as 28.142857142857 on one stack and 28.142857 on another is one GA of the table
+    (it would otherwise hold two equal GAs and be refused); another table's values give another identity."""
+    values = np.linspace(0, 1, 300)
+    stack = np.repeat([0, 1, 2], 100)
+    table = ceiling_table(values, stack, [28.142857142857, 28.142857, 33.0], quantile=100.0, window_weeks=0.0)
+    assert table["ga_weeks"] == [28.1429, 33.0]
+    assert table["ceiling"] == pytest.approx([values[199], 1.0])
+    data = _cohort(values, stack, [28.142857142857, 28.142857, 33.0])
+    write_intensity_ceiling(tmp_path, data, None)
+    assert read_intensity_ceiling(tmp_path)["ga_weeks"] == [28.1429, 33.0]
+    other = {**table, "ceiling": [table["ceiling"][0], 0.9]}
+    assert ceiling_identity(table) != ceiling_identity(other)
+    assert ceiling_identity(table) == ceiling_identity(dict(table))

@@ -34,7 +34,7 @@ from infanite.atlas.labels import label_abbrevs
 from infanite.atlas.outputs import plot_growth, support_flag, write_ga, write_montage, write_volumes
 from infanite.atlas.predict import (POSITION_SIGMA_WEEKS, atlas_grid, atlas_position, atlas_query, chunk_size,
                                     load_run, model_width, predict_grid, resolve_device, GASupport)
-from infanite.inr.ceiling import ceiling_at, read_intensity_ceiling
+from infanite.inr.ceiling import ceiling_at, ceiling_identity, read_intensity_ceiling
 from infanite.io.layout import ATLAS_MANIFEST, ATLAS_MANIFEST_FORMAT, GROWTH, MONTAGE, VOLUMES, ga_text
 from infanite.io.lock import folder_lock
 from infanite.progress import ProgressReporter
@@ -176,8 +176,7 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
                                           {"propagated_from": library.source, "method": label_method},
                                           **({"position_sigma_weeks": position_sigma_weeks}
                                              if run.config.model == "template" else {}),
-                                          **({"intensity_ceiling": {"quantile": ceiling.get("quantile"),
-                                                                    "window_weeks": ceiling.get("window_weeks")}}
+                                          **({"intensity_ceiling": ceiling_identity(ceiling)}
                                              if ceiling is not None else {})}))
         try:
             previous = read_atlas_manifest(out_dir, "; use another output folder or --overwrite")

@@ -48,13 +48,13 @@ def write_ga(out_dir: Path, grid: Grid, ga: float, pred: Prediction, label_value
         raw = np.where(support, raw, 0).astype(raw.dtype)
     dseg, report = clean_labels(raw)
     intensity = np.where(dseg > 0, np.clip(pred.intensity, 0.0, None), 0.0).astype(np.float32)
+    labels_note = {"labels_from": "stacks"}
+    if relabel is not None and (dseg > 0).any():      # from the uncapped intensity: the cap never moves a label
+        dseg, labels_note = relabel(intensity, dseg > 0)
     capped = None
     if ceiling is not None:
         capped = int(np.count_nonzero(intensity > ceiling))
         intensity = np.minimum(intensity, np.float32(ceiling))
-    labels_note = {"labels_from": "stacks"}
-    if relabel is not None and (dseg > 0).any():
-        dseg, labels_note = relabel(intensity, dseg > 0)
     files = {"T2w": names["T2w"], "dseg": names["dseg"]}
     if pred.probabilities is not None:
         _save_nifti_4d(pred.probabilities, grid.voxel_to_ras, out_dir / names["probseg"])

@@ -7,7 +7,8 @@ see*), and that one spot sets the atlas's maximum, so every display window or mi
 rest of the atlas too dark.  Nothing the network renders brighter than what the scanner recorded around that GA is
 supported by the data.
 
-At the end of training the acquired brain samples' intensities are corrected by each stack's fitted intensity
+At the end of training the brain samples' intensities (the acquired voxels; with ``data.term: reference`` the
+registered stacks' resampled voxels, which have no intensity model) are corrected by each stack's fitted intensity
 model (divided by its gain and bias field, where the data term has one) and, for every stack's GA, the
 ``quantile`` of the corrected intensities of the stacks within ``window_weeks`` of it is kept
 (``intensity_ceiling.json`` in the run folder).  ``infanite atlas`` caps each GA's T2w at the ceiling
@@ -15,6 +16,7 @@ interpolated linearly in GA (the nearest end outside the stacks' range) and reco
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from infanite.io.atomic import atomic_write_text
 from infanite.io.layout import INTENSITY_CEILING
 
 #: percentile of the corrected brain samples kept as the ceiling: 1 in 10,000 samples is brighter.  Measured on the
-#: benchmark's 40-fetus cohort: the 99.9th percentile cut real bright tissue (34 and 38 weeks lost 0.9–1.3 dB), the
+#: benchmark's 40-fetus cohort: the 99.9th percentile cut real bright tissue (34 and 38 weeks lost 0.5–1.3 dB), the
 #: 99.99th never did (benchmarks/README.md, *A ceiling from the data*)
 CEILING_QUANTILE = 99.99
 #: stacks whose GA is within this many weeks of a stack's pool into its ceiling
@@ -70,12 +72,12 @@ def ceiling_table(values: np.ndarray, sample_stack: np.ndarray, stack_ga_weeks, 
     if values.size == 0 or values.shape != sample_stack.shape:
         raise ValueError(f"need one stack index per intensity value and at least one value; got {values.shape} "
                          f"values and {sample_stack.shape} stack indices")
-    ages = np.asarray(stack_ga_weeks, dtype=np.float64)
+    ages = np.round(np.asarray(stack_ga_weeks, dtype=np.float64), 4)    # one GA, however precisely written
     sample_ga = ages[sample_stack]
     gas, ceilings = [], []
     for g in np.unique(ages[np.unique(sample_stack)]):
         pooled = values[np.abs(sample_ga - g) <= window_weeks + 1e-9]
-        gas.append(round(float(g), 4))
+        gas.append(float(g))
         ceilings.append(float(np.percentile(pooled, quantile)))
     return {"quantile": float(quantile), "window_weeks": float(window_weeks), "ga_weeks": gas, "ceiling": ceilings}
 
@@ -107,6 +109,14 @@ def read_intensity_ceiling(run_dir) -> dict | None:
     if not gas or len(gas) != len(ceilings) or np.any(np.diff(gas) <= 0) or not np.all(np.isfinite(ceilings)):
         raise ValueError(f"{path}: ga_weeks must be increasing with one finite ceiling each")
     return {**table, "ga_weeks": gas, "ceiling": ceilings}
+
+
+def ceiling_identity(table: dict) -> dict:
+    """What an atlas folder records of the ceiling it was capped with: its settings and a hash of its values, so a
+    folder never mixes GAs capped by two different tables."""
+    values = json.dumps([table["ga_weeks"], table["ceiling"]]).encode()
+    return {"quantile": table.get("quantile"), "window_weeks": table.get("window_weeks"),
+            "sha256": hashlib.sha256(values).hexdigest()[:16]}
 
 
 def ceiling_at(table: dict, ga_weeks: float) -> float:

@@ -331,10 +331,11 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
     if global_step >= total_steps and not stopped and (session_steps > 0 or not (out / DIAGNOSTICS).exists()):
         from infanite.inr.diagnostics import write_diagnostics
 
-        summary["diagnostics"] = write_diagnostics(out, device)
         from infanite.inr.ceiling import write_intensity_ceiling
 
+        # first (seconds): a kill during the longer diagnostics must not leave a resumed run without its ceiling
         summary["intensity_ceiling_file"] = str(write_intensity_ceiling(out, data, intensity))
+        summary["diagnostics"] = write_diagnostics(out, device)
         if motion is not None:
             from infanite.inr.slice_motion import write_slice_motion
 
