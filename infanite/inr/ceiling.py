@@ -137,7 +137,7 @@ def write_run_intensity_ceiling(run_dir, manifest) -> Path:
     config = load_train_config(run_dir / CONFIG)
     data = pack_training_data(config, manifest, default_label_table().values)
     state = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=True)
-    if len(state["stack_ids"]) != len(data.stack_ids) or list(state["stack_ids"]) != list(data.stack_ids):
+    if list(state["stack_ids"]) != list(data.stack_ids):
         raise ValueError(f"{manifest}: its stacks are not the ones {run_dir} was trained on")
     intensity = build_intensity_model(config, data)
     if intensity is not None:

@@ -174,7 +174,9 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
     if isinstance(model, TemplateINR):                 # a fetus's position: its mean displacement over the support
         model.set_position_region(support_points_mm(data))
         if model.ga_growth is not None:                  # the brain's growth with GA (template.ga_scaling)
-            brain = data.label != data.halo_label
+            from infanite.inr.ceiling import brain_samples
+
+            brain = brain_samples(data)
             model.set_ga_scaling(data.coords_mm[brain], data.stack[brain])
     if state is None and isinstance(model, TemplateINR) and model.deformation is not None and \
             config.template.deformation_init:                  # a new run starts from the given displacements
@@ -329,9 +331,8 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
         return summary
     stop.clear()
     if global_step >= total_steps and not stopped and (session_steps > 0 or not (out / DIAGNOSTICS).exists()):
-        from infanite.inr.diagnostics import write_diagnostics
-
         from infanite.inr.ceiling import write_intensity_ceiling
+        from infanite.inr.diagnostics import write_diagnostics
 
         # first (seconds): a kill during the longer diagnostics must not leave a resumed run without its ceiling
         summary["intensity_ceiling_file"] = str(write_intensity_ceiling(out, data, intensity))
