@@ -24,18 +24,25 @@ def test_default_atlas_weeks_and_device_sizing():
     assert default_overrides("cuda") == [] and "inr_decoder.hidden_size=256" in default_overrides("cpu")
     assert "model=template" in default_overrides("cpu", template=True)
     assert "data.slice_motion=true" in default_overrides("cpu", template=True)          # measured best with it
-    assert "template.tv_weight=0.005" in default_overrides("cpu", template=True)       # measured best with it
-    assert not any("tv_weight" in o for o in default_overrides("cpu"))                # unused by the paper's model
+    assert not any("tv_weight" in o for o in default_overrides("cpu", template=True))  # the ceiling does it
     assert "data.slice_motion=true" not in default_overrides("cpu")
     # the user's reference data term on top of the defaults turns the slice motions off, unless asked for
     from infanite.inr.config import defaults_then
     from infanite.inr.config_loading import load_train_config
 
     template = default_overrides("cpu", template=True)
-    assert load_train_config(None, defaults_then(template, ["data.term=reference"])).data.slice_motion is False
-    assert load_train_config(None, defaults_then(template, [])).data.slice_motion is True
+    assert "data.halo_intensity=measured" in template                                  # measured best with it
+    assert not any("halo_intensity" in o for o in default_overrides("cpu"))          # the paper's model: zero
+    reference = load_train_config(None, defaults_then(template, ["data.term=reference"])).data
+    assert reference.slice_motion is False and reference.halo_intensity == "zero"
+    exact = load_train_config(None, defaults_then(template, [])).data
+    assert exact.slice_motion is True and exact.halo_intensity == "measured"
     with pytest.raises(ValueError, match="data.slice_motion"):
         load_train_config(None, defaults_then(template, ["data.term=reference", "data.slice_motion=true"]))
+    with pytest.raises(ValueError, match="data.halo_intensity"):
+        load_train_config(None, defaults_then(template, ["data.term=reference", "data.halo_intensity=measured"]))
+    # the user's own halo target wins over the default
+    assert load_train_config(None, defaults_then(template, ["data.halo_intensity=none"])).data.halo_intensity == "none"
     assert "model=template" not in default_overrides("cpu") and default_overrides("cuda", template=True) == []
     assert default_overrides("cpu", template=True, n_fetuses=40, ga_span_weeks=16.5)[-1] == "template.ga_latents=12"
     assert not any("ga_latents" in o for o in default_overrides("cpu", n_fetuses=40, ga_span_weeks=16.5))

@@ -152,7 +152,7 @@ ROWS = {
     "gP": ("g without PSF", "inr", TEMPLATE + ["psf.mode=none"]),
     "gT": ("g with the simulator's displacements, fixed (oracle)", "inr",
            TEMPLATE + ["template.lr_deformation=0", "template.deformation_init={oracle_deformations}"]),
-    "gM": ("g as infanite run trains it on a CPU: per-slice motion, template TV", "inr",
+    "gM": ("g as infanite run trains it on a CPU: per-slice motion, halo targets measured", "inr",
            TEMPLATE + [o for o in CPU_TEMPLATE if o != "model=template"]),
 }
 ABLATIONS = ("g0", "gP", "gT")

@@ -313,11 +313,18 @@ DEMO_TRAINING = ["inr_decoder.hidden_size=64", "inr_decoder.num_hidden_layers=3"
 #: fetuses): at the CPU budget it ties the paper's model on PSNR and beats it on Dice, HD95 and tissue volumes, and
 #: gives each fetus's displacement (benchmarks/README.md, Atlas quality), with its GA nodes sized to the cohort
 #: (:func:`template_ga_nodes`); each acquired slice's rigid motion learnt with it (``data.slice_motion``: +1.28 dB
-#: on the 40-fetus benchmark, every GA better, for 1.6 % more time per step) and a total-variation penalty on the
-#: template (``template.tv_weight`` 0.005: +0.26 / +0.36 dB on the mean PSNR over two seeds, +0.64 / +0.98 at 30
-#: weeks, by damping bright spots the thick slices cannot see; 0.1 dB lower after the best affine intensity map;
-#: 11 % more time per step).
-CPU_TEMPLATE = ["model=template", "data.slice_motion=true", "template.tv_weight=0.005"]
+#: on the 40-fetus benchmark, every GA better, for 1.6 % more time per step) and each acquired halo sample's target
+#: the stack's own value there (``data.halo_intensity: measured``, what the PSF forward model predicts: +0.12 /
+#: +0.14 dB on the mean PSNR over two seeds, +0.69 / +0.65 at 22 weeks and +0.49 / +0.40 at 38, where the bright
+#: rim of extra-axial CSF is most of the brain; −0.2 to −0.5 at 26–30 weeks).  ``template.tv_weight`` (0.005 in
+#: the defaults until the atlas was capped at the intensity ceiling, which damps the same bright spots) is 0: with
+#: the ceiling the penalty lowers the mean PSNR by 0.08 / 0.09 dB over two seeds and costs 11 % more per step.
+CPU_TEMPLATE = ["model=template", "data.slice_motion=true", "data.halo_intensity=measured"]
+
+#: Defaults that only the exact data term supports, and what each becomes when the user picks another
+#: ``data.term`` without setting it (:func:`defaults_then`).
+EXACT_ONLY_DEFAULTS = {"data.slice_motion=true": "data.slice_motion=false",
+                       "data.halo_intensity=measured": "data.halo_intensity=zero"}
 
 #: Fetuses per GA node of the template's latent grids in the CPU defaults: about 3 measured best (12 fetuses:
 #: 3 / 4 / 6 / 12 nodes gave 16.34 / 16.63 / 16.40 / 15.91 dB; 40 fetuses: 6 / 12 nodes 17.63 / 17.75 dB;
@@ -351,15 +358,16 @@ def default_overrides(device: str, template: bool = False, n_fetuses: int | None
 
 def defaults_then(defaults: list[str], overrides: list[str]) -> list[str]:
     """The device-sized ``defaults`` followed by the user's ``overrides`` (which win).  A default that only the
-    exact data term supports (``data.slice_motion``) is turned off when the user asks for another ``data.term``
-    without asking for it: choosing the reference's term on top of the defaults is not an error of theirs."""
+    exact data term supports (:data:`EXACT_ONLY_DEFAULTS`: ``data.slice_motion``, ``data.halo_intensity``) is
+    turned off when the user asks for another ``data.term`` without asking for it: choosing the reference's term
+    on top of the defaults is not an error of theirs."""
     def key(item: str) -> str:
         return item.split("=", 1)[0].strip()
 
     out = list(defaults) + list(overrides)
     term = [item.split("=", 1)[1].strip().strip("'\"") for item in overrides
             if "=" in item and key(item) == "data.term"]
-    asked = any(key(item) == "data.slice_motion" for item in overrides)
-    if term and term[-1] != "exact" and not asked and "data.slice_motion=true" in defaults:
-        out.append("data.slice_motion=false")
+    if term and term[-1] != "exact":
+        asked = {key(item) for item in overrides}
+        out += [off for on, off in EXACT_ONLY_DEFAULTS.items() if on in defaults and key(on) not in asked]
     return out
