@@ -63,6 +63,47 @@ def test_a_slice_moves_rigidly_about_its_centre_relative_to_its_stack():
     assert summary["rotation_max_deg"] == pytest.approx(20 / RADIUS_MM * 180 / np.pi, rel=1e-5)
 
 
+def test_a_stack_moves_rigidly_about_its_fetus_centre_relative_to_its_fetus():
+    """``data.stack_motion``: stacks 0 and 1 of fetus 0 (two slices each), stack 2 alone in fetus 1.  A stack's
+    samples turn about its fetus's centre (the mean of its slices' centres) and shift, relative to the mean of its
+    fetus's stacks, after their slice's own motion; a fetus with one stack gets none."""
+    centres = torch.tensor([[0.0, 0.0, -3.0], [0.0, 0.0, 3.0], [0.0, -3.0, 0.0], [0.0, 3.0, 0.0],
+                            [20.0, 0.0, 0.0]])
+    motion = SliceMotion([0, 0, 1, 1, 2], centres, stack_fetus=[0, 0, 1], per_slice=False)
+    assert motion.params.numel() == 0
+    np.testing.assert_allclose(motion.stack_centre.numpy(), [[0, 0, 0], [0, 0, 0], [20, 0, 0]], atol=1e-6)
+    points = torch.tensor([[5.0, 1.0, -3.0], [5.0, 1.0, 3.0], [5.0, -3.0, 2.0], [5.0, 3.0, 2.0], [22.0, 1.0, 0.0]])
+    slices = torch.arange(5)
+    with torch.no_grad():
+        motion.stack_params[:] = torch.tensor([0.0, 0.0, 20.0, 1.0, 2.0, 3.0])    # all alike: nothing moves
+    np.testing.assert_allclose(motion(points, slices).detach().numpy(), points.numpy(), atol=1e-6)
+    with torch.no_grad():
+        motion.stack_params.zero_()
+        motion.stack_params[0] = torch.tensor([0.0, 0.0, 40.0, 2.0, 0.0, -4.0])
+        motion.stack_params[2] = torch.tensor([0.0, 30.0, 0.0, 5.0, 5.0, 5.0])    # alone in its fetus
+    relative = motion.stack_relative().detach()
+    np.testing.assert_allclose(relative.numpy(), [[0, 0, 20, 1, 0, -2], [0, 0, -20, -1, 0, 2], [0] * 6], atol=1e-6)
+    moved = motion(points, slices).detach().numpy()
+    for n, stack in enumerate([0, 0, 1, 1]):
+        turn = Rotation.from_rotvec(relative[stack, :3].numpy() / RADIUS_MM).as_matrix()
+        np.testing.assert_allclose(moved[n], turn @ points[n].numpy() + relative[stack, 3:].numpy(), atol=1e-5)
+    np.testing.assert_allclose(moved[4], points[4].numpy(), atol=1e-6)
+    assert motion.penalty().item() == pytest.approx(float((relative ** 2).mean()), rel=1e-6)
+    summary = motion.summary()
+    assert "slices" not in summary and summary["stacks"] == 3
+    assert summary["stack_translation_max_mm"] == pytest.approx(np.sqrt(5), rel=1e-5)
+    # with slice motions too, a sample moves by its slice's motion, then by its stack's
+    both = SliceMotion([0, 0, 1, 1, 2], centres, stack_fetus=[0, 0, 1])
+    with torch.no_grad():
+        both.stack_params.copy_(motion.stack_params)
+        both.params[0] = torch.tensor([0.0, 10.0, 0.0, 0.5, 0.0, 0.0])
+    first = SliceMotion([0, 0, 1, 1, 2], centres)
+    with torch.no_grad():
+        first.params.copy_(both.params)
+    np.testing.assert_allclose(both(points, slices).detach().numpy(),
+                               motion(first(points, slices), slices).detach().numpy(), atol=1e-5)
+
+
 def test_known_slice_motions_are_recovered_through_a_known_field():
     """Samples of 12 slices of one stack read a smooth analytic field at positions each slice's motion moved;
     fitting the motions to those readings recovers them (less their mean, the stack's pose), within 0.05 mm and
@@ -162,6 +203,39 @@ def test_a_run_holds_the_slices_for_the_warm_up_then_moves_them_and_resumes_exac
         train(registered, load_train_config(None, SMALL + ["max_steps=30"]), tmp_path / "killed", resume=True)
 
 
+STACK_MOVING = SMALL + ["model=template", "template.encoding=grid", "template.grid_resolutions=[8,16,32]",
+                        "template.ga_nodes=[2,2,2]", "template.deformation_warmup=6", "template.hidden_size=32",
+                        "data.stack_motion=true", "data.slice_motion_warmup=10", "max_steps=30"]
+
+
+def test_a_run_refines_each_stack_relative_to_its_fetus_after_the_warm_up_and_resumes_exactly(registered, tmp_path):
+    """``data.stack_motion`` without slice motions: the stacks held for the warm-up, then moved, each fetus's
+    stacks summing to no motion; ``slice_motion.json`` has every stack's; a killed run resumes exactly."""
+    config = load_train_config(None, STACK_MOVING)
+    summary = train(registered, config, tmp_path / "full")
+    assert "slices" not in summary["slice_motion"] and summary["slice_motion"]["stack_translation_rms_mm"] > 0
+    written = json.loads((tmp_path / "full" / "slice_motion.json").read_text())
+    assert set(written["stack_motion"]) == set(summary_stacks(registered))
+    assert all(rows == [] for rows in written["stacks"].values())
+    from infanite.io.cohort_checks import load_cohort
+
+    fetus_of = {r.subject_id: r.subject for r in load_cohort(registered).stacks}
+    for fetus in set(fetus_of.values()):
+        moves = np.array([written["stack_motion"][s]["translation_mm"] for s, f in fetus_of.items() if f == fetus])
+        np.testing.assert_allclose(moves.sum(0), 0, atol=1e-3)
+    train(registered, config, tmp_path / "killed", stop_after_steps=10)
+    state = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)
+    assert torch.count_nonzero(state["slice_motion"]["stack_params"]) == 0                 # held
+    train(registered, config, tmp_path / "killed", resume=True)
+    full = [json.loads(x)["loss"] for x in (tmp_path / "full" / "train_log.jsonl").read_text().splitlines()]
+    resumed = [json.loads(x)["loss"] for x in (tmp_path / "killed" / "train_log.jsonl").read_text().splitlines()]
+    assert len(full) == len(resumed) == 30
+    np.testing.assert_allclose(resumed, full, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="data.stack_motion"):                         # a run without them
+        train(registered, load_train_config(None, [o for o in STACK_MOVING if "stack_motion" not in o]),
+              tmp_path / "killed", resume=True)
+
+
 def summary_stacks(registered) -> list:
     from infanite.io.cohort_checks import load_cohort
 
@@ -169,6 +243,10 @@ def summary_stacks(registered) -> list:
 
 
 def test_slice_motion_is_refused_where_there_are_no_slices_or_the_keys_are_bad():
+    with pytest.raises(TrainConfigError, match="data.stack_motion: .*data.term exact"):
+        load_train_config(None, SMALL + ["model=template", "data.stack_motion=true", "data.term=reference"])
+    with pytest.raises(TrainConfigError, match="data.stack_motion: .*model template"):
+        load_train_config(None, SMALL + ["data.stack_motion=true"])
     with pytest.raises(TrainConfigError, match="data.slice_motion: .*data.term exact"):
         load_train_config(None, SMALL + ["data.slice_motion=true", "data.term=reference"])
     with pytest.raises(TrainConfigError, match="data.slice_motion_lr"):

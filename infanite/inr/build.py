@@ -161,15 +161,21 @@ def build_intensity_model(config: TrainConfig, data: PackedCohort) -> StackInten
 
 
 def build_slice_motion(config: TrainConfig, data: PackedCohort):
-    """The per-slice rigid motions (``data.slice_motion``, acquired samples only), else None."""
-    if not config.data.slice_motion:
+    """The per-slice rigid motions (``data.slice_motion``) and per-stack ones relative to their fetus
+    (``data.stack_motion``; acquired samples only), else None."""
+    if not (config.data.slice_motion or config.data.stack_motion):
         return None
     if data.slice_index is None:
-        raise TrainConfigError(["data.slice_motion: the training samples are not the acquired slices "
-                                "(data.term exact is needed)"])
+        key = "data.slice_motion" if config.data.slice_motion else "data.stack_motion"
+        raise TrainConfigError([f"{key}: the training samples are not the acquired slices (data.term exact is "
+                                "needed)"])
     from infanite.inr.slice_motion import SliceMotion
 
-    return SliceMotion(data.slice_stack, data.slice_centre_mm)
+    stack_fetus = None
+    if config.data.stack_motion:
+        stack_fetus = list(range(len(data.stack_ids))) if data.stack_fetus is None else list(data.stack_fetus)
+    return SliceMotion(data.slice_stack, data.slice_centre_mm, stack_fetus=stack_fetus,
+                       per_slice=config.data.slice_motion)
 
 
 def psf_factors(config: TrainConfig, data: PackedCohort) -> torch.Tensor:

@@ -187,6 +187,9 @@ class DataConfig:
     slice_motion_lr: float = _f(1e-2, "float")       # Adam learning rate of the motions (mm per step, roughly)
     slice_motion_weight: float = _f(1e-3, "float")   # penalty on the mean squared motion parameter (mm²)
     slice_motion_warmup: int = _f(500, "int")        # steps with the motions held at zero
+    # Per-stack rigid motion (template model): each stack's registration refined relative to its fetus's other
+    # stacks (the fetus's displacement carries the fetus as a whole); the slice motions' lr, warm-up and penalty.
+    stack_motion: bool = _f(False, "bool")
 
 
 @dataclass

@@ -258,6 +258,12 @@ class _Loader:
         if dt.slice_motion and dt.term != "exact":
             bad("data.slice_motion", "moves the acquired slices: it needs data.term exact (the reference term trains "
                                      "on stacks resampled onto the template grid, where slices no longer exist)")
+        if dt.stack_motion and dt.term != "exact":
+            bad("data.stack_motion", "moves the acquired stacks: it needs data.term exact (the reference term trains "
+                                     "on stacks already resampled by their registration)")
+        if dt.stack_motion and c.model != "template":
+            bad("data.stack_motion", "refines each stack's pose relative to its fetus's other stacks: it needs model "
+                                     "template (the paper's model refines each stack's pose with inr_decoder.tf_dim 6)")
         if dt.term == "exact" and o.seg_weight != 1.0:
             bad("optimizer.seg_weight", f"weighs the labels of the reference data term only, got {o.seg_weight}; "
                                         f"with data.term exact set data.label_weight (now {dt.label_weight})")

@@ -18,7 +18,7 @@ from infanite.io.layout import (CHECKPOINT, CONFIG, DEFORMATIONS_DIR, DIAGNOSTIC
 SHAPE_KEYS = ("model", "inr_decoder.", "template.encoding", "template.ga_latents", "template.grid_resolutions",
               "template.ga_nodes", "template.grid_channels", "template.hidden_size", "template.hidden_layers",
               "template.deformation_grid", "data.term", "data.intensity_model", "data.bias_order",
-              "data.slice_motion")
+              "data.slice_motion", "data.stack_motion")
 
 
 def _flat(mapping: dict, prefix: str = "") -> dict:

@@ -294,7 +294,8 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
             if warming_up and template.deformation is not None:
                 template.deformation.grad = None         # an initial displacement is held during the warm-up
             if motion is not None and not moving:
-                motion.params.grad = None                 # the slices' motions held at zero (warm-up)
+                for held in motion.parameters():          # the slices' (and stacks') motions held at zero
+                    held.grad = None                      # (warm-up)
             optimizer.step()
             scheduler.step()
             global_step += 1
