@@ -246,6 +246,63 @@ def test_slice_motion_agreement_reads_the_simulators_motions_in_the_models_conve
     assert quality.slice_motion_agreement(tmp_path, tmp_path / "truth.json") is None           # no motions
 
 
+def test_stack_motion_agreement_measures_the_stacks_disagreement_and_what_the_fitted_motions_leave(quality,
+                                                                                                     tmp_path):
+    """Fetus f1's two stacks are registered off the simulator's poses by opposite rigid errors D (template RAS:
+    E = T D); f2's one stack by none.  Stack motions equal to D score ~0 left (to second order in the angle),
+    motions held at zero leave the whole disagreement, which is the RMS of D x − x over the ball."""
+    import json
+
+    import numpy as np
+    import torch
+    from scipy.spatial.transform import Rotation
+
+    from infanite.inr.slice_motion import RADIUS_MM, SliceMotion, write_slice_motion
+
+    rng = np.random.default_rng(1)
+    centres = np.array([[0, 0, -3], [0, 0, 3], [0, -3, 0], [0, 3, 0], [30, 0, -3], [30, 0, 3]], np.float32)
+    motion = SliceMotion([0, 0, 1, 1, 2, 2], torch.as_tensor(centres), stack_fetus=[0, 0, 1], per_slice=False)
+    centre = centres[:4].mean(0).astype(np.float64)
+    r, t = np.array([0.0, 1.0, 1.5]), np.array([0.6, -0.4, 0.3])               # r: mm at RADIUS_MM
+
+    def rigid(sign):
+        m = np.eye(4)
+        m[:3, :3] = Rotation.from_rotvec(sign * r / RADIUS_MM).as_matrix()
+        m[:3, 3] = centre + sign * t - m[:3, :3] @ centre
+        return m
+
+    def pose():
+        m = np.eye(4)
+        m[:3, :3] = Rotation.from_rotvec(rng.normal(0, 1, 3)).as_matrix()
+        m[:3, 3] = rng.normal(0, 20, 3)
+        return m
+
+    ids, fetus, truth = ["a1", "a2", "b1"], ["f1", "f1", "f2"], [pose() for _ in range(3)]
+    registered = [truth[0] @ rigid(1), truth[1] @ rigid(-1), truth[2]]
+    (tmp_path / "truth.json").write_text(json.dumps({"stacks": {i: {"template_to_stack": m.tolist()}
+                                                                for i, m in zip(ids, truth)}}))
+    lines = ["subject_id\tsubject\ttemplate_to_stack"] + [
+        f"{i}\t{f}\t{','.join(repr(float(v)) for v in m.ravel())}" for i, f, m in zip(ids, fetus, registered)]
+    (tmp_path / "registered.tsv").write_text("\n".join(lines) + "\n")
+    for name, params in (("still", [np.zeros(6)] * 3), ("fitted", [np.r_[r, t], np.r_[-r, -t], np.ones(6)])):
+        with torch.no_grad():
+            motion.stack_params.copy_(torch.as_tensor(np.asarray(params), dtype=torch.float32))
+        (tmp_path / name).mkdir()
+        write_slice_motion(tmp_path / name, motion, ids, [0, 1, 0, 1, 0, 1])
+    ball = rng.normal(size=(4000, 3))
+    ball *= 25 * rng.uniform(0, 1, (4000, 1)) ** (1 / 3) / np.linalg.norm(ball, axis=1, keepdims=True)
+    d = ball @ rigid(1)[:3, :3].T + rigid(1)[:3, 3] + centre - (ball + centre)
+    expected = np.sqrt((d ** 2).sum(1).mean() * 2 / 3)            # two stacks off by ±D, one stack by none
+    still = quality.stack_motion_agreement(tmp_path / "still", tmp_path / "truth.json", tmp_path / "registered.tsv")
+    assert still["stacks"] == 3 and still["after_mm"] == pytest.approx(still["between_stack_error_mm"], rel=1e-6)
+    assert still["between_stack_error_mm"] == pytest.approx(expected, rel=0.05)
+    fitted = quality.stack_motion_agreement(tmp_path / "fitted", tmp_path / "truth.json",
+                                            tmp_path / "registered.tsv")
+    assert fitted["between_stack_error_mm"] == pytest.approx(still["between_stack_error_mm"], rel=1e-6)
+    assert fitted["after_mm"] < 0.05 * fitted["between_stack_error_mm"]
+    assert quality.stack_motion_agreement(tmp_path, tmp_path / "truth.json", tmp_path / "registered.tsv") is None
+
+
 def _blobs(shift_mm, voxel_to_ras, shape=(44, 44, 44)):
     """A smooth test image: Gaussian blobs (σ 3 mm) at fixed RAS points, all moved by ``shift_mm``."""
     import numpy as np
@@ -388,7 +445,7 @@ def test_run_diagnostics_are_reused_until_the_checkpoint_changes(quality, tmp_pa
 
     calls = []
 
-    def diagnostics(run_dir, library, sim_config, truth_json):
+    def diagnostics(run_dir, library, sim_config, truth_json, registered=None):
         calls.append(run_dir)
         return {"agreement_db": 20.0 + len(calls), "nan": float("nan")}
 

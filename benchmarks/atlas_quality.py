@@ -31,7 +31,8 @@ Rows (every atlas at GA 22, 26, 30, 34 and 38 weeks):
   gT       oracle ablation (``--quick``): g with each fetus's displacement fixed to the simulator's recoverable
            field (its true field minus the cohort's GA-kernel mean, least-squares on the 8³ control grid): what
            g's template gives when the shapes are found exactly, at the same budget;
-  gM       g with each acquired slice's rigid motion learnt with the model (``data.slice_motion``; only with
+  gM       g as ``infanite run`` trains it on a CPU: each acquired slice's and each stack's rigid motion learnt with
+           the model (``data.slice_motion``, ``data.stack_motion``), the halo's measured targets (only with
            ``--rows``);
   oU, oD   simulator oracles: the GKR mean (σ 0.5) over the fetuses of each one's *undeformed* template at its GA
            (perfect shape removal), and of its *deformed* truth (the best any intensity average can do);
@@ -152,7 +153,7 @@ ROWS = {
     "gP": ("g without PSF", "inr", TEMPLATE + ["psf.mode=none"]),
     "gT": ("g with the simulator's displacements, fixed (oracle)", "inr",
            TEMPLATE + ["template.lr_deformation=0", "template.deformation_init={oracle_deformations}"]),
-    "gM": ("g as infanite run trains it on a CPU: per-slice motion, halo targets measured", "inr",
+    "gM": ("g as infanite run trains it on a CPU: per-slice and per-stack motion, halo targets measured", "inr",
            TEMPLATE + [o for o in CPU_TEMPLATE if o != "model=template"]),
 }
 ABLATIONS = ("g0", "gP", "gT")
@@ -648,6 +649,8 @@ def slice_motion_agreement(run_dir: Path, truth_json: Path) -> dict | None:
     truth = json.loads(truth_json.read_text())["stacks"]
     true_d, fit_d, true_r, fit_r = [], [], [], []
     for stack_id, slices in fitted.items():
+        if not slices:                        # data.stack_motion without data.slice_motion
+            continue
         stack = truth[stack_id]
         centre = np.asarray(stack["brain_centre_template_ras_mm"], np.float64)
         moves = {m["slice"]: m for m in stack["slice_motion"]}
@@ -664,6 +667,8 @@ def slice_motion_agreement(run_dir: Path, truth_json: Path) -> dict | None:
         true_r.append(r - r.mean(0))
         fit_d.append(np.asarray([row["translation_mm"] for row in slices]))
         fit_r.append(np.asarray([row["rotation_deg"] for row in slices]))
+    if not true_d:
+        return None
     true_d, fit_d, true_r, fit_r = (np.concatenate(a) for a in (true_d, fit_d, true_r, fit_r))
 
     def rms(a):
@@ -677,7 +682,57 @@ def slice_motion_agreement(run_dir: Path, truth_json: Path) -> dict | None:
             "rotation_rms_error_deg": rms(fit_r - true_r), "rotation_correlation": corr(fit_r, true_r)}
 
 
-def run_diagnostics(run_dir: Path, library, sim_config, truth_json: Path | None = None) -> dict:
+def stack_motion_agreement(run_dir: Path, truth_json: Path, registered: Path, radius_mm: float = 25.0,
+                           n_points: int = 500) -> dict | None:
+    """How a run's fitted stack motions (``slice_motion.json``'s ``stack_motion``, ``data.stack_motion``) correct the
+    registration between a fetus's stacks.
+
+    A sample that ``registered`` (the manifest's ``template_to_stack`` ``E``) puts at template RAS ``x`` truly lies at
+    ``T⁻¹ E x`` (``T`` the simulator's ``template_to_stack``).  Over ``n_points`` points of a ball of ``radius_mm``
+    about the stack's fetus centre: that needed displacement less its mean over the fetus's stacks (the gauge of the
+    stack motions), its RMS before (``between_stack_error_mm``) and after the fitted motion is applied
+    (``after_mm``), mm.  None when the run has no stack motions."""
+    import csv
+    import json
+
+    import numpy as np
+    from scipy.spatial.transform import Rotation
+
+    from infanite.io.layout import SLICE_MOTION
+
+    path = Path(run_dir) / SLICE_MOTION
+    fitted = json.loads(path.read_text()).get("stack_motion") if path.is_file() else None
+    if not fitted:
+        return None
+    truth = json.loads(Path(truth_json).read_text())["stacks"]
+    with open(registered, newline="") as handle:
+        rows = [r for r in csv.DictReader(handle, delimiter="\t") if r["subject_id"] in fitted]
+    rng = np.random.default_rng(0)
+    ball = rng.normal(size=(n_points, 3))
+    ball *= radius_mm * rng.uniform(0, 1, (n_points, 1)) ** (1 / 3) / np.linalg.norm(ball, axis=1, keepdims=True)
+    by_fetus: dict = {}
+    for row in rows:
+        move = fitted[row["subject_id"]]
+        centre = np.asarray(move["centre_mm"], np.float64)
+        points = np.c_[ball + centre, np.ones(n_points)]
+        estimated = np.asarray([float(v) for v in row["template_to_stack"].split(",")]).reshape(4, 4)
+        true = np.asarray(truth[row["subject_id"]]["template_to_stack"], np.float64)
+        needed = (points @ (np.linalg.inv(true) @ estimated).T)[:, :3] - points[:, :3]
+        rotation = Rotation.from_rotvec(np.radians(move["rotation_deg"])).as_matrix()
+        applied = ball @ rotation.T + centre + np.asarray(move["translation_mm"]) - points[:, :3]
+        by_fetus.setdefault(row.get("subject") or row["subject_id"], []).append((needed, applied))
+    before, after = [], []
+    for stacks in by_fetus.values():
+        mean = np.mean([needed for needed, _ in stacks], axis=0)
+        for needed, applied in stacks:
+            before.append(((needed - mean) ** 2).sum(1).mean())
+            after.append(((needed - mean - applied) ** 2).sum(1).mean())
+    return {"stacks": len(before), "between_stack_error_mm": float(np.sqrt(np.mean(before))),
+            "after_mm": float(np.sqrt(np.mean(after)))}
+
+
+def run_diagnostics(run_dir: Path, library, sim_config, truth_json: Path | None = None,
+                    registered: Path | None = None) -> dict:
     """The run's diagnostics with the simulator's truth: per-fetus reconstruction and, for the template model,
     how its fitted displacements find the simulator's over each fetus's brain (mm, template RAS).
 
@@ -734,10 +789,15 @@ def run_diagnostics(run_dir: Path, library, sim_config, truth_json: Path | None 
     moved = slice_motion_agreement(run_dir, truth_json) if truth_json is not None else None
     if moved is not None:
         result["slice_motion_agreement"] = moved
+    stacks = (stack_motion_agreement(run_dir, truth_json, registered)
+              if truth_json is not None and registered is not None else None)
+    if stacks is not None:
+        result["stack_motion_agreement"] = stacks
     return result
 
 
-def cached_diagnostics(run_dir: Path, library, sim_config, truth_json: Path, cache: Path) -> dict:
+def cached_diagnostics(run_dir: Path, library, sim_config, truth_json: Path, cache: Path,
+                       registered: Path | None = None) -> dict:
     """:func:`run_diagnostics`, kept in ``cache`` (JSON) with what it was computed from (the run's checkpoint,
     by size and modification time, and the simulator's truth, by content: the simulation stage rewrites the
     file) and reused while both are unchanged: ``{"result": ..., "reused": bool}``."""
@@ -753,7 +813,7 @@ def cached_diagnostics(run_dir: Path, library, sim_config, truth_json: Path, cac
         kept = json.loads(cache.read_text())
         if kept.get("source") == source:
             return {"result": kept["result"], "reused": True}
-    result = run_diagnostics(run_dir, library, sim_config, truth_json)
+    result = run_diagnostics(run_dir, library, sim_config, truth_json, registered=registered)
     cache.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(cache, json.dumps({"source": source, "result": result}, indent=1,
                                         default=lambda v: v.item() if hasattr(v, "item") else str(v)))
@@ -794,7 +854,8 @@ def diagnostics_table(diagnostics: dict) -> str:
 
     lines = ["| row | diagnostic GA | agreement (dB) | sharpness (1/mm) | fetus recon. vs own truth (dB) | "
              "latent norm | fitted displacement (mm): RMS error / true RMS | slice motion: RMS error / true RMS "
-             "(mm at the slice centre; degrees), r |", "|---|---|---|---|---|---|---|---|"]
+             "(mm at the slice centre; degrees), r | stacks' disagreement (mm): registered → with their motions |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, d in diagnostics.items():
         latent = d.get("latent_norms", {})
         nodes = latent.get("ga_nodes")
@@ -811,8 +872,14 @@ def diagnostics_table(diagnostics: dict) -> str:
                      f"{format_metric(d.get('sharpness'), 4)} | "
                      f"{format_metric(d.get('fetus_reconstruction_db', {}).get('mean'), 2)} | "
                      f"{format_metric(latent_value, 2)} | {moved_text} | "
-                     f"{slice_text(d.get('slice_motion_agreement'))} |")
+                     f"{slice_text(d.get('slice_motion_agreement'))} | {stack_text(d.get('stack_motion_agreement'))} |")
     return "\n".join(lines)
+
+
+def stack_text(agreement: dict | None) -> str:
+    if not agreement:
+        return "—"
+    return f"{agreement['between_stack_error_mm']:.2f} → {agreement['after_mm']:.2f}"
 
 
 def slice_text(agreement: dict | None) -> str:
@@ -1138,7 +1205,8 @@ def main(argv=None) -> int:
                 run_dir, gas, out, ATLAS_SPACING_MM, args.device, args.position_sigma),
                 reused_if=lambda r: not r["generated"])
             results["diagnostics"][name] = timer.run(f"{name} {label}: diagnostics", lambda: cached_diagnostics(
-                run_dir, library, sim_config, work / "sim" / "truth.json", work / "diagnostics" / f"{key}.json"),
+                run_dir, library, sim_config, work / "sim" / "truth.json", work / "diagnostics" / f"{key}.json",
+                registered),
                 reused_if=lambda r: r["reused"])["result"]
 
     metrics = {}
