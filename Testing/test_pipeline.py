@@ -41,6 +41,12 @@ def test_default_atlas_weeks_and_device_sizing():
         load_train_config(None, defaults_then(template, ["data.term=reference", "data.slice_motion=true"]))
     with pytest.raises(ValueError, match="data.halo_intensity"):
         load_train_config(None, defaults_then(template, ["data.term=reference", "data.halo_intensity=measured"]))
+    assert exact.stack_motion is True and reference.stack_motion is False               # measured best with it
+    # the paper's model on top of the defaults turns the (template-only) stack motions off, unless asked for
+    paper = load_train_config(None, defaults_then(template, ["model=infanite"]))
+    assert paper.model == "infanite" and paper.data.stack_motion is False and paper.data.slice_motion is True
+    with pytest.raises(ValueError, match="data.stack_motion"):
+        load_train_config(None, defaults_then(template, ["model=infanite", "data.stack_motion=true"]))
     # the user's own halo target wins over the default
     assert load_train_config(None, defaults_then(template, ["data.halo_intensity=none"])).data.halo_intensity == "none"
     assert "model=template" not in default_overrides("cpu") and default_overrides("cuda", template=True) == []
