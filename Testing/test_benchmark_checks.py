@@ -279,28 +279,30 @@ def test_stack_motion_agreement_measures_the_stacks_disagreement_and_what_the_fi
 
     ids, fetus, truth = ["a1", "a2", "b1"], ["f1", "f1", "f2"], [pose() for _ in range(3)]
     registered = [truth[0] @ rigid(1), truth[1] @ rigid(-1), truth[2]]
-    (tmp_path / "truth.json").write_text(json.dumps({"stacks": {i: {"template_to_stack": m.tolist()}
-                                                                for i, m in zip(ids, truth)}}))
-    lines = ["subject_id\tsubject\ttemplate_to_stack"] + [
-        f"{i}\t{f}\t{','.join(repr(float(v)) for v in m.ravel())}" for i, f, m in zip(ids, fetus, registered)]
-    (tmp_path / "registered.tsv").write_text("\n".join(lines) + "\n")
+    frame = {"coordinates": "RAS", "direction": "template_to_stack"}
+    (tmp_path / "truth.json").write_text(json.dumps({**frame, "stacks": {i: {"template_to_stack": m.tolist()}
+                                                                         for i, m in zip(ids, truth)}}))
+    (tmp_path / "transforms.json").write_text(json.dumps({**frame, "transforms": {i: m.tolist() for i, m in
+                                                                                 zip(ids, registered)}}))
     for name, params in (("still", [np.zeros(6)] * 3), ("fitted", [np.r_[r, t], np.r_[-r, -t], np.ones(6)])):
         with torch.no_grad():
             motion.stack_params.copy_(torch.as_tensor(np.asarray(params), dtype=torch.float32))
         (tmp_path / name).mkdir()
         write_slice_motion(tmp_path / name, motion, ids, [0, 1, 0, 1, 0, 1])
+        (tmp_path / name / "stacks.json").write_text(json.dumps({"stack_ids": ids, "stack_fetus": [0, 0, 1],
+                                                                "fetus_ids": sorted(set(fetus))}))
     ball = rng.normal(size=(4000, 3))
     ball *= 25 * rng.uniform(0, 1, (4000, 1)) ** (1 / 3) / np.linalg.norm(ball, axis=1, keepdims=True)
     d = ball @ rigid(1)[:3, :3].T + rigid(1)[:3, 3] + centre - (ball + centre)
     expected = np.sqrt((d ** 2).sum(1).mean() * 2 / 3)            # two stacks off by ±D, one stack by none
-    still = quality.stack_motion_agreement(tmp_path / "still", tmp_path / "truth.json", tmp_path / "registered.tsv")
+    still = quality.stack_motion_agreement(tmp_path / "still", tmp_path / "truth.json", tmp_path / "transforms.json")
     assert still["stacks"] == 3 and still["after_mm"] == pytest.approx(still["between_stack_error_mm"], rel=1e-6)
     assert still["between_stack_error_mm"] == pytest.approx(expected, rel=0.05)
     fitted = quality.stack_motion_agreement(tmp_path / "fitted", tmp_path / "truth.json",
-                                            tmp_path / "registered.tsv")
+                                            tmp_path / "transforms.json")
     assert fitted["between_stack_error_mm"] == pytest.approx(still["between_stack_error_mm"], rel=1e-6)
     assert fitted["after_mm"] < 0.05 * fitted["between_stack_error_mm"]
-    assert quality.stack_motion_agreement(tmp_path, tmp_path / "truth.json", tmp_path / "registered.tsv") is None
+    assert quality.stack_motion_agreement(tmp_path, tmp_path / "truth.json", tmp_path / "transforms.json") is None
 
 
 def _blobs(shift_mm, voxel_to_ras, shape=(44, 44, 44)):
@@ -445,7 +447,7 @@ def test_run_diagnostics_are_reused_until_the_checkpoint_changes(quality, tmp_pa
 
     calls = []
 
-    def diagnostics(run_dir, library, sim_config, truth_json, registered=None):
+    def diagnostics(run_dir, library, sim_config, truth_json, transforms_json=None):
         calls.append(run_dir)
         return {"agreement_db": 20.0 + len(calls), "nan": float("nan")}
 

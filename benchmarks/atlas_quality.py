@@ -682,49 +682,46 @@ def slice_motion_agreement(run_dir: Path, truth_json: Path) -> dict | None:
             "rotation_rms_error_deg": rms(fit_r - true_r), "rotation_correlation": corr(fit_r, true_r)}
 
 
-def stack_motion_agreement(run_dir: Path, truth_json: Path, registered: Path, radius_mm: float = 25.0,
+def stack_motion_agreement(run_dir: Path, truth_json: Path, transforms_json: Path, radius_mm: float = 25.0,
                            n_points: int = 500) -> dict | None:
     """How a run's fitted stack motions (``slice_motion.json``'s ``stack_motion``, ``data.stack_motion``) correct the
     registration between a fetus's stacks.
 
-    A sample that ``registered`` (the manifest's ``template_to_stack`` ``E``) puts at template RAS ``x`` truly lies at
-    ``T⁻¹ E x`` (``T`` the simulator's ``template_to_stack``).  Over ``n_points`` points of a ball of ``radius_mm``
-    about the stack's fetus centre: that needed displacement less its mean over the fetus's stacks (the gauge of the
-    stack motions), its RMS before (``between_stack_error_mm``) and after the fitted motion is applied
-    (``after_mm``), mm.  None when the run has no stack motions."""
-    import csv
+    A sample that the registration (``transforms_json``'s ``template_to_stack`` ``E``) puts at template RAS ``x``
+    truly lies at ``T⁻¹ E x`` (``T`` the simulator's, ``truth_json``).  Over ``n_points`` points of a ball of
+    ``radius_mm`` about the stack's fetus centre: that needed displacement less its mean over the fetus's stacks
+    (the run's ``stacks.json`` grouping; the gauge of the stack motions), its RMS before
+    (``between_stack_error_mm``) and after the fitted motion is applied (``after_mm``), mm.  None when the run has
+    no stack motions."""
     import json
 
     import numpy as np
-    from scipy.spatial.transform import Rotation
 
-    from infanite.io.layout import SLICE_MOTION
+    from infanite.geometry import rigid_matrix, rotation_matrix
+    from infanite.io.layout import SLICE_MOTION, STACKS
+    from infanite.io.transforms import read_transforms_json
 
     path = Path(run_dir) / SLICE_MOTION
     fitted = json.loads(path.read_text()).get("stack_motion") if path.is_file() else None
     if not fitted:
         return None
-    truth = json.loads(Path(truth_json).read_text())["stacks"]
-    with open(registered, newline="") as handle:
-        rows = [r for r in csv.DictReader(handle, delimiter="\t") if r["subject_id"] in fitted]
+    stacks = json.loads((Path(run_dir) / STACKS).read_text())
+    fetus_of = dict(zip(stacks["stack_ids"], stacks.get("stack_fetus") or range(len(stacks["stack_ids"]))))
+    registered, truth = read_transforms_json(transforms_json), read_transforms_json(truth_json)
     rng = np.random.default_rng(0)
     ball = rng.normal(size=(n_points, 3))
     ball *= radius_mm * rng.uniform(0, 1, (n_points, 1)) ** (1 / 3) / np.linalg.norm(ball, axis=1, keepdims=True)
     by_fetus: dict = {}
-    for row in rows:
-        move = fitted[row["subject_id"]]
+    for stack_id, move in fitted.items():
         centre = np.asarray(move["centre_mm"], np.float64)
         points = np.c_[ball + centre, np.ones(n_points)]
-        estimated = np.asarray([float(v) for v in row["template_to_stack"].split(",")]).reshape(4, 4)
-        true = np.asarray(truth[row["subject_id"]]["template_to_stack"], np.float64)
-        needed = (points @ (np.linalg.inv(true) @ estimated).T)[:, :3] - points[:, :3]
-        rotation = Rotation.from_rotvec(np.radians(move["rotation_deg"])).as_matrix()
-        applied = ball @ rotation.T + centre + np.asarray(move["translation_mm"]) - points[:, :3]
-        by_fetus.setdefault(row.get("subject") or row["subject_id"], []).append((needed, applied))
+        needed = points @ (np.linalg.inv(truth[stack_id]) @ registered[stack_id]).T
+        applied = points @ rigid_matrix(rotation_matrix(move["rotation_deg"]), move["translation_mm"], centre).T
+        by_fetus.setdefault(fetus_of[stack_id], []).append(((needed - points)[:, :3], (applied - points)[:, :3]))
     before, after = [], []
-    for stacks in by_fetus.values():
-        mean = np.mean([needed for needed, _ in stacks], axis=0)
-        for needed, applied in stacks:
+    for moves in by_fetus.values():
+        mean = np.mean([needed for needed, _ in moves], axis=0)
+        for needed, applied in moves:
             before.append(((needed - mean) ** 2).sum(1).mean())
             after.append(((needed - mean - applied) ** 2).sum(1).mean())
     return {"stacks": len(before), "between_stack_error_mm": float(np.sqrt(np.mean(before))),
@@ -732,7 +729,7 @@ def stack_motion_agreement(run_dir: Path, truth_json: Path, registered: Path, ra
 
 
 def run_diagnostics(run_dir: Path, library, sim_config, truth_json: Path | None = None,
-                    registered: Path | None = None) -> dict:
+                    transforms_json: Path | None = None) -> dict:
     """The run's diagnostics with the simulator's truth: per-fetus reconstruction and, for the template model,
     how its fitted displacements find the simulator's over each fetus's brain (mm, template RAS).
 
@@ -789,15 +786,15 @@ def run_diagnostics(run_dir: Path, library, sim_config, truth_json: Path | None 
     moved = slice_motion_agreement(run_dir, truth_json) if truth_json is not None else None
     if moved is not None:
         result["slice_motion_agreement"] = moved
-    stacks = (stack_motion_agreement(run_dir, truth_json, registered)
-              if truth_json is not None and registered is not None else None)
+    stacks = (stack_motion_agreement(run_dir, truth_json, transforms_json)
+              if truth_json is not None and transforms_json is not None else None)
     if stacks is not None:
         result["stack_motion_agreement"] = stacks
     return result
 
 
 def cached_diagnostics(run_dir: Path, library, sim_config, truth_json: Path, cache: Path,
-                       registered: Path | None = None) -> dict:
+                       transforms_json: Path | None = None) -> dict:
     """:func:`run_diagnostics`, kept in ``cache`` (JSON) with what it was computed from (the run's checkpoint,
     by size and modification time, and the simulator's truth, by content: the simulation stage rewrites the
     file) and reused while both are unchanged: ``{"result": ..., "reused": bool}``."""
@@ -813,7 +810,7 @@ def cached_diagnostics(run_dir: Path, library, sim_config, truth_json: Path, cac
         kept = json.loads(cache.read_text())
         if kept.get("source") == source:
             return {"result": kept["result"], "reused": True}
-    result = run_diagnostics(run_dir, library, sim_config, truth_json, registered=registered)
+    result = run_diagnostics(run_dir, library, sim_config, truth_json, transforms_json=transforms_json)
     cache.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(cache, json.dumps({"source": source, "result": result}, indent=1,
                                         default=lambda v: v.item() if hasattr(v, "item") else str(v)))
@@ -1206,7 +1203,7 @@ def main(argv=None) -> int:
                 reused_if=lambda r: not r["generated"])
             results["diagnostics"][name] = timer.run(f"{name} {label}: diagnostics", lambda: cached_diagnostics(
                 run_dir, library, sim_config, work / "sim" / "truth.json", work / "diagnostics" / f"{key}.json",
-                registered),
+                work / "reg" / "transforms.json"),
                 reused_if=lambda r: r["reused"])["result"]
 
     metrics = {}

@@ -324,7 +324,7 @@ DEMO_TRAINING = ["inr_decoder.hidden_size=64", "inr_decoder.num_hidden_layers=3"
 #: the ceiling the penalty lowers the mean PSNR by 0.08 / 0.09 dB over two seeds and costs 11 % more per step.
 #: Each stack's pose refined against its fetus's other stacks (``data.stack_motion``): the stacks' disagreement
 #: halved (0.40 → 0.21 mm), the slice motions found better (error 1.28 → 1.07 mm), the atlas as good or marginally
-#: better on two seeds (mean PSNR +0.07 / +0.01 dB), at no cost per step.
+#: better on two seeds (mean PSNR +0.07 / +0.01 dB), for about the same time per step (−0.7 % samples/s).
 CPU_TEMPLATE = ["model=template", "data.slice_motion=true", "data.halo_intensity=measured", "data.stack_motion=true"]
 
 #: Defaults that only the exact data term supports, and what each becomes when the user picks another
