@@ -47,6 +47,13 @@ def test_default_atlas_weeks_and_device_sizing():
     assert paper.model == "infanite" and paper.data.stack_motion is False and paper.data.slice_motion is True
     with pytest.raises(ValueError, match="data.stack_motion"):
         load_train_config(None, defaults_then(template, ["model=infanite", "data.stack_motion=true"]))
+    # the (centred) per-fetus appearance: on in the defaults, off under another model or encoding unless asked for
+    assert load_train_config(None, defaults_then(template, [])).template.appearance is True
+    assert paper.template.appearance is False
+    grid = load_train_config(None, defaults_then(template, ["template.encoding=grid"]))
+    assert grid.template.encoding == "grid" and grid.template.appearance is False and grid.data.stack_motion is True
+    with pytest.raises(ValueError, match="template.appearance"):
+        load_train_config(None, defaults_then(template, ["template.encoding=grid", "template.appearance=true"]))
     # the user's own halo target wins over the default
     assert load_train_config(None, defaults_then(template, ["data.halo_intensity=none"])).data.halo_intensity == "none"
     assert "model=template" not in default_overrides("cpu") and default_overrides("cuda", template=True) == []

@@ -413,11 +413,12 @@ def test_training_positions_are_measured_over_the_support_voxels():
                                  max_points=7)) == 7
 
 
-@pytest.mark.parametrize("encoding", ["grid", "modulated", "modulated-scaled"])
+@pytest.mark.parametrize("encoding", ["grid", "modulated", "modulated-scaled", "modulated-appearance"])
 def test_template_model_resumes_exactly(registered, tmp_path, encoding):
-    scaled = encoding.endswith("-scaled")
+    scaled, appearance = encoding.endswith("-scaled"), encoding.endswith("-appearance")
     config = load_train_config(None, TEMPLATE + ["max_steps=30", f"template.encoding={encoding.split('-')[0]}",
-                                                 f"template.ga_scaling={str(scaled).lower()}"])
+                                                 f"template.ga_scaling={str(scaled).lower()}",
+                                                 f"template.appearance={str(appearance).lower()}"])
     train(registered, config, tmp_path / "full")
     train(registered, config, tmp_path / "killed", stop_after_steps=15)      # last checkpoint at step 10
     train(registered, config, tmp_path / "killed", resume=True)
@@ -700,3 +701,144 @@ def test_a_ga_scaled_run_saves_its_growth_and_its_atlas_reads_it(registered, tmp
     model.set_ga_scaling(data.coords_mm[brain], data.stack[brain])
     np.testing.assert_allclose(model.ga_growth.numpy(), growth.numpy(), rtol=1e-5, atol=1e-7)
     assert growth[0].item() != 0.0                               # fitted, not the unscaled (0, 0)
+
+
+# --------------------------------------------------------------------------------------------- appearance offsets
+
+def _appearance_model(ga_weeks, ga_latents=1, appearance=True, width=0.5, centred=False):
+    """A modulated-encoding TemplateINR (8 latent channels on a 3³ grid), one stack per fetus at ``ga_weeks``."""
+    from infanite.inr.config import InrDecoderConfig, TemplateConfig
+    from infanite.inr.template import TemplateINR
+
+    decoder = InrDecoderConfig(hidden_size=32, num_hidden_layers=2, modulated_layers=[1], latent_dim=[8, 3, 3, 3])
+    config = TemplateConfig(encoding="modulated", ga_latents=ga_latents, deformation_grid=4, appearance=appearance,
+                            appearance_kernel_weeks=width, appearance_centred=centred)
+    n = len(ga_weeks)
+    return TemplateINR(3, list(range(n)), list(ga_weeks), (min(ga_weeks), max(ga_weeks)), [0, 0, 0], [40, 40, 40],
+                       config, seed=3, decoder_config=decoder)
+
+
+def _with_latent_shift(model, shift):
+    """A copy of ``model`` without appearance whose (single) latent grid is moved by ``shift`` (C, G, G, G)."""
+    import copy
+
+    plain = copy.deepcopy(model)
+    plain.appearance = None
+    with torch.no_grad():
+        plain.template.decoder.latents += shift
+    return plain
+
+
+def test_a_fetus_sees_the_template_latent_plus_its_appearance_and_the_atlas_their_kernel_mean():
+    """One GA node, so the template's latent is the same at every GA: a fetus decodes latent + its offset; the atlas
+    at GA g decodes latent + the offsets averaged with Gaussian weights (σ 0.5 weeks) of the fetuses' GAs (offsets
+    not centred here: see the next test)."""
+    ga = [22.0, 22.5, 30.0]
+    model = _appearance_model(ga)
+    x = torch.rand(50, 3) * 60 - 30
+    with torch.no_grad():
+        zero_atlas = model.atlas(x, 22.2)
+        assert torch.equal(zero_atlas, _with_latent_shift(model, 0).atlas(x, 22.2))   # starts as the template
+        model.appearance.copy_(torch.randn(model.appearance.shape, generator=torch.Generator().manual_seed(1)))
+        for f in range(3):
+            np.testing.assert_allclose(model(x, torch.full((50,), f))[:, 0].numpy(),
+                                       _with_latent_shift(model, model.appearance[f])(x, torch.full((50,), f))[:, 0]
+                                       .numpy(), rtol=1e-5, atol=1e-6)
+        weights = np.exp(-0.5 * ((np.array(ga) - 22.2) / 0.5) ** 2)
+        weights /= weights.sum()
+        assert weights[2] < 1e-30 and 0.4 < weights[0] < 0.6
+        np.testing.assert_allclose(model.appearance_weights(22.2).numpy(), weights, rtol=1e-6)
+        mean = torch.einsum("f,f...->...", torch.as_tensor(weights, dtype=torch.float32), model.appearance)
+        atlas = model.atlas(x, 22.2)
+        np.testing.assert_allclose(atlas.numpy(), _with_latent_shift(model, mean).atlas(x, 22.2).numpy(),
+                                   rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(atlas, zero_atlas, atol=1e-3)
+        # points at several GAs (as the TV penalty asks) get each GA's own mean
+        both = model.atlas(torch.cat([x, x]), torch.cat([torch.full((50,), 22.2), torch.full((50,), 30.0)]))
+        np.testing.assert_allclose(both[:50].numpy(), atlas.numpy(), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(both[50:].numpy(), model.atlas(x, 30.0).numpy(), rtol=1e-6, atol=1e-7)
+        # far from every fetus: the nearest one's offset alone
+        np.testing.assert_allclose(model.appearance_weights(80.0).numpy(), [0, 0, 1])
+        model.appearance_kernel_weeks = 0.0                # asked for the template alone
+        assert torch.equal(model.atlas(x, 22.2), zero_atlas)
+        model.appearance_kernel_weeks = 0.5
+        model.use_appearance = False                      # held off (the warm-up): the template alone
+        assert torch.equal(model.atlas(x, 22.2), zero_atlas)
+    assert model.penalties()["appearance"].item() == pytest.approx(float((model.appearance.detach() ** 2).mean()))
+    assert _appearance_model(ga, appearance=False).penalties()["appearance"].item() == 0.0
+    assert "appearance" not in _appearance_model(ga, appearance=False).state_dict()   # older runs still load
+
+
+def test_centred_offsets_leave_what_the_fetuses_of_a_ga_share_to_the_template():
+    """Centred, a fetus's offset is its parameter less the Gaussian mean (σ mean_kernel_weeks, 1 week) of the
+    parameters around its GA: an offset every fetus shares changes nothing, and one fetus's own offset is kept
+    less its share of its neighbours' mean."""
+    ga = [22.0, 22.5, 30.0]
+    model = _appearance_model(ga, centred=True)
+    x = torch.rand(50, 3) * 60 - 30
+    with torch.no_grad():
+        before = [model(x, torch.full((50,), f)) for f in range(3)], model.atlas(x, 22.2)
+        model.appearance += torch.randn(model.appearance.shape[1:], generator=torch.Generator().manual_seed(2))
+        assert model.fetus_appearance().abs().max() < 1e-6
+        for f in range(3):
+            np.testing.assert_allclose(model(x, torch.full((50,), f)).numpy(), before[0][f].numpy(), atol=1e-5)
+        np.testing.assert_allclose(model.atlas(x, 22.2).numpy(), before[1].numpy(), atol=1e-5)
+        model.appearance.zero_()
+        model.appearance[0] = 1.0
+        kernel = _kernel(np.array(ga), 1.0)
+        np.testing.assert_allclose(model.fetus_appearance()[:, 0, 0, 0, 0].numpy(), [1, 0, 0] - kernel[:, 0],
+                                   rtol=1e-6, atol=1e-7)
+
+
+def test_appearance_offsets_are_held_for_the_warm_up_then_learnt_and_the_atlas_uses_them(registered, tmp_path):
+    from infanite.atlas.predict import load_run
+
+    base = TEMPLATE + ["template.encoding=modulated", "template.appearance=true"]
+    train(registered, load_train_config(None, base + ["max_steps=10"]), tmp_path / "held")        # warm-up 10
+    held = torch.load(tmp_path / "held" / "checkpoint.pt", weights_only=True)["model"]["appearance"]
+    assert held.shape == (2, 8, 3, 3, 3) and torch.count_nonzero(held) == 0
+    train(registered, load_train_config(None, base + ["max_steps=25"]), tmp_path / "run")
+    learnt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"]["appearance"]
+    assert learnt.abs().max() > 0
+    model = load_run(tmp_path / "run").model("cpu")
+    assert torch.equal(model.appearance.detach(), learnt)
+    x = torch.rand(40, 3) * 40 - 20
+    with torch.no_grad():
+        with_offsets = model.atlas(x, float(model.fetus_ga[0]))
+        model.use_appearance = False
+        assert not torch.equal(with_offsets, model.atlas(x, float(model.fetus_ga[0])))
+    # infanite atlas writes the template with the offsets' kernel mean, and records the kernel's width
+    from infanite.atlas.generate import generate
+    from infanite.io.images import load_nifti
+
+    run = tmp_path / "bold"                   # the run with offsets large enough to see in the image
+    shutil.copytree(tmp_path / "run", run)
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    state["model"]["appearance"] = 0.3 * torch.randn(learnt.shape, generator=torch.Generator().manual_seed(4))
+    torch.save(state, run / "checkpoint.pt")
+    model = load_run(run).model("cpu")
+    made = generate(run, [28.0], tmp_path / "atlas", spacing_mm=3.2, position_sigma_weeks=0,
+                    intensity_ceiling=False)
+    assert made["generated"] == ["28.0"]
+    manifest = json.loads((tmp_path / "atlas" / "atlas_manifest.json").read_text())
+    assert manifest["identity"]["appearance_sigma_weeks"] == 0.5
+    t2 = load_nifti(tmp_path / "atlas" / "atlas_ga-28.0_T2w.nii.gz")
+    brain = np.argwhere(t2.array > 0)[:50]
+    xyz = torch.as_tensor(brain @ t2.voxel_to_ras[:3, :3].T + t2.voxel_to_ras[:3, 3], dtype=torch.float32)
+    with torch.no_grad():
+        model.use_appearance = True
+        expected = np.clip(model.atlas(xyz, 28.0)[:, 0].numpy(), 0, None)
+        model.use_appearance = False
+        plain = np.clip(model.atlas(xyz, 28.0)[:, 0].numpy(), 0, None)
+    np.testing.assert_allclose(t2.array[tuple(brain.T)], expected, atol=2e-4)
+    assert np.abs(plain - expected).max() > 1e-3           # the offsets are in it (5× the tolerance)
+
+
+def test_bad_appearance_keys_are_refused_with_the_key_named():
+    with pytest.raises(TrainConfigError) as info:
+        load_train_config(None, TEMPLATE + ["template.appearance=true", "template.appearance_weight=-1",
+                                            "template.appearance_kernel_weeks=-1"])      # TEMPLATE is grid-encoded
+    for key in ("template.appearance:", "template.appearance_weight", "template.appearance_kernel_weeks"):
+        assert key in str(info.value), key
+    with pytest.raises(TrainConfigError, match="template.appearance"):
+        load_train_config(None, SMALL + ["template.appearance=true"])                   # model: infanite

@@ -176,6 +176,9 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
                                           {"propagated_from": library.source, "method": label_method},
                                           **({"position_sigma_weeks": position_sigma_weeks}
                                              if run.config.model == "template" else {}),
+                                          **({"appearance_sigma_weeks": run.config.template.appearance_kernel_weeks}
+                                             if run.config.model == "template" and run.config.template.appearance
+                                             else {}),
                                           **({"intensity_ceiling": ceiling_identity(ceiling)}
                                              if ceiling is not None else {})}))
         try:

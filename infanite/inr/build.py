@@ -207,6 +207,8 @@ def build_optimizer(config: TrainConfig, model: torch.nn.Module, intensity: Stac
                            "weight_decay": 0.0})
         if model.deformation is not None:
             groups.append({"params": [model.deformation], "lr": config.template.lr_deformation, "weight_decay": 0.0})
+        if model.appearance is not None:                      # offsets of the latent grid: the latents' rate
+            groups.append({"params": [model.appearance], "lr": opt.lr_latent, "weight_decay": 0.0})
         per_stack_lr = config.template.lr_template
     else:
         decoder = [p for n, p in model.named_parameters() if n not in ("latents", "rigid")]

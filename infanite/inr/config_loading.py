@@ -281,16 +281,23 @@ class _Loader:
             bad("template.deformation_grid", f"must be 0 (no deformation) or >= 2 control points per axis, got "
                                              f"{t.deformation_grid}")
         for k in ("deformation_warmup", "deformation_smoothness", "deformation_magnitude", "deformation_mean",
-                  "ga_smoothness", "tv_weight"):
+                  "ga_smoothness", "tv_weight", "appearance_weight"):
             nonneg(f"template.{k}", getattr(t, k))
         positive("template.tv_points", t.tv_points)
         if not (math.isfinite(t.tv_step_mm) and t.tv_step_mm > 0):
             bad("template.tv_step_mm", f"must be a finite step in mm > 0, got {t.tv_step_mm!r}")
+        if not (math.isfinite(t.appearance_kernel_weeks) and t.appearance_kernel_weeks >= 0):
+            bad("template.appearance_kernel_weeks", f"must be a finite width in weeks >= 0 (0: the template alone), "
+                                                    f"got {t.appearance_kernel_weeks!r}")
         for k in ("mean_kernel_weeks", "position_kernel_weeks"):
             if not (math.isfinite(getattr(t, k)) and getattr(t, k) > 0):
                 bad(f"template.{k}", f"must be a finite width in weeks > 0, got {getattr(t, k)!r}")
         for k in ("lr_template", "lr_deformation"):
             learning_rate(f"template.{k}", getattr(t, k))
+        if t.appearance and (c.model != "template" or t.encoding != "modulated"):
+            bad("template.appearance", f"offsets the latent grid of model: template with template.encoding "
+                                       f"'modulated' (now model {c.model!r}, encoding {t.encoding!r}); remove it or "
+                                       f"set both")
         if t.deformation_init and (c.model != "template" or t.deformation_grid < 2):
             bad("template.deformation_init", f"starts the per-fetus displacements of model: template with "
                                              f"template.deformation_grid >= 2 (now model {c.model!r}, grid "

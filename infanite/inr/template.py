@@ -24,6 +24,14 @@ smoothness of the grids across GA nodes.  The fetuses' positions (each one's mea
 brain) can be averaged over a narrower kernel (``position_kernel_weeks``): the template then sits where the
 fetuses closest to each GA sit, while its shape stays the mean of a wider group.
 
+Appearance (``template.appearance``, modulated encoding): per fetus an offset ``a_f`` of the template's latent
+grid, ``I_f(x) = D(x + u_f(x), z(GA_f) + a_f)``, held at zero for the deformation's warm-up and penalised by its
+mean square (``appearance_weight``): what neither the template's GA nodes nor a smooth displacement explain, e.g.
+anatomy that changes faster in GA than the nodes' spacing.  With ``appearance_centred`` (the default) ``a_f`` is
+the fetus's parameter less the Gaussian-kernel mean (σ ``mean_kernel_weeks``) of the parameters around its GA:
+what the fetuses of a GA share stays in the template.  The atlas at a GA decodes ``z(GA) + Σ_f w_f a_f``, ``w`` a
+Gaussian of σ ``appearance_kernel_weeks`` over the fetuses' GAs, summing to 1 (0: the template alone).
+
 The atlas may also be moved after training (:meth:`TemplateINR.cohort_position`, ``infanite atlas
 --position-sigma``): ``T(x + p(GA), GA)``, ``p`` the fetuses' positions averaged over a narrow GA kernel.  The
 template's shape changes smoothly with GA and cannot follow positions that jump from one week to the next (stacks
@@ -43,6 +51,10 @@ from infanite.inr.model import interpolate_latents
 #: default Gaussian width (weeks) of the kernel over fetus GAs whose weighted mean displacement is pushed to zero
 #: (``template.mean_kernel_weeks``)
 MEAN_KERNEL_WEEKS = 1.0
+
+#: default Gaussian width (weeks) of the kernel over fetus GAs with which the atlas averages the fetuses'
+#: appearance offsets (``template.appearance_kernel_weeks``)
+APPEARANCE_KERNEL_WEEKS = 0.5
 
 #: smallest brain size (against the cohort's oldest) that ``template.ga_scaling`` scales by (on the CRL atlas a
 #: 21-week brain is 0.59 of a 38-week one in linear size: cube root of the masks' volume ratio)
@@ -155,7 +167,9 @@ class ModulatedTemplate(nn.Module):
         self.decoder = ModulatedSiren(int(ga_latents), n_out, [0.0, 0.0, 0.0], [1.0, 1.0, 1.0], d.hidden_size,
                                       d.num_hidden_layers, d.modulated_layers, d.latent_dim, d.omega)
 
-    def forward(self, xn: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, xn: torch.Tensor, t: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
+        """Outputs (N, n_out) at ``xn`` (N, 3) and normalised GA ``t`` (N,); ``offset`` (N, C), when given, is added
+        to the GA-interpolated latent before decoding (a fetus's appearance, see :class:`TemplateINR`)."""
         latents = self.decoder.latents
         nodes = latents.shape[0]
         if nodes == 1:
@@ -165,6 +179,8 @@ class ModulatedTemplate(nn.Module):
             i0 = pos.floor().clamp(max=nodes - 2).long()
             w = (pos - i0)[:, None]
             z = interpolate_latents(latents, i0, xn) * (1 - w) + interpolate_latents(latents, i0 + 1, xn) * w
+        if offset is not None:
+            z = z + offset
         return self.decoder.decode(xn, z)
 
     def smoothness(self) -> torch.Tensor:
@@ -194,6 +210,17 @@ class TemplateINR(nn.Module):
         n_fetuses = int(max(stack_fetus)) + 1 if len(stack_fetus) else 0
         g = int(config.deformation_grid)
         self.deformation = nn.Parameter(torch.zeros(n_fetuses, 3, g, g, g)) if g >= 2 else None
+        # ``template.appearance``: per fetus, an offset of the template's latent grid (modulated encoding), zero at
+        # the start; the atlas adds their Gaussian-kernel mean over the fetuses' GAs (``appearance_kernel_weeks``)
+        self.appearance = None
+        if bool(getattr(config, "appearance", False)):
+            if config.encoding != "modulated":
+                raise ValueError(f"template.appearance needs template.encoding 'modulated', got {config.encoding!r}")
+            latent_shape = self.template.decoder.latents.shape[1:]
+            self.appearance = nn.Parameter(torch.zeros(n_fetuses, *latent_shape))
+        self.use_appearance = True
+        self.appearance_kernel_weeks = float(getattr(config, "appearance_kernel_weeks", APPEARANCE_KERNEL_WEEKS))
+        self.appearance_centred = bool(getattr(config, "appearance_centred", True))
         self.register_buffer("stack_fetus", torch.as_tensor(stack_fetus, dtype=torch.long))
         ga = np.array([np.nan if v is None else float(v) for v in stack_ga_weeks], dtype=np.float64)
         ga = np.where(np.isfinite(ga), ga, np.nanmean(ga) if np.isfinite(ga).any() else 0.0)
@@ -315,7 +342,40 @@ class TemplateINR(nn.Module):
         ga = torch.as_tensor(ga_weeks, dtype=coords_mm.dtype, device=coords_mm.device).expand(coords_mm.shape[0])
         if shift_mm is not None:
             coords_mm = coords_mm + torch.as_tensor(shift_mm, dtype=coords_mm.dtype, device=coords_mm.device)
-        return self.template(self.template_coordinates(coords_mm, ga), self.normalised_ga(ga))
+        xn = self.template_coordinates(coords_mm, ga)
+        if self.appearance is None or not self.use_appearance:
+            return self.template(xn, self.normalised_ga(ga))
+        if self.appearance_kernel_weeks == 0:            # the template alone
+            return self.template(xn, self.normalised_ga(ga))
+        offset = xn.new_zeros(xn.shape[0], self.appearance.shape[1])
+        offsets = self.fetus_appearance()
+        for value in torch.unique(ga):                   # one kernel-weighted appearance grid per GA asked for
+            rows = ga == value
+            grid = torch.einsum("f,f...->...", self.appearance_weights(float(value)).to(offsets), offsets)[None]
+            offset[rows] = interpolate_latents(grid, torch.zeros(int(rows.sum()), dtype=torch.long,
+                                                                 device=xn.device), xn[rows]).to(offset.dtype)
+        return self.template(xn, self.normalised_ga(ga), offset)
+
+    def fetus_appearance(self) -> torch.Tensor:
+        """The offsets (F, C, G, G, G) the fetuses' latents get: the parameters, less (``appearance_centred``) the
+        Gaussian-kernel mean (σ ``mean_kernel_weeks``) of the fetuses' parameters around each one's GA, so that
+        what the fetuses of a GA share is left to the template and an offset holds what is the fetus's own or
+        changes faster with GA than that kernel."""
+        if not self.appearance_centred:
+            return self.appearance
+        flat = self.appearance.reshape(self.appearance.shape[0], -1)
+        kernel = self.ga_kernel(self.mean_kernel_weeks).to(flat)
+        return (flat - kernel @ flat).reshape(self.appearance.shape)
+
+    def appearance_weights(self, ga_weeks: float) -> torch.Tensor:
+        """(F,) weights, summing to 1, of the fetuses' appearance offsets in the atlas at ``ga_weeks``: Gaussian of
+        σ ``appearance_kernel_weeks`` over the fetuses' GAs (a GA far from every fetus: its nearest fetuses)."""
+        fetus_ga = self.fetus_ga.double()
+        kernel = torch.exp(-0.5 * ((fetus_ga - float(ga_weeks)) / self.appearance_kernel_weeks) ** 2)
+        if not float(kernel.sum()) > 0:
+            nearest = (fetus_ga - float(ga_weeks)).abs()
+            kernel = (nearest == nearest.min()).double()
+        return kernel / kernel.sum()
 
     def forward(self, coords_mm: torch.Tensor, stack: torch.Tensor) -> torch.Tensor:
         """What stack ``stack`` sees at ``coords_mm``: ``T(x + u_f(x), GA_f)`` (N, n_out)."""
@@ -323,7 +383,11 @@ class TemplateINR(nn.Module):
         if self.use_deformation and self.deformation is not None:
             x = x + self.displacement(coords_mm, self.stack_fetus[stack])
         ga = self.stack_ga[stack]
-        return self.template(self.template_coordinates(x, ga), self.normalised_ga(ga))
+        xn = self.template_coordinates(x, ga)
+        if self.appearance is None or not self.use_appearance:
+            return self.template(xn, self.normalised_ga(ga))
+        offset = interpolate_latents(self.fetus_appearance(), self.stack_fetus[stack], xn)   # the fetus's own
+        return self.template(xn, self.normalised_ga(ga), offset)
 
     # -- regularisation --------------------------------------------------------------------------------------
     def intensity_tv(self, coords_mm: torch.Tensor, ga_weeks: torch.Tensor, step_mm: float,
@@ -344,10 +408,11 @@ class TemplateINR(nn.Module):
 
     def penalties(self) -> dict:
         """Unweighted penalty terms: ``smoothness`` and ``magnitude`` of the displacements (mm²), ``mean``
-        (squared GA-kernel-weighted mean displacement around each fetus's GA, mm²) and ``ga`` (the template's
-        smoothness across GA nodes)."""
+        (squared GA-kernel-weighted mean displacement around each fetus's GA, mm²), ``ga`` (the template's
+        smoothness across GA nodes) and ``appearance`` (mean square of the fetuses' appearance offsets)."""
         zero = self.ga_range.new_zeros(())
-        out = {"ga": self.template.smoothness(), "smoothness": zero, "magnitude": zero, "mean": zero}
+        out = {"ga": self.template.smoothness(), "smoothness": zero, "magnitude": zero, "mean": zero,
+               "appearance": zero if self.appearance is None else (self.appearance ** 2).mean()}
         if self.deformation is None or self.deformation.shape[0] == 0:
             return out
         u = self.deformation
