@@ -328,12 +328,17 @@ class TemplateINR(nn.Module):
             return self.centre.new_zeros(3)
         weights = self._region_weights(coords_mm).to(self.deformation)
         positions = (self.deformation.detach() * weights).sum(dim=(2, 3, 4))           # (F, 3) mm
-        kernel = torch.exp(-0.5 * ((self.fetus_ga.double() - float(ga_weeks)) / float(width_weeks)) ** 2)
-        if not float(kernel.sum()) > 0:           # a GA far from every fetus: the nearest fetuses' weights
-            nearest = (self.fetus_ga - float(ga_weeks)).abs()
+        return self.fetus_weights(ga_weeks, width_weeks).to(positions) @ positions
+
+    def fetus_weights(self, ga_weeks: float, width_weeks: float) -> torch.Tensor:
+        """(F,) float64 weights, summing to 1, of the fetuses at ``ga_weeks``: a Gaussian of σ ``width_weeks`` over
+        their GAs; a GA far from every fetus (all weights underflow) gives its nearest fetuses equal weights."""
+        fetus_ga = self.fetus_ga.double()
+        kernel = torch.exp(-0.5 * ((fetus_ga - float(ga_weeks)) / float(width_weeks)) ** 2)
+        if not float(kernel.sum()) > 0:
+            nearest = (fetus_ga - float(ga_weeks)).abs()
             kernel = (nearest == nearest.min()).double()
-        kernel = (kernel / kernel.sum()).to(positions)
-        return kernel @ positions
+        return kernel / kernel.sum()
 
     # -- queries ---------------------------------------------------------------------------------------------
     def atlas(self, coords_mm: torch.Tensor, ga_weeks, shift_mm=None) -> torch.Tensor:
@@ -343,10 +348,8 @@ class TemplateINR(nn.Module):
         if shift_mm is not None:
             coords_mm = coords_mm + torch.as_tensor(shift_mm, dtype=coords_mm.dtype, device=coords_mm.device)
         xn = self.template_coordinates(coords_mm, ga)
-        if self.appearance is None or not self.use_appearance:
-            return self.template(xn, self.normalised_ga(ga))
-        if self.appearance_kernel_weeks == 0:            # the template alone
-            return self.template(xn, self.normalised_ga(ga))
+        if self.appearance is None or not self.use_appearance or self.appearance_kernel_weeks == 0:
+            return self.template(xn, self.normalised_ga(ga))           # the template alone
         offset = xn.new_zeros(xn.shape[0], self.appearance.shape[1])
         offsets = self.fetus_appearance()
         for value in torch.unique(ga):                   # one kernel-weighted appearance grid per GA asked for
@@ -368,14 +371,9 @@ class TemplateINR(nn.Module):
         return (flat - kernel @ flat).reshape(self.appearance.shape)
 
     def appearance_weights(self, ga_weeks: float) -> torch.Tensor:
-        """(F,) weights, summing to 1, of the fetuses' appearance offsets in the atlas at ``ga_weeks``: Gaussian of
-        σ ``appearance_kernel_weeks`` over the fetuses' GAs (a GA far from every fetus: its nearest fetuses)."""
-        fetus_ga = self.fetus_ga.double()
-        kernel = torch.exp(-0.5 * ((fetus_ga - float(ga_weeks)) / self.appearance_kernel_weeks) ** 2)
-        if not float(kernel.sum()) > 0:
-            nearest = (fetus_ga - float(ga_weeks)).abs()
-            kernel = (nearest == nearest.min()).double()
-        return kernel / kernel.sum()
+        """(F,) weights of the fetuses' appearance offsets in the atlas at ``ga_weeks``: :meth:`fetus_weights` of
+        σ ``appearance_kernel_weeks``."""
+        return self.fetus_weights(ga_weeks, self.appearance_kernel_weeks)
 
     def forward(self, coords_mm: torch.Tensor, stack: torch.Tensor) -> torch.Tensor:
         """What stack ``stack`` sees at ``coords_mm``: ``T(x + u_f(x), GA_f)`` (N, n_out)."""

@@ -275,7 +275,7 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
             warming_up = template is not None and global_step < config.template.deformation_warmup
             if template is not None:                     # displacements free after the warm-up (held at their
                 template.use_deformation = not warming_up or bool(config.template.deformation_init)   # start)
-                template.use_appearance = not warming_up     # appearance offsets held at zero likewise
+                template.use_appearance = not warming_up     # appearance offsets unused (no gradient) likewise
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 moving = motion is not None and global_step >= config.data.slice_motion_warmup
                 if moving:                                # each sample (and its PSF) moved with its slice
@@ -294,8 +294,6 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
                 _diverged(out, global_step + 1, f"the loss is {loss.item()}", saved_step, state, config)
             if warming_up and template.deformation is not None:
                 template.deformation.grad = None         # an initial displacement is held during the warm-up
-            if warming_up and template.appearance is not None:
-                template.appearance.grad = None
             if motion is not None and not moving:
                 for held in motion.parameters():          # the slices' (and stacks') motions held at zero
                     held.grad = None                      # (warm-up)
