@@ -427,6 +427,9 @@ def test_command_reports_bad_input_with_exit_code_2(tmp_path, capsys):
     assert command(parse(["--run", str(tmp_path), "--ga", "28", "--out", str(tmp_path / "o"),
                           "--position-sigma", "-1"])) == 2
     assert "--position-sigma must be a number of weeks >= 0" in capsys.readouterr().err
+    assert command(parse(["--run", str(tmp_path), "--ga", "28", "--out", str(tmp_path / "o"),
+                          "--appearance-sigma", "nan"])) == 2
+    assert "--appearance-sigma must be a number of weeks >= 0" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 

@@ -128,6 +128,24 @@ def test_run_every_stage_then_resume(phantom_registered, tmp_path):
     assert again["atlas"]["generated"] == []
     # OUT is a valid --run for 'infanite atlas'
     assert main(["atlas", "--run", str(out), "--ga", "27.5", "--spacing", "4", "--out", str(tmp_path / "a")]) == 0
+    # the report's header names the atlas's GA kernels as its manifest records them
+    import html
+
+    from infanite.pipeline.report import write_report
+
+    path = out / "atlas" / "atlas_manifest.json"
+    manifest = json.loads(path.read_text())
+    assert manifest["identity"]["appearance_sigma_weeks"] == 0.5            # the CPU defaults: template, offsets
+    for width, words in ((None, "fetuses' appearance offsets over σ 0.5 weeks"),
+                         (0.0, "the template alone (no appearance offsets)"), ("drop", "")):
+        if width == "drop":                                                  # a run without offsets: no words
+            del manifest["identity"]["appearance_sigma_weeks"]
+        elif width is not None:
+            manifest["identity"]["appearance_sigma_weeks"] = width
+        path.write_text(json.dumps(manifest))
+        text = html.unescape(write_report(out).read_text())
+        assert "fetuses' positions over σ 0.25 weeks" in text and words in text
+        assert ("appearance offsets" in text) == bool(words)
 
 
 def check_report_against_the_run(out):
@@ -174,4 +192,11 @@ def test_run_refuses_a_bad_config_before_any_work(phantom_registered, tmp_path, 
     code = main(["run", "--manifest", str(cohort), "--templates", str(phantom_registered["templates"]),
                  "--out", str(tmp_path / "out"), "--position-sigma", "-1"])
     assert code == 2 and "--position-sigma must be a number of weeks >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    code = main(["run", "--manifest", str(cohort), "--templates", str(phantom_registered["templates"]),
+                 "--out", str(tmp_path / "out"), "--appearance-sigma", "-1"])
+    assert code == 2 and "--appearance-sigma must be a number of weeks >= 0" in capsys.readouterr().err
+    code = main(["run", "--manifest", str(cohort), "--templates", str(phantom_registered["templates"]),
+                 "--out", str(tmp_path / "out"), "--set", "model=infanite", "--appearance-sigma", "0.5"])
+    assert code == 2 and "--appearance-sigma sets the GA kernel" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

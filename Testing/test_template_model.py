@@ -481,6 +481,8 @@ def test_the_atlas_of_a_template_run_is_the_template_at_the_ga(template_run, tmp
     for bad in (-0.5, float("nan"), "wide"):
         with pytest.raises(ValueError, match="--position-sigma must be a number of weeks >= 0"):
             generate(run, [28.0], tmp_path / "bad", spacing_mm=3.2, position_sigma_weeks=bad)
+    with pytest.raises(ValueError, match="--appearance-sigma .* has none .*template.appearance false"):
+        generate(run, [28.0], tmp_path / "bad", spacing_mm=3.2, appearance_sigma_weeks=0.5)   # no offsets here
     assert not (tmp_path / "bad").exists()
 
 
@@ -832,6 +834,27 @@ def test_appearance_offsets_are_held_for_the_warm_up_then_learnt_and_the_atlas_u
         plain = np.clip(model.atlas(xyz, 28.0)[:, 0].numpy(), 0, None)
     np.testing.assert_allclose(t2.array[tuple(brain.T)], expected, atol=2e-4)
     assert np.abs(plain - expected).max() > 1e-3           # the offsets are in it (5× the tolerance)
+    # --appearance-sigma 0: the template alone, recorded; another width is another atlas; bad widths refused
+    alone = generate(run, [28.0], tmp_path / "alone", spacing_mm=3.2, position_sigma_weeks=0,
+                     intensity_ceiling=False, appearance_sigma_weeks=0)
+    assert alone["generated"] == ["28.0"]
+    manifest = json.loads((tmp_path / "alone" / "atlas_manifest.json").read_text())
+    assert manifest["identity"]["appearance_sigma_weeks"] == 0.0
+    t2 = load_nifti(tmp_path / "alone" / "atlas_ga-28.0_T2w.nii.gz")
+    np.testing.assert_allclose(t2.array[tuple(brain.T)], plain, atol=2e-4)
+    with pytest.raises(ValueError, match="appearance sigma 0.5 weeks"):
+        generate(run, [28.0], tmp_path / "atlas", spacing_mm=3.2, position_sigma_weeks=0, intensity_ceiling=False,
+                 appearance_sigma_weeks=2.0)
+    for bad in (-1.0, float("inf"), "wide"):
+        with pytest.raises(ValueError, match="--appearance-sigma must be a number of weeks >= 0"):
+            generate(run, [28.0], tmp_path / "bad", spacing_mm=3.2, appearance_sigma_weeks=bad)
+    assert not (tmp_path / "bad").exists()
+    # the width reaches the --jobs processes too: two GAs in two processes, the same files as in one
+    two = generate(run, [28.0, 29.0], tmp_path / "two", spacing_mm=3.2, position_sigma_weeks=0,
+                   intensity_ceiling=False, appearance_sigma_weeks=0, jobs=2)
+    assert sorted(two["generated"]) == ["28.0", "29.0"]
+    np.testing.assert_allclose(load_nifti(tmp_path / "two" / "atlas_ga-28.0_T2w.nii.gz").array[tuple(brain.T)],
+                               plain, atol=2e-4)
 
 
 def test_bad_appearance_keys_are_refused_with_the_key_named():

@@ -84,14 +84,32 @@ def check_grid_size(grid, n_classes: int, probabilities: bool, spacing_mm) -> No
                          f"can generate is about {math.ceil(finest * 100) / 100:g} mm")
 
 
-def check_position_sigma(value) -> float:
-    """``--position-sigma`` (weeks) as a float; ``ValueError`` unless it is a finite number >= 0."""
+def _check_weeks(value, option: str, zero: str) -> float:
+    """``option``'s value (weeks) as a float; ``ValueError`` naming ``option`` unless it is a finite number >= 0
+    (``zero``: what 0 means)."""
     try:
         weeks = float(value)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"--position-sigma must be a number of weeks >= 0, got {value!r}") from exc
+        raise ValueError(f"{option} must be a number of weeks >= 0, got {value!r}") from exc
     if not math.isfinite(weeks) or weeks < 0:
-        raise ValueError(f"--position-sigma must be a number of weeks >= 0 (0: no move), got {value!r}")
+        raise ValueError(f"{option} must be a number of weeks >= 0 (0: {zero}), got {value!r}")
+    return weeks
+
+
+def check_position_sigma(value) -> float:
+    """``--position-sigma`` (weeks) as a float; ``ValueError`` unless it is a finite number >= 0."""
+    return _check_weeks(value, "--position-sigma", "no move")
+
+
+def check_appearance_sigma(value, config=None, where: str = "this run") -> float:
+    """``--appearance-sigma`` (weeks) as a float; ``ValueError`` unless it is a finite number >= 0 and (given the
+    run's training ``config``) the run learnt per-fetus appearance offsets (``model: template`` with
+    ``template.appearance``), the only runs it changes."""
+    weeks = _check_weeks(value, "--appearance-sigma", "the template alone")
+    if config is not None and not (config.model == "template" and config.template.appearance):
+        raise ValueError(f"--appearance-sigma sets the GA kernel of the fetuses' appearance offsets, and {where} "
+                         f"has none (model {config.model!r}, template.appearance "
+                         f"{str(bool(config.template.appearance)).lower()}): leave it out")
     return weeks
 
 
@@ -99,7 +117,8 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
              top_k: int | None = None, probabilities: bool = False, overwrite: bool = False,
              progress: ProgressReporter | None = None, normative=None, templates=None,
              label_method: str = "demons", accept_estimated_ga: bool = False, jobs: int = 1,
-             position_sigma_weeks: float = POSITION_SIGMA_WEEKS, intensity_ceiling: bool = True) -> dict:
+             position_sigma_weeks: float = POSITION_SIGMA_WEEKS, intensity_ceiling: bool = True,
+             appearance_sigma_weeks: float | None = None) -> dict:
     """Generate the atlas of a finished run at the GAs ``ga_weeks`` (weeks, rounded to 0.1) into ``out_dir``.
 
     ``spacing_mm``: atlas voxel size (mm; 1 or 3 values); ``sigma_weeks``: GKR kernel width (weeks); ``top_k``:
@@ -127,7 +146,10 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
     weights of σ ``position_sigma_weeks`` over their GAs (0: the template where training left it, at the mean
     position of the fetuses within about ``template.position_kernel_weeks``).  The template's shape changes
     smoothly with GA; the fetuses' positions need not (stacks registered to templates of different weeks inherit
-    those templates' positions).  Each GA's manifest entry records ``position_shift_mm``.
+    those templates' positions).  Each GA's manifest entry records ``position_shift_mm``.  A template run with
+    per-fetus appearance offsets (``template.appearance``) adds their Gaussian-kernel mean over the fetuses' GAs,
+    σ ``appearance_sigma_weeks`` (default: the run's ``template.appearance_kernel_weeks``; 0: the template alone),
+    recorded in the manifest's identity; refused for runs without offsets.
 
     ``jobs`` > 1 makes the GAs in that many processes (each loads the model once; on CUDA process *i* uses GPU
     *i* mod the GPUs there, on CPU the cores are shared out); this process writes the manifest as each GA is done,
@@ -145,11 +167,18 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
         raise ValueError(f"atlas spacing must be > 0 mm, got {spacing_mm!r}")
     check_sigma_top_k(sigma_weeks, top_k)
     position_sigma_weeks = check_position_sigma(position_sigma_weeks)
+    if appearance_sigma_weeks is not None:
+        check_appearance_sigma(appearance_sigma_weeks)
     if int(jobs) != jobs or jobs < 1:
         raise ValueError(f"--jobs must be a whole number >= 1, got {jobs!r}")
     jobs = int(jobs)
     dev = resolve_device(device)
     run = load_run(run_dir)
+    appearance = run.config.model == "template" and run.config.template.appearance
+    if appearance_sigma_weeks is None:
+        appearance_sigma_weeks = run.config.template.appearance_kernel_weeks if appearance else None
+    else:
+        appearance_sigma_weeks = check_appearance_sigma(appearance_sigma_weeks, run.config, str(run.run_dir))
     ceiling = read_intensity_ceiling(run.run_dir) if intensity_ceiling else None
     table = open_normative(normative)
     stacks = run.stacks
@@ -176,9 +205,8 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
                                           {"propagated_from": library.source, "method": label_method},
                                           **({"position_sigma_weeks": position_sigma_weeks}
                                              if run.config.model == "template" else {}),
-                                          **({"appearance_sigma_weeks": run.config.template.appearance_kernel_weeks}
-                                             if run.config.model == "template" and run.config.template.appearance
-                                             else {}),
+                                          **({"appearance_sigma_weeks": appearance_sigma_weeks}
+                                             if appearance else {}),
                                           **({"intensity_ceiling": ceiling_identity(ceiling)}
                                              if ceiling is not None else {})}))
         try:
@@ -195,7 +223,8 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
                     f"{out_dir} already holds a different atlas (from {previous.get('run_dir')}, checkpoint "
                     f"{str(old.get('checkpoint_sha256'))[:12]}, spacing {old.get('spacing_mm')} mm, sigma "
                     f"{old.get('sigma_weeks')} weeks, top_k {old.get('top_k')}, position sigma "
-                    f"{old.get('position_sigma_weeks')} weeks, intensity ceiling "
+                    f"{old.get('position_sigma_weeks')} weeks, appearance sigma "
+                    f"{old.get('appearance_sigma_weeks')} weeks, intensity ceiling "
                     f"{'on' if old.get('intensity_ceiling') else 'off'}); use another --out or --overwrite")
             remove_atlas(out_dir, previous)
             previous = None
@@ -229,7 +258,7 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
         if todo:
             parallel = jobs > 1 and len(todo) > 1
             maker = None if parallel else GAMaker(run, grid, dev, probabilities, library, label_method, out_dir,
-                                                  support, position_sigma_weeks, ceiling)
+                                                  support, position_sigma_weeks, ceiling, appearance_sigma_weeks)
             n_chunks = 1 if parallel else maker.n_chunks         # in processes: progress per GA
             progress = progress or ProgressReporter(None)
             progress.start("atlas", len(todo) * n_chunks,
@@ -252,7 +281,7 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
                 for done, (key, entry) in enumerate(_make_in_processes(
                         run.run_dir, grid, dev, probabilities, templates, label_method, out_dir,
                         [(ga_text(g), kernels[ga_text(g)].weights) for g in todo], jobs, position_sigma_weeks,
-                        ceiling),
+                        ceiling, appearance_sigma_weeks),
                         start=1):
                     record(key, entry)
                     progress.update(done * n_chunks, f"GA {key} written ({done}/{len(todo)})", ga_weeks=float(key))
@@ -292,16 +321,18 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
 class GAMaker:
     """What making one GA needs, loaded once per process: the model on its device, the atlas grid, its chunking,
     the GA-local support, (mask-only runs) the template labels, (template runs) the width of the GA kernel of
-    the fetuses' positions (:func:`~infanite.atlas.predict.atlas_position`) and the run's intensity ceiling
-    table (None: no cap)."""
+    the fetuses' positions (:func:`~infanite.atlas.predict.atlas_position`), the run's intensity ceiling
+    table (None: no cap) and (runs with appearance offsets) the width of their GA kernel (None: the run's)."""
 
     def __init__(self, run, grid, device: str, probabilities: bool, library, label_method: str, out_dir: Path,
                  support: GASupport | None = None, position_sigma_weeks: float = POSITION_SIGMA_WEEKS,
-                 ceiling: dict | None = None):
+                 ceiling: dict | None = None, appearance_sigma_weeks: float | None = None):
         stacks = run.stacks
         self.grid, self.device, self.probabilities = grid, device, probabilities
         self.library, self.label_method, self.out_dir = library, label_method, Path(out_dir)
         self.model = run.model(device)
+        if appearance_sigma_weeks is not None:
+            self.model.appearance_kernel_weeks = float(appearance_sigma_weeks)
         self.chunk = chunk_size(device, model_width(self.model))
         self.n_chunks = max(1, math.ceil(int(np.prod(grid.shape)) / self.chunk))
         self.support = support or GASupport(run.run_dir, grid, stacks.get("stack_fetus"))
@@ -332,7 +363,7 @@ _WORKER: dict = {}
 
 
 def _init_worker(run_dir, grid_shape, grid_affine, devices, probabilities, templates, label_method, out_dir,
-                 threads, position_sigma_weeks, ceiling):
+                 threads, position_sigma_weeks, ceiling, appearance_sigma_weeks):
     """A ``--jobs`` process: take a device from ``devices`` (a queue) and load the model there once."""
     import torch
 
@@ -344,7 +375,8 @@ def _init_worker(run_dir, grid_shape, grid_affine, devices, probabilities, templ
     library = _label_templates(run, templates, label_method, probabilities)
     grid = Grid(tuple(grid_shape), np.asarray(grid_affine))
     _WORKER["maker"] = GAMaker(run, grid, devices.get(), probabilities, library, label_method, Path(out_dir),
-                               position_sigma_weeks=position_sigma_weeks, ceiling=ceiling)
+                               position_sigma_weeks=position_sigma_weeks, ceiling=ceiling,
+                               appearance_sigma_weeks=appearance_sigma_weeks)
 
 
 def _make_one(key: str, weights) -> tuple[str, dict]:
@@ -352,7 +384,8 @@ def _make_one(key: str, weights) -> tuple[str, dict]:
 
 
 def _make_in_processes(run_dir, grid, device: str, probabilities, templates, label_method, out_dir, tasks, jobs,
-                       position_sigma_weeks: float = POSITION_SIGMA_WEEKS, ceiling: dict | None = None):
+                       position_sigma_weeks: float = POSITION_SIGMA_WEEKS, ceiling: dict | None = None,
+                       appearance_sigma_weeks: float | None = None):
     """Yield ``(GA key, entry)`` as ``jobs`` processes finish the ``tasks`` ((key, weights) pairs)."""
     import multiprocessing
     import os
@@ -375,7 +408,7 @@ def _make_in_processes(run_dir, grid, device: str, probabilities, templates, lab
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
                              initargs=(str(run_dir), list(grid.shape), grid.voxel_to_ras.tolist(), devices,
                                        probabilities, templates, label_method, str(out_dir), threads,
-                                       position_sigma_weeks, ceiling)) as pool:
+                                       position_sigma_weeks, ceiling, appearance_sigma_weeks)) as pool:
         futures = [pool.submit(_make_one, key, np.asarray(weights)) for key, weights in tasks]
         for future in as_completed(futures):
             yield future.result()

@@ -4,7 +4,8 @@ from __future__ import annotations
 import logging
 import sys
 
-from infanite.cli.common import add_position_sigma, add_progress, position_sigma
+from infanite.cli.common import (add_appearance_sigma, add_position_sigma, add_progress, appearance_sigma,
+                                 position_sigma)
 from infanite.progress import ProgressReporter
 
 
@@ -26,6 +27,7 @@ def add_parser(sub) -> None:
                    help="Gaussian kernel width over stack GAs in weeks (default 0.5)")
     p.add_argument("--top-k", type=int, default=None, metavar="K", help="regress from the K most weighted stacks only")
     add_position_sigma(p)
+    add_appearance_sigma(p)
     p.add_argument("--probabilities", action="store_true",
                    help="also write 4-D tissue probability maps (atlas_ga-<GA>_probseg.nii.gz)")
     p.add_argument("--normative", default=None, metavar="CSV",
@@ -69,7 +71,7 @@ def run(args) -> int:
                               templates=args.templates, label_method=args.label_method,
                               accept_estimated_ga=args.accept_estimated_ga, jobs=getattr(args, "jobs", 1),
                               intensity_ceiling=getattr(args, "intensity_ceiling", True),
-                              **position_sigma(args))
+                              **position_sigma(args), **appearance_sigma(args))
     except (ValueError, FileNotFoundError) as exc:
         message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         print(f"atlas: error: {message}", file=sys.stderr)

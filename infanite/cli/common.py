@@ -1,4 +1,5 @@
-"""What every command shares: the ``--progress-json`` and ``--position-sigma`` options and one-line errors."""
+"""What every command shares: the ``--progress-json``, ``--position-sigma`` and ``--appearance-sigma`` options and
+one-line errors."""
 from __future__ import annotations
 
 import argparse
@@ -23,6 +24,22 @@ def position_sigma(args) -> dict:
     given, else ``{}`` (its default)."""
     value = getattr(args, "position_sigma", None)
     return {} if value is None else {"position_sigma_weeks": value}
+
+
+def add_appearance_sigma(parser: argparse.ArgumentParser) -> None:
+    """``--appearance-sigma WEEKS`` (template runs with per-fetus appearance offsets), shared by ``atlas`` and
+    ``run``."""
+    parser.add_argument("--appearance-sigma", type=float, default=None, metavar="WEEKS",
+                        help="template runs with per-fetus appearance offsets (template.appearance, the CPU "
+                             "default): add their mean over a Gaussian of this width in weeks around each GA "
+                             "(default: the run's template.appearance_kernel_weeks, 0.5; 0: the template alone)")
+
+
+def appearance_sigma(args) -> dict:
+    """``{"appearance_sigma_weeks": …}`` for :func:`~infanite.atlas.generate.generate` when ``--appearance-sigma``
+    was given, else ``{}`` (the run's own width)."""
+    value = getattr(args, "appearance_sigma", None)
+    return {} if value is None else {"appearance_sigma_weeks": value}
 
 
 def error(command: str, exc: BaseException, prefix: str = "error") -> int:

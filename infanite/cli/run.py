@@ -4,7 +4,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from infanite.cli.common import add_position_sigma, add_progress, command_line, position_sigma
+from infanite.cli.common import (add_appearance_sigma, add_position_sigma, add_progress, appearance_sigma,
+                                 command_line, position_sigma)
 from infanite.progress import ProgressReporter
 
 
@@ -34,6 +35,7 @@ def add_parser(sub) -> None:
     p.add_argument("--sigma", type=float, default=0.5,
                    help="atlas GA kernel width in weeks (default 0.5; wider for sparse cohorts)")
     add_position_sigma(p)
+    add_appearance_sigma(p)
     p.add_argument("--probabilities", action="store_true", help="also write 4-D tissue probability maps")
     p.add_argument("--label-method", choices=["demons", "bspline", "none"], default="demons",
                    help="how template labels reach the atlas of a mask-only cohort (default demons)")
@@ -64,7 +66,7 @@ def run(args) -> int:
                                   atlas_options={"sigma_weeks": args.sigma, "probabilities": args.probabilities,
                                                  "label_method": args.label_method,
                                                  "accept_estimated_ga": args.accept_estimated_ga,
-                                                 **position_sigma(args)})
+                                                 **position_sigma(args), **appearance_sigma(args)})
     except ManifestError as exc:
         print(str(exc), file=sys.stderr)
         return 2

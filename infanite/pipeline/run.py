@@ -109,8 +109,9 @@ def run_pipeline(manifest, templates, out, config_path=None, overrides=(), devic
     """Run every stage into ``out``; returns a summary with the report path.  Bad input raises ``ValueError``
     (from the stage that reads it) before that stage writes anything.  ``atlas_options``: keywords of
     :func:`~infanite.atlas.generate.generate` (``sigma_weeks``, ``probabilities``, ``label_method``,
-    ``accept_estimated_ga``, ``position_sigma_weeks``), the GA kernels' widths checked before any work."""
-    from infanite.atlas.generate import check_position_sigma, generate
+    ``accept_estimated_ga``, ``position_sigma_weeks``, ``appearance_sigma_weeks``), the GA kernels' widths checked
+    before any work."""
+    from infanite.atlas.generate import check_appearance_sigma, check_position_sigma, generate
     from infanite.atlas.kernel import check_sigma_top_k
     from infanite.registration.register import RegisterOptions, register_cohort
     from infanite.inr.train import train
@@ -129,6 +130,9 @@ def run_pipeline(manifest, templates, out, config_path=None, overrides=(), devic
     else:
         overrides = list(overrides)
     config = load_train_config(config_path, overrides + [f"device={device}"])   # validated before any work
+    if atlas_options.get("appearance_sigma_weeks") is not None:
+        atlas_options["appearance_sigma_weeks"] = check_appearance_sigma(atlas_options["appearance_sigma_weeks"],
+                                                                         config, "this run's training config")
     with folder_lock(out, "run"):
         out.mkdir(parents=True, exist_ok=True)
         timings = _Timings(out)
