@@ -128,6 +128,12 @@ def test_a_bad_training_override_is_refused_before_any_work(quality, crl_atlas_d
                          "--set", "template.ga_latentz=3"])
     assert code == 2 and not work.exists()
     assert "template.ga_latentz: unknown key (did you mean 'template.ga_latents'?)" in capsys.readouterr().err
+    # each INR row is checked with its own settings: an appearance key is valid for gM (which has the offsets)
+    # and refused for the paper's model, naming the row
+    code = quality.main(["--smoke", "--atlas-dir", str(crl_atlas_dir), "--work", str(work), "--rows", "a'", "gM",
+                         "--set", "template.appearance_kernel_weeks=0.75", "--set", "template.appearance=true"])
+    assert code == 2 and not work.exists()
+    assert "(row a'): " in capsys.readouterr().err
     code = quality.main(["--smoke", "--atlas-dir", str(crl_atlas_dir), "--work", str(work),
                          "--position-sigma", "-0.25"])
     assert code == 2 and not work.exists()

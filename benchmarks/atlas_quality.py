@@ -1115,11 +1115,6 @@ def main(argv=None) -> int:
     from infanite.inr.config import TrainConfigError
     from infanite.inr.config_loading import load_train_config
 
-    try:                                                    # a bad --set is refused before any work
-        load_train_config(None, training + TEMPLATE + args.extra)
-    except TrainConfigError as exc:
-        print(f"atlas_quality: --set: {exc}", file=sys.stderr)
-        return 2
     if args.position_sigma is not None and not (math.isfinite(args.position_sigma) and args.position_sigma >= 0):
         print(f"atlas_quality: --position-sigma must be a number of weeks >= 0, got {args.position_sigma}",
               file=sys.stderr)
@@ -1131,6 +1126,12 @@ def main(argv=None) -> int:
             print(f"atlas_quality: unknown --rows {unknown}; rows are {', '.join(ROWS)}", file=sys.stderr)
             return 2
         names = [n for n in ROWS if n in args.rows]
+    for name in [n for n in names if ROWS[n][1] == "inr"] or ["g"]:   # a bad --set is refused before any work,
+        try:                                                            # with each INR row's own settings
+            load_train_config(None, [o for o in training + list(ROWS[name][2]) + args.extra if "{" not in o])
+        except TrainConfigError as exc:
+            print(f"atlas_quality: --set (row {name}): {exc}", file=sys.stderr)
+            return 2
     sim_config = SimulationConfig(n_subjects=settings["subjects"], stacks_per_subject=STACKS_PER_SUBJECT,
                                   ga_range=settings["ga_range"], seed=SEED,
                                   **({"motion_deg": 0.0, "motion_mm": 0.0} if args.no_slice_motion else {}))
