@@ -50,8 +50,10 @@ def _strict_json(path):
     return json.loads(path.read_text(), parse_constant=reject)
 
 
-def _ga_rows(markdown: str) -> list[str]:
-    return [line for line in markdown.splitlines() if line.startswith("| ") and line[2:3].isdigit()]
+def _ga_rows(markdown: str, table: int = 0) -> list[str]:
+    """The rows of ``metrics.md``'s first table (the metrics; ``table`` 1: where the intensity error lies)."""
+    part = markdown.split("## Where the intensity error lies")[table]
+    return [line for line in part.splitlines() if line.startswith("| ") and line[2:3].isdigit()]
 
 
 def test_atlas_against_itself_scores_perfectly(phantom_atlas, tmp_path):
@@ -68,6 +70,8 @@ def test_atlas_against_itself_scores_perfectly(phantom_atlas, tmp_path):
         assert result["volume_l1_reference"]["mean"] == 0.0
         # the phantom is built to the normative volumes, so its normative error is small
         assert result["volume_l1_normative"]["atlas"]["mean"] < 0.05
+        assert result["intensity_error"]["mse"] == 0.0
+        assert all(math.isnan(p["share"]) and p["mse"] == 0.0 for p in result["intensity_error"]["per_label"].values())
     written = _strict_json(out / METRICS_JSON)
     assert written["per_ga"][0]["psnr_db"]["brain_mask"] == "inf"
     assert written["per_ga"][1]["dice"]["per_label"]["cGM"] == 1.0
@@ -114,7 +118,18 @@ def test_perturbed_reference_scores_worse(phantom_atlas, tmp_path):
     assert result["hd95_mm"]["mean"] == pytest.approx(SPACING, abs=1e-4)
     assert 0.0 < result["asd_mm"]["mean"] < SPACING
     assert result["tct"]["reference"] < result["tct"]["atlas"]
-    assert len(_ga_rows((tmp_path / "out" / METRICS_MD).read_text())) == 1
+    markdown = (tmp_path / "out" / METRICS_MD).read_text()
+    assert len(_ga_rows(markdown)) == 1
+    # where the PSNR's error lies: the tissues and the band outside them share all of it
+    error = result["intensity_error"]
+    parts = list(error["per_label"].values()) + [error["outside"]]
+    assert set(error["per_label"]) == {"WM", "vent", "cereb", "eCSF", "cGM", "dGM", "BS", "CC"}
+    assert sum(p["share"] for p in parts) == pytest.approx(1.0)
+    assert sum(p["fraction"] * p["mse"] for p in parts if p["fraction"]) == pytest.approx(error["mse"])
+    assert 10 * math.log10(1 / error["mse"]) == pytest.approx(result["psnr_db"]["brain_mask"])
+    rows = _ga_rows(markdown, 1)
+    assert len(rows) == 1 and rows[0].startswith("| 26.0 | ")
+    assert rows[0].count(" %") == sum(p["fraction"] > 0 for p in parts)
 
 
 def test_atlas_on_another_grid_is_resampled_onto_the_reference(phantom_atlas, tmp_path):

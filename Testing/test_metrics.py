@@ -66,6 +66,56 @@ def test_psnr_of_a_known_offset_equals_the_analytic_value():
     assert M.psnr(test, reference, region) - M.psnr(test2, reference, region) == pytest.approx(20 * math.log10(2))
 
 
+def test_intensity_error_by_label_puts_a_known_offset_in_its_tissue():
+    # reference in the region spans [0, 1] (two voxels of label 1 pinned at 0 and 1); the test is the reference
+    # plus d on every label-2 voxel only, so the normalised error is d there and 0 elsewhere
+    rng = np.random.default_rng(2)
+    reference = np.zeros((14, 14, 14))
+    region = np.zeros_like(reference, dtype=bool)
+    region[2:12, 2:12, 2:12] = True
+    seg = np.zeros(reference.shape, np.int16)
+    seg[3:11, 3:11, 3:7] = 1
+    seg[3:11, 3:11, 7:11] = 2                       # the region's rim (one voxel thick) keeps label 0
+    reference[region] = rng.uniform(0.2, 0.7, int(region.sum()))
+    reference[3, 3, 3], reference[10, 10, 6] = 0.0, 1.0
+    d = 0.05
+    test = reference + d * (seg == 2)
+    out = M.intensity_error_by_label(test, reference, region, seg, [1, 2, 3])
+    n = int(region.sum())
+    two = out["per_label"][2]
+    assert two["fraction"] == pytest.approx(np.count_nonzero(seg == 2) / n)
+    assert two["mse"] == pytest.approx(d * d, rel=1e-9)
+    assert two["bias"] == pytest.approx(d, rel=1e-9)
+    assert two["share"] == pytest.approx(1.0)
+    for part in (out["per_label"][1], out["outside"]):
+        assert part["mse"] == pytest.approx(0.0, abs=1e-20) and part["share"] == pytest.approx(0.0, abs=1e-12)
+    assert out["outside"]["fraction"] == pytest.approx(np.count_nonzero(region & (seg == 0)) / n)
+    absent = out["per_label"][3]                                       # no voxel of label 3
+    assert absent["fraction"] == 0.0 and absent["share"] == 0.0 and math.isnan(absent["mse"])
+    # the region's MSE is the PSNR's, and the parts add up to it
+    assert 10 * math.log10(1 / out["mse"]) == pytest.approx(M.psnr(test, reference, region), rel=1e-12)
+    # a darker test tissue gives a negative bias
+    assert M.intensity_error_by_label(reference - d * (seg == 2), reference, region, seg, [2])[
+        "per_label"][2]["bias"] == pytest.approx(-d, rel=1e-9)
+
+
+def test_intensity_error_by_label_adds_up_to_the_psnr_on_noise(smooth_image):
+    image, mask = smooth_image
+    rng = np.random.default_rng(3)
+    test = image + 0.3 * rng.normal(size=image.shape)
+    seg = np.digitize(image, np.quantile(image[mask], [0.3, 0.6])).astype(np.int16) + 1     # labels 1, 2, 3
+    seg[~_sphere(image.shape, (1, 1, 1), 8.0)] = 0                                            # a band outside
+    out = M.intensity_error_by_label(test, image, mask, seg, [1, 2, 3])
+    parts = list(out["per_label"].values()) + [out["outside"]]
+    assert sum(p["fraction"] for p in parts) == pytest.approx(1.0)
+    assert sum(p["share"] for p in parts) == pytest.approx(1.0)
+    assert sum(p["fraction"] * p["mse"] for p in parts) == pytest.approx(out["mse"], rel=1e-12)
+    assert out["outside"]["fraction"] > 0
+    assert 10 * math.log10(1 / out["mse"]) == pytest.approx(M.psnr(test, image, mask), rel=1e-12)
+    with pytest.raises(ValueError, match="reference labels"):
+        M.intensity_error_by_label(test, image, mask, seg[:-1], [1, 2, 3])
+
+
 def test_affine_psnr_forgives_only_an_intensity_map(smooth_image):
     image, mask = smooth_image
     region = np.asarray(mask) > 0

@@ -6,8 +6,9 @@ template folder readable by :meth:`~infanite.reference.templates.TemplateLibrary
 ``HarvardSTA<week>_Study1/``, NiftyMIC, ``templates.tsv``).  Every GA present in both is compared: the atlas is
 resampled onto the reference grid first when the grids differ (world coordinates, identity transform; linear for T2,
 nearest for labels), then :mod:`infanite.evaluation.metrics` gives PSNR and SSIM in both region conventions, Dice, HD95
-and ASD per label and their means, the tissue contrast (TCT) of atlas and reference, and the volume L1 errors against
-the reference and against a normative table.
+and ASD per label and their means, the tissue contrast (TCT) of atlas and reference, the volume L1 errors against
+the reference and against a normative table, and where the PSNR's squared error lies: per tissue of the reference's
+labels (and the dilation band outside them), its share, MSE and signed mean error (``intensity_error``).
 
 Outputs in ``OUT`` (written atomically): ``metrics.json`` and ``metrics.md`` (:mod:`infanite.evaluation.report`).
 Bad input raises :class:`~infanite.evaluation.inputs.EvaluationInputError` before any work.
@@ -19,8 +20,8 @@ import math
 from infanite.io.lock import folder_lock
 from infanite.evaluation import metrics
 from infanite.evaluation.inputs import ImageSet, plan_evaluation
-from infanite.evaluation.report import (conventions_dict, conventions_text, markdown_table, mean_row, summary_row,
-                                        write_outputs)
+from infanite.evaluation.report import (conventions_dict, conventions_text, intensity_error_table, markdown_table,
+                                        mean_row, summary_row, write_outputs)
 from infanite.io.images import Volume
 from infanite.io.resample import resample
 from infanite.labels import LabelTable
@@ -59,6 +60,8 @@ def compare(test_t2: Volume, test_seg: Volume, reference: ImageSet, ga_weeks: fl
     norm_test = metrics.volume_l1_vs_normative(native_seg, ga_weeks, normative, table=table)
     ref_ga = ga_weeks if reference_ga_weeks is None else reference_ga_weeks
     norm_ref = metrics.volume_l1_vs_normative(reference.seg, ref_ga, normative, table=table)
+    by_label = metrics.intensity_error_by_label(test_t2, reference.t2w, regions["brain_mask"], reference.seg, labels,
+                                                names)
     return {
         "psnr_db": {k: metrics.psnr(test_t2, reference.t2w, r, names) for k, r in regions.items()},
         "ssim": {k: metrics.ssim(test_t2, reference.t2w, r, names) for k, r in regions.items()},
@@ -69,6 +72,8 @@ def compare(test_t2: Volume, test_seg: Volume, reference: ImageSet, ga_weeks: fl
         "tct": {sides[0]: contrast(native_t2, native_seg), sides[1]: contrast(reference.t2w, reference.seg)},
         "volume_l1_reference": vol_ref,
         "volume_l1_normative": {sides[0]: norm_test, sides[1]: norm_ref},
+        "intensity_error": {"mse": by_label["mse"], "per_label": _keyed(by_label["per_label"], table),
+                            "outside": by_label["outside"]},
     }
 
 
@@ -131,6 +136,8 @@ def evaluate_atlas(atlas_dir, reference, out, ga_weeks=None, normative=None, tab
         conventions = conventions_text(plan.table, plan.normative, metrics.DEFAULT_DILATION_MM, "atlas", "reference")
         markdown = markdown_table(f"Atlas evaluation: {plan.atlas.folder} vs {plan.reference.source}", conventions,
                              ["GA (weeks)"], [[f"{ga:.1f}"] for ga, _ in plan.pairs], rows, mean, "atlas", "reference")
+        markdown += "\n" + intensity_error_table(["GA (weeks)"], [[f"{ga:.1f}"] for ga, _ in plan.pairs], per_ga,
+                                                 "reference")
         return write_outputs(plan.out, document, markdown)
 
 

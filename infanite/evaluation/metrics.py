@@ -186,6 +186,39 @@ def psnr_affine(test, reference, mask, names: tuple[str, str] = ("test", "refere
     return math.inf if mse <= 1e-30 else 10.0 * math.log10(1.0 / mse)
 
 
+def intensity_error_by_label(test, reference, mask, reference_seg, labels,
+                             names: tuple[str, str] = ("test", "reference")) -> dict:
+    """Where :func:`psnr`'s squared error lies: split by the tissue label of ``reference_seg`` (the reference's
+    label map, same grid) over the region ``mask``, both images min–max normalised over the region as for the PSNR.
+
+    Returns ``{"mse": the region's MSE (10^(−PSNR/10)), "per_label": {value: part}, "outside": part}``, ``outside``
+    being the region voxels whose reference label is none of ``labels`` (e.g. the dilation band around the brain).
+    Each part: ``fraction`` of the region's voxels, its own ``mse``, its ``share`` of the region's squared error
+    (the shares sum to 1; NaN when the images agree exactly) and its ``bias``, the mean signed error test −
+    reference (normalised units: > 0 where the test is too bright against its extremes).  A part with no voxel has
+    fraction and share 0, mse and bias NaN.  So ``Σ fraction · mse`` is the region's MSE: a tissue whose mse
+    exceeds another image's by Δ costs that image ``fraction · Δ`` of MSE."""
+    a, b, region = _intensity_inputs(test, reference, mask, names)
+    check_same_grid(reference, reference_seg, (names[1], f"{names[1]} labels"))
+    seg = _array(reference_seg)[region]
+    error = minmax_normalise(a, region)[region] - minmax_normalise(b, region)[region]
+    squared = error ** 2
+    total = float(squared.sum())
+    n_region = int(error.size)
+
+    def part(selected: np.ndarray) -> dict:
+        n = int(np.count_nonzero(selected))
+        if n == 0:
+            return {"fraction": 0.0, "mse": math.nan, "share": 0.0, "bias": math.nan}
+        sse = float(squared[selected].sum())
+        return {"fraction": n / n_region, "mse": sse / n, "share": sse / total if total > 0 else math.nan,
+                "bias": float(error[selected].mean())}
+
+    values = [int(v) for v in labels]
+    per_label = {v: part(seg == v) for v in values}
+    return {"mse": total / n_region, "per_label": per_label, "outside": part(~np.isin(seg, values))}
+
+
 def sharpness(image, mask, spacing_mm=None) -> float:
     """Mean gradient magnitude (per mm) of ``image`` min–max normalised over ``mask``, averaged over ``mask``.
 

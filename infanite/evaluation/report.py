@@ -111,6 +111,35 @@ def markdown_table(title: str, conventions: str, key_headers: list[str], keys: l
     return "\n".join(lines) + "\n"
 
 
+def intensity_error_table(key_headers: list[str], keys: list[list[str]], results: list[dict], ref: str) -> str:
+    """``metrics.md``'s second table: per comparison, the region's MSE (×1000, the PSNR's: ``10 log10(1 / MSE)``)
+    and per tissue of the reference's (``ref``) labels (and *outside*, the region's voxels without a label) its
+    share of that squared error (%) and its signed mean error (×100, normalised intensities; > 0: too bright), from
+    each result's ``intensity_error``."""
+    if not results:
+        return ""
+    labels = list(results[0]["intensity_error"]["per_label"])
+    headers = key_headers + ["MSE ×1000"] + labels + ["outside"]
+    lines = ["## Where the intensity error lies (PSNR mask region)", "",
+             f"Per tissue of the {ref}'s labels (*outside*: the region's voxels with none, e.g. the dilation band): "
+             f"its share of the squared error (%) and, in brackets, its mean signed error (×100, both images min–max "
+             f"normalised; > 0 where the atlas is too bright).", "",
+             "| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+
+    def cell(part: dict) -> str:
+        if not part["fraction"]:
+            return "—"
+        share = part["share"]
+        share_text = "n/a" if share is None or math.isnan(share) else f"{100 * share:.0f} %"
+        return f"{share_text} ({format_metric(100 * part['bias'], 1)})"
+
+    for key, result in zip(keys, results):
+        error = result["intensity_error"]
+        cells = [cell(error["per_label"][label]) for label in labels] + [cell(error["outside"])]
+        lines.append("| " + " | ".join(key + [format_metric(1000 * error["mse"], 2)] + cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_outputs(out: Path, document: dict, markdown: str) -> dict:
     """Write ``metrics.json`` and ``metrics.md`` into ``out`` (atomically); returns ``document``."""
     out.mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,8 @@ from infanite.io.lock import folder_lock
 from infanite.evaluation import metrics
 from infanite.evaluation.against_reference import compare
 from infanite.evaluation.inputs import ImageSet, plan_evaluation
-from infanite.evaluation.report import (conventions_dict, conventions_text, markdown_table, mean_row, summary_row,
-                                        write_outputs)
+from infanite.evaluation.report import (conventions_dict, conventions_text, intensity_error_table, markdown_table,
+                                        mean_row, summary_row, write_outputs)
 from infanite.io.images import Volume, load_labels, load_nifti
 from infanite.io.resample import resample
 from infanite.labels import LabelTable
@@ -86,4 +86,5 @@ def evaluate_subject_consistency(atlas_dir, registered_manifest, out, ga_weeks=N
         conventions = conventions_text(plan.table, plan.normative, metrics.DEFAULT_DILATION_MM, "atlas", "stack")
         markdown = markdown_table(f"Subject consistency: {plan.atlas.folder} vs {Path(registered_manifest)}",
                                   conventions, ["Stack", "GA (weeks)", "Atlas GA"], keys, rows, mean, "atlas", "stack")
+        markdown += "\n" + intensity_error_table(["Stack", "GA (weeks)", "Atlas GA"], keys, per_subject, "stack")
         return write_outputs(plan.out, document, markdown)
