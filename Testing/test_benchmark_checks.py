@@ -523,3 +523,36 @@ def test_intensity_levels_of_the_truth_itself_and_of_one_bright_voxel(crl_atlas_
     assert spiked["WM"][0] == pytest.approx(exact["WM"][1] / 2, rel=1e-4)
     assert spiked["psnr"] < 20.0 and spiked["psnr_affine"] > 40.0
     assert spiked["psnr_clipped"] > 40.0                   # clipped at p99.9 the spike is gone
+
+
+def test_tissue_error_table_sets_each_rows_tissue_mse_beside_the_voxel_shares(quality):
+    """Two rows against one truth with CRL labels 1 (WM) and 5 (cGM) and a band outside them: the row that
+    brightens cGM by 0.1 has cGM's MSE 10 (×1000) and bias +10 (×100), nothing elsewhere; a row without the
+    tissue split is left out; the voxel line gives each part's share of the region."""
+    import numpy as np
+
+    from infanite.evaluation.metrics import intensity_error_by_label
+
+    truth = np.zeros((10, 10, 10))
+    region = np.zeros(truth.shape, bool)
+    region[1:9, 1:9, 1:9] = True
+    seg = np.zeros(truth.shape, np.int16)
+    seg[2:8, 2:8, 2:5] = 1
+    seg[2:8, 2:8, 5:8] = 5
+    truth[region] = 0.4
+    truth[seg == 5] = 0.6
+    truth[2, 2, 2], truth[2, 2, 7] = 0.0, 1.0           # the region's extremes, one in WM, one in cGM
+    bright = truth + 0.1 * ((seg == 5) & (truth < 1.0))
+    rows = {"gM": {"30.0": {"tissue_error": intensity_error_by_label(bright, truth, region, seg, [1, 2, 3, 4, 5])}},
+            "oD": {"30.0": {"tissue_error": intensity_error_by_label(truth, truth, region, seg, [1, 2, 3, 4, 5])}},
+            "c": {"30.0": {}}}
+    table = quality.tissue_error_table(rows, ["gM", "oD", "c"], [30.0]).splitlines()
+    assert table[0] == "| GA | row | MSE ×1000 | WM | vent | cereb | eCSF | cGM | outside |"
+    n = int(region.sum())
+    shares = [np.count_nonzero(seg == 1), 0, 0, 0, np.count_nonzero(seg == 5), np.count_nonzero(region & (seg == 0))]
+    assert table[2] == "| 30.0 | voxels | | " + " | ".join(f"{100 * k / n:.0f} %" for k in shares) + " |"
+    gm = table[3].split(" | ")
+    assert gm[1] == "gM" and gm[3] == "0.00 (0.0)" and gm[4] == "—"                    # WM; vent absent
+    cgm_mse = 1000 * 0.01 * (np.count_nonzero(seg == 5) - 1) / np.count_nonzero(seg == 5)
+    assert gm[-2] == f"{cgm_mse:.2f} ({100 * 0.1 * (np.count_nonzero(seg == 5) - 1) / np.count_nonzero(seg == 5):.1f})"
+    assert table[4].startswith("| 30.0 | oD | 0.00 | ") and len(table) == 5                   # no line for c

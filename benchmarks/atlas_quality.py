@@ -76,6 +76,10 @@ GA sits near the midpoint; the PSNR after the alignment says what that position 
 alignment uses the truth).  Each INR run's diagnostics are kept in ``<work>/diagnostics/`` and reused while its
 checkpoint and the simulator's truth are unchanged.
 
+A tissue table splits each row's squared error (the PSNR's region and normalisation) by the CRL week's labels:
+per tissue its MSE and signed mean error, beside each tissue's share of the region's voxels, so that a row's
+shortfall against another (oD) is located in the tissues where it arises and read as blur or as contrast.
+
 The results end with a table of the goal's PSNR thresholds (c + the margin) beside the oracles: a threshold above
 oS is out of reach of the template model on that cohort, however well it is trained.
 
@@ -418,11 +422,14 @@ def image_rows(atlas_dir: Path, atlas_root: Path, gas: list[float]) -> dict:
     """Per GA: the sharpness (1/mm) of the atlas T2w over the CRL brain mask of that week, and the PSNR (dB) of the
     best affine intensity map of the atlas onto the CRL T2w over the PSNR's brain region (the mask dilated by 2 mm;
     a diagnostic: its gap to the PSNR is what the atlas's contrast costs); the atlas resampled onto the CRL grid."""
-    from infanite.evaluation.metrics import DEFAULT_DILATION_MM, brain_mask_region, psnr_affine, sharpness
-    from infanite.io.images import load_nifti
+    from infanite.evaluation.metrics import (DEFAULT_DILATION_MM, brain_mask_region, intensity_error_by_label,
+                                             psnr_affine, sharpness)
+    from infanite.io.images import load_labels, load_nifti
     from infanite.io.layout import atlas_filenames
     from infanite.io.resample import resample
+    from infanite.labels import default_label_table
 
+    labels = default_label_table().values
     out = {}
     for g in gas:
         week = atlas_root / f"HarvardSTA{int(round(g))}_Study1"
@@ -432,9 +439,10 @@ def image_rows(atlas_dir: Path, atlas_root: Path, gas: list[float]) -> dict:
         truth = load_nifti(week / "srr.nii.gz")
         rigid = rigid_alignment(image, truth, region)
         blur = ga_blur(image, atlas_root, g)
+        tissue = intensity_error_by_label(image, truth, region, load_labels(week / "parcellation.nii.gz"), labels)
         out[f"{g:.1f}"] = {"sharpness": sharpness(image, mask), "ga_blur_sigma_weeks": blur["best_sigma_weeks"],
                            "ga_blur_psnr_db": blur["best_psnr_db"],
-                           "boundary_error": boundary_error(image, truth, mask, region),
+                           "boundary_error": boundary_error(image, truth, mask, region), "tissue_error": tissue,
                            "psnr_affine_mask_db": psnr_affine(image, truth, region),
                            "psnr_rigid_mask_db": rigid["psnr_db"], "rigid_offset_mm": rigid["offset_norm_mm"],
                            "rigid_offset_ras_mm": rigid["offset_mm"]}
@@ -969,6 +977,44 @@ def ga_blur_table(metrics: dict, names: list[str], gas: list[float]) -> str:
     return "\n".join(lines)
 
 
+def tissue_error_table(metrics: dict, names: list[str], gas: list[float]) -> str:
+    """Per GA and row (``tissue_error``, :func:`~infanite.evaluation.metrics.intensity_error_by_label` against the
+    CRL week's labels): the region's MSE and, per tissue (and *outside*, the dilation band), its own MSE (×1000,
+    normalised intensities) with its signed mean error (×100; > 0: the atlas too bright there).  The rows of one GA
+    share each tissue's voxels, so their MSEs compare directly; a line per GA gives each tissue's share of the
+    region's voxels (%): a tissue's MSE gap times that share is what it costs the region's MSE."""
+    from infanite.evaluation.report import format_metric
+    from infanite.labels import default_label_table
+
+    names = [n for n in names if any(metrics[n][f"{g:.1f}"].get("tissue_error") for g in gas)]
+    if not names:
+        return ""
+    abbrev = {lab.value: lab.abbrev for lab in default_label_table().labels}
+    first = next(metrics[n][f"{g:.1f}"]["tissue_error"] for n in names for g in gas
+                 if metrics[n][f"{g:.1f}"].get("tissue_error"))
+    values = list(first["per_label"])
+    lines = ["| GA | row | MSE ×1000 | " + " | ".join(abbrev.get(int(v), str(v)) for v in values) + " | outside |",
+             "|---|---|---|" + "---|" * (len(values) + 1)]
+
+    def cell(part) -> str:
+        if not part["fraction"]:
+            return "—"
+        return f"{format_metric(1000 * part['mse'], 2)} ({format_metric(100 * part['bias'], 1)})"
+
+    for g in gas:
+        found = {n: metrics[n][f"{g:.1f}"].get("tissue_error") for n in names}
+        found = {n: t for n, t in found.items() if t}
+        if not found:
+            continue
+        some = next(iter(found.values()))
+        parts = [some["per_label"][v] for v in values] + [some["outside"]]
+        lines.append(f"| {g:.1f} | voxels | | " + " | ".join(f"{100 * p['fraction']:.0f} %" for p in parts) + " |")
+        for n, t in found.items():
+            cells = [cell(t["per_label"][v]) for v in values] + [cell(t["outside"])]
+            lines.append(f"| {g:.1f} | {n} | {format_metric(1000 * t['mse'], 2)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def boundary_error_table(metrics: dict, names: list[str], gas: list[float]) -> str:
     """Per GA and row (:func:`boundary_error`): the region's MSE (×1000, normalised intensities) and, per band of
     signed distance to the CRL brain boundary, the share of the squared error (%) with the atlas's and the
@@ -1238,6 +1284,9 @@ def main(argv=None) -> int:
     print("\n## Where in the brain: share of the squared error by signed distance to the CRL brain boundary (mm, "
           "+ outside; the PSNR's region; in brackets the atlas's / the truth's mean normalised intensity there)\n")
     print(boundary_error_table(metrics, names, gas))
+    print("\n## Which tissue: each tissue's MSE (×1000, normalised intensities; the PSNR's region) and, in brackets, "
+          "its mean signed error (×100; > 0: the atlas too bright there), by the CRL week's labels\n")
+    print(tissue_error_table(metrics, names, gas))
     checks = goal_checks(metrics, gas)
     thresholds = threshold_table(metrics, gas)
     if thresholds:
