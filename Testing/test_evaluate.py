@@ -160,6 +160,24 @@ def test_normative_csv_and_its_source(phantom_atlas, tmp_path):
 
 
 @pytest.mark.shared_data
+def test_two_processes_against_a_template_folder(crl_atlas_dir, tmp_path):
+    """A template folder as the reference (the CRL atlas) reaches the worker processes of --jobs 2, with the
+    results of one process."""
+    library = TemplateLibrary.from_folder(crl_atlas_dir)
+    atlas = tmp_path / "atlas"
+    for week in (30, 31):
+        template = library.get(week)
+        grid = output_grid(template.grid, 2.0)
+        _write_atlas(atlas, float(week), resample(template.t2w, grid), resample(template.seg, grid, None, "nearest"))
+    two = evaluate_atlas(atlas, crl_atlas_dir, tmp_path / "two", jobs=2)
+    assert [r["ga_weeks"] for r in two["per_ga"]] == [30.0, 31.0]
+    one = evaluate_atlas(atlas, crl_atlas_dir, tmp_path / "one")
+    assert _strict_json(tmp_path / "two" / METRICS_JSON)["per_ga"] == _strict_json(tmp_path / "one" /
+                                                                                    METRICS_JSON)["per_ga"]
+    assert one["per_ga"][0]["psnr_db"]["brain_mask"] > 20
+
+
+@pytest.mark.shared_data
 def test_crl_week_against_itself_resampled_to_1p5_mm(crl_atlas_dir, tmp_path):
     template = TemplateLibrary.from_folder(crl_atlas_dir).get(30)
     grid = output_grid(template.grid, 1.5)

@@ -190,6 +190,21 @@ def test_lazy_loading_and_cache():
         TemplateLibrary({30: lambda: "oops"}).get(30)
 
 
+def test_a_library_pickles_for_worker_processes_without_its_lock_or_cache():
+    # `infanite evaluate --jobs N` sends the reference's library to spawned processes
+    import functools
+    import pickle
+
+    lib = TemplateLibrary({ga: functools.partial(_fake_template, ga, ga) for ga in (22, 23)}, source="fake")
+    original = lib.get(22)
+    copy = pickle.loads(pickle.dumps(lib))
+    assert copy.weeks == [22, 23] and copy.source == "fake" and len(copy._cache) == 0
+    again = copy.get(22)
+    assert again is not original and np.array_equal(again.t2w.array, original.t2w.array)
+    assert copy.get(22) is again                                  # the copy caches with a lock of its own
+    assert lib.get(22) is original
+
+
 def test_nearest_ties_and_clamping(caplog):
     lib = TemplateLibrary({ga: (lambda ga=ga: _fake_template(ga, ga)) for ga in (24, 25, 27)}, source="fake")
     assert lib.nearest(24.4).ga_weeks == 24

@@ -101,6 +101,17 @@ class TemplateLibrary:
         self._volumes_ml: dict[float, float] = {}
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict:
+        """Pickled (e.g. for worker processes) without its lock and its cache: a copy loads its own templates."""
+        state = self.__dict__.copy()
+        del state["_lock"]
+        state["_cache"] = OrderedDict()
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def __len__(self) -> int:
         return len(self._loaders)
 
