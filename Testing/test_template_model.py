@@ -759,8 +759,10 @@ def test_a_fetus_sees_the_template_latent_plus_its_appearance_and_the_atlas_thei
         both = model.atlas(torch.cat([x, x]), torch.cat([torch.full((50,), 22.2), torch.full((50,), 30.0)]))
         np.testing.assert_allclose(both[:50].numpy(), atlas.numpy(), rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(both[50:].numpy(), model.atlas(x, 30.0).numpy(), rtol=1e-6, atol=1e-7)
-        # far from every fetus: the nearest one's offset alone
+        # far from every fetus, a fixed kernel: the nearest one's offset alone
+        model.appearance_adaptive = False
         np.testing.assert_allclose(model.appearance_weights(80.0).numpy(), [0, 0, 1])
+        model.appearance_adaptive = True
         model.appearance_kernel_weeks = 0.0                # asked for the template alone
         assert torch.equal(model.atlas(x, 22.2), zero_atlas)
         model.appearance_kernel_weeks = 0.5
@@ -769,6 +771,40 @@ def test_a_fetus_sees_the_template_latent_plus_its_appearance_and_the_atlas_thei
     assert model.penalties()["appearance"].item() == pytest.approx(float((model.appearance.detach() ** 2).mean()))
     assert _appearance_model(ga, appearance=False).penalties()["appearance"].item() == 0.0
     assert "appearance" not in _appearance_model(ga, appearance=False).state_dict()   # older runs still load
+
+
+def test_the_appearance_kernel_widens_where_fetuses_are_sparse_to_average_as_many_as_inside_the_cohort():
+    """Fetuses every week from 20 to 30, σ 0.5 weeks: at a fetus's own GA inside the cohort the kernel weighs it
+    1 and its neighbours exp(−2) each, an effective 1.559 fetuses; at the youngest or oldest only 1.266.  The
+    kernel keeps σ where it reaches the median (1.559) and widens to the smallest σ that reaches it elsewhere: at
+    the ends and beyond them (an atlas past the oldest fetus averages as many fetuses as one inside)."""
+    from infanite.inr.template import effective_fetuses
+
+    ga = np.arange(20.0, 31.0)
+    model = _appearance_model(list(ga))
+    inner = np.exp(-2.0 * np.arange(-2, 3) ** 2)
+    target = inner.sum() ** 2 / (inner ** 2).sum()
+    assert target == pytest.approx(1.559, abs=1e-3)
+    assert effective_fetuses(torch.ones(4)) == pytest.approx(4.0)
+    for g in (25.0, 25.5):                                   # as many as the median or more: σ as set
+        assert model.appearance_width(g) == 0.5
+        np.testing.assert_allclose(model.appearance_weights(g).numpy(), model.fetus_weights(g, 0.5).numpy())
+    assert model.appearance_width(21.0) == pytest.approx(0.5, rel=2e-3)   # lacks only a 2-weeks neighbour (e^-8)
+    assert effective_fetuses(model.fetus_weights(30.0, 0.5)) == pytest.approx(1.266, abs=1e-3)
+    previous = 0.5
+    for g in (30.0, 31.0, 34.0):                             # the oldest fetus, and beyond: widened, more so further
+        width = model.appearance_width(g)
+        assert width > previous
+        assert target <= effective_fetuses(model.appearance_weights(g)) <= target * 1.001
+        assert effective_fetuses(model.fetus_weights(g, width * 0.99)) < target           # the smallest such σ
+        weights = model.appearance_weights(g).numpy()
+        assert np.all(np.diff(weights) >= 0) and weights.sum() == pytest.approx(1.0)     # the oldest weigh most
+        previous = width
+    assert model.appearance_width(20.0) == pytest.approx(model.appearance_width(30.0), rel=1e-3)   # symmetric
+    model.appearance_adaptive = False                        # a fixed kernel (template.appearance_adaptive=false)
+    assert model.appearance_width(34.0) == 0.5
+    model.appearance_adaptive, model.appearance_kernel_weeks = True, 0.0
+    assert model.appearance_width(34.0) == 0.0               # the template alone stays alone
 
 
 def test_centred_offsets_leave_what_the_fetuses_of_a_ga_share_to_the_template():
@@ -823,7 +859,8 @@ def test_appearance_offsets_are_held_for_the_warm_up_then_learnt_and_the_atlas_u
                     intensity_ceiling=False)
     assert made["generated"] == ["28.0"]
     manifest = json.loads((tmp_path / "atlas" / "atlas_manifest.json").read_text())
-    assert manifest["identity"]["appearance_sigma_weeks"] == 0.5
+    assert manifest["identity"]["appearance_sigma_weeks"] == 0.5 and manifest["identity"]["appearance_adaptive"]
+    assert manifest["ga"]["28.0"]["appearance_sigma_used_weeks"] == round(model.appearance_width(28.0), 4)
     t2 = load_nifti(tmp_path / "atlas" / "atlas_ga-28.0_T2w.nii.gz")
     brain = np.argwhere(t2.array > 0)[:50]
     xyz = torch.as_tensor(brain @ t2.voxel_to_ras[:3, :3].T + t2.voxel_to_ras[:3, 3], dtype=torch.float32)

@@ -205,7 +205,8 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
                                           {"propagated_from": library.source, "method": label_method},
                                           **({"position_sigma_weeks": position_sigma_weeks}
                                              if run.config.model == "template" else {}),
-                                          **({"appearance_sigma_weeks": appearance_sigma_weeks}
+                                          **({"appearance_sigma_weeks": appearance_sigma_weeks,
+                                              "appearance_adaptive": bool(run.config.template.appearance_adaptive)}
                                              if appearance else {}),
                                           **({"intensity_ceiling": ceiling_identity(ceiling)}
                                              if ceiling is not None else {})}))
@@ -356,6 +357,8 @@ class GAMaker:
         entry["support"] = "ga_local" if self.support.ga_local else "union"
         if shift is not None:
             entry["position_shift_mm"] = [round(float(v), 4) for v in shift]
+        if getattr(self.model, "appearance", None) is not None:   # the width the offsets' kernel took at this GA
+            entry["appearance_sigma_used_weeks"] = round(self.model.appearance_width(ga), 4)
         return entry
 
 

@@ -223,7 +223,9 @@ class TemplateConfig:
     deformation warm-up, learnt at ``optimizer.lr_latent``, penalised by ``appearance_weight`` × its mean square;
     ``appearance_centred``: each offset less the offsets' Gaussian-kernel mean (σ ``mean_kernel_weeks``) around its
     fetus's GA.  The atlas adds the offsets' Gaussian-kernel mean (σ ``appearance_kernel_weeks``; 0: the template
-    alone) over the fetuses' GAs."""
+    alone) over the fetuses' GAs; ``appearance_adaptive`` widens that kernel where the fetuses are sparse (the
+    cohort's ends, beyond them) until it averages as many fetuses (effective sample size) as it does at the median
+    fetus's own GA, so that the atlas there is not one or two fetuses' appearance."""
 
     encoding: str = _f("modulated", "str")  # measured best (benchmarks/atlas_quality.py, README)
     ga_latents: int = _f(6, "int")          # modulated encoding: latent grids at this many GA nodes
@@ -251,6 +253,7 @@ class TemplateConfig:
     appearance_weight: float = _f(1.0, "float")          # mean square of those offsets
     appearance_kernel_weeks: float = _f(0.5, "float")    # σ (weeks) of the atlas's kernel over their GAs (0: none)
     appearance_centred: bool = _f(True, "bool")          # offsets less their GA-kernel mean (mean_kernel_weeks)
+    appearance_adaptive: bool = _f(True, "bool")         # that kernel widened where fetuses are sparse (same ESS)
 
 
 @dataclass

@@ -30,7 +30,11 @@ mean square (``appearance_weight``): what neither the template's GA nodes nor a 
 anatomy that changes faster in GA than the nodes' spacing.  With ``appearance_centred`` (the default) ``a_f`` is
 the fetus's parameter less the Gaussian-kernel mean (σ ``mean_kernel_weeks``) of the parameters around its GA:
 what the fetuses of a GA share stays in the template.  The atlas at a GA decodes ``z(GA) + Σ_f w_f a_f``, ``w`` a
-Gaussian of σ ``appearance_kernel_weeks`` over the fetuses' GAs, summing to 1 (0: the template alone).
+Gaussian of σ ``appearance_kernel_weeks`` over the fetuses' GAs, summing to 1 (0: the template alone); with
+``appearance_adaptive`` (the default) the kernel is widened where the fetuses are sparse (the cohort's ends and
+beyond) until its effective number of fetuses, ``1 / Σ w_f²``, reaches the median of what it has at the fetuses'
+own GAs: at 38 weeks, past a cohort's oldest fetus, a fixed σ of 0.5 weeks averages about two fetuses' offsets
+(their own features, not the GA's) where it averages about four inside the cohort.
 
 The atlas may also be moved after training (:meth:`TemplateINR.cohort_position`, ``infanite atlas
 --position-sigma``): ``T(x + p(GA), GA)``, ``p`` the fetuses' positions averaged over a narrow GA kernel.  The
@@ -59,6 +63,13 @@ APPEARANCE_KERNEL_WEEKS = 0.5
 #: smallest brain size (against the cohort's oldest) that ``template.ga_scaling`` scales by (on the CRL atlas a
 #: 21-week brain is 0.59 of a 38-week one in linear size: cube root of the masks' volume ratio)
 MIN_BRAIN_SCALE = 0.3
+
+
+def effective_fetuses(weights: torch.Tensor) -> float:
+    """Kish's effective sample size ``(Σ w)² / Σ w²`` of non-negative weights (F,): how many equally weighted
+    fetuses they average as many of."""
+    weights = weights.double()
+    return float(weights.sum() ** 2 / (weights ** 2).sum())
 
 
 class FeatureGrids(nn.Module):
@@ -221,6 +232,7 @@ class TemplateINR(nn.Module):
         self.use_appearance = True
         self.appearance_kernel_weeks = float(getattr(config, "appearance_kernel_weeks", APPEARANCE_KERNEL_WEEKS))
         self.appearance_centred = bool(getattr(config, "appearance_centred", True))
+        self.appearance_adaptive = bool(getattr(config, "appearance_adaptive", True))
         self.register_buffer("stack_fetus", torch.as_tensor(stack_fetus, dtype=torch.long))
         ga = np.array([np.nan if v is None else float(v) for v in stack_ga_weeks], dtype=np.float64)
         ga = np.where(np.isfinite(ga), ga, np.nanmean(ga) if np.isfinite(ga).any() else 0.0)
@@ -372,8 +384,30 @@ class TemplateINR(nn.Module):
 
     def appearance_weights(self, ga_weeks: float) -> torch.Tensor:
         """(F,) weights of the fetuses' appearance offsets in the atlas at ``ga_weeks``: :meth:`fetus_weights` of
-        σ ``appearance_kernel_weeks``."""
-        return self.fetus_weights(ga_weeks, self.appearance_kernel_weeks)
+        σ :meth:`appearance_width`."""
+        return self.fetus_weights(ga_weeks, self.appearance_width(ga_weeks))
+
+    def appearance_width(self, ga_weeks: float) -> float:
+        """σ (weeks) of the atlas's kernel over the fetuses' appearance offsets at ``ga_weeks``:
+        ``appearance_kernel_weeks``, or (``appearance_adaptive``, where the fetuses are sparse) the smallest width
+        at which the kernel's effective number of fetuses (``1 / Σ w²``) reaches the median of its effective number
+        at the fetuses' own GAs (to 0.1 %; a width of 0 stays 0: the template alone)."""
+        width = float(self.appearance_kernel_weeks)
+        if not self.appearance_adaptive or width <= 0 or self.fetus_ga.numel() < 2:
+            return width
+        target = float(np.median([effective_fetuses(self.fetus_weights(float(g), width)) for g in self.fetus_ga]))
+        if effective_fetuses(self.fetus_weights(ga_weeks, width)) >= target:
+            return width
+        low, high = width, 2.0 * width
+        for _ in range(64):                     # a wide enough kernel weighs every fetus alike: F >= the target
+            if effective_fetuses(self.fetus_weights(ga_weeks, high)) >= target:
+                break
+            low, high = high, 2.0 * high
+        while high - low > 1e-3 * low:
+            middle = 0.5 * (low + high)
+            low, high = (middle, high) if effective_fetuses(self.fetus_weights(ga_weeks, middle)) < target else \
+                (low, middle)
+        return high
 
     def forward(self, coords_mm: torch.Tensor, stack: torch.Tensor) -> torch.Tensor:
         """What stack ``stack`` sees at ``coords_mm``: ``T(x + u_f(x), GA_f)`` (N, n_out)."""
