@@ -136,6 +136,9 @@ def test_run_every_stage_then_resume(phantom_registered, tmp_path):
     path = out / "atlas" / "atlas_manifest.json"
     manifest = json.loads(path.read_text())
     assert manifest["identity"]["appearance_sigma_weeks"] == 0.5            # the CPU defaults: template, offsets
+    assert manifest["identity"]["appearance_adaptive"] is True               # widened where fetuses are sparse
+    assert "widened where the fetuses are sparse" in html.unescape(write_report(out).read_text())
+    manifest["identity"]["appearance_adaptive"] = False
     for width, words in ((None, "fetuses' appearance offsets over σ 0.5 weeks"),
                          (0.0, "the template alone (no appearance offsets)"), ("drop", "")):
         if width == "drop":                                                  # a run without offsets: no words
@@ -199,4 +202,7 @@ def test_run_refuses_a_bad_config_before_any_work(phantom_registered, tmp_path, 
     code = main(["run", "--manifest", str(cohort), "--templates", str(phantom_registered["templates"]),
                  "--out", str(tmp_path / "out"), "--set", "model=infanite", "--appearance-sigma", "0.5"])
     assert code == 2 and "--appearance-sigma sets the GA kernel" in capsys.readouterr().err
+    code = main(["run", "--manifest", str(cohort), "--templates", str(phantom_registered["templates"]),
+                 "--out", str(tmp_path / "out"), "--set", "model=infanite", "--appearance-fixed"])
+    assert code == 2 and "--appearance-fixed keeps the GA kernel" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -879,6 +879,13 @@ def test_appearance_offsets_are_held_for_the_warm_up_then_learnt_and_the_atlas_u
     assert manifest["identity"]["appearance_sigma_weeks"] == 0.0
     t2 = load_nifti(tmp_path / "alone" / "atlas_ga-28.0_T2w.nii.gz")
     np.testing.assert_allclose(t2.array[tuple(brain.T)], plain, atol=2e-4)
+    # a fixed kernel (--appearance-fixed): recorded, so it is another atlas; refused for a run without offsets
+    fixed = generate(run, [28.0], tmp_path / "fixed", spacing_mm=3.2, position_sigma_weeks=0,
+                     intensity_ceiling=False, appearance_adaptive=False)
+    assert fixed["generated"] == ["28.0"]
+    manifest = json.loads((tmp_path / "fixed" / "atlas_manifest.json").read_text())
+    assert manifest["identity"]["appearance_adaptive"] is False
+    assert manifest["ga"]["28.0"]["appearance_sigma_used_weeks"] == 0.5
     with pytest.raises(ValueError, match="appearance sigma 0.5 weeks"):
         generate(run, [28.0], tmp_path / "atlas", spacing_mm=3.2, position_sigma_weeks=0, intensity_ceiling=False,
                  appearance_sigma_weeks=2.0)

@@ -101,6 +101,18 @@ def check_position_sigma(value) -> float:
     return _check_weeks(value, "--position-sigma", "no move")
 
 
+def check_appearance_adaptive(value, config=None, where: str = "this run") -> bool:
+    """Whether the appearance offsets' kernel adapts (``False``: ``--appearance-fixed``) as a bool; ``ValueError``
+    unless it is a bool and (given the run's training ``config``) the run learnt appearance offsets."""
+    if not isinstance(value, bool):
+        raise ValueError(f"appearance_adaptive must be true or false, got {value!r}")
+    if config is not None and not (config.model == "template" and config.template.appearance):
+        raise ValueError(f"--appearance-fixed keeps the GA kernel of the fetuses' appearance offsets at one width, "
+                         f"and {where} has none (model {config.model!r}, template.appearance "
+                         f"{str(bool(config.template.appearance)).lower()}): leave it out")
+    return value
+
+
 def check_appearance_sigma(value, config=None, where: str = "this run") -> float:
     """``--appearance-sigma`` (weeks) as a float; ``ValueError`` unless it is a finite number >= 0 and (given the
     run's training ``config``) the run learnt per-fetus appearance offsets (``model: template`` with
@@ -118,7 +130,7 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
              progress: ProgressReporter | None = None, normative=None, templates=None,
              label_method: str = "demons", accept_estimated_ga: bool = False, jobs: int = 1,
              position_sigma_weeks: float = POSITION_SIGMA_WEEKS, intensity_ceiling: bool = True,
-             appearance_sigma_weeks: float | None = None) -> dict:
+             appearance_sigma_weeks: float | None = None, appearance_adaptive: bool | None = None) -> dict:
     """Generate the atlas of a finished run at the GAs ``ga_weeks`` (weeks, rounded to 0.1) into ``out_dir``.
 
     ``spacing_mm``: atlas voxel size (mm; 1 or 3 values); ``sigma_weeks``: GKR kernel width (weeks); ``top_k``:
@@ -149,7 +161,10 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
     those templates' positions).  Each GA's manifest entry records ``position_shift_mm``.  A template run with
     per-fetus appearance offsets (``template.appearance``) adds their Gaussian-kernel mean over the fetuses' GAs,
     σ ``appearance_sigma_weeks`` (default: the run's ``template.appearance_kernel_weeks``; 0: the template alone),
-    recorded in the manifest's identity; refused for runs without offsets.
+    recorded in the manifest's identity; refused for runs without offsets.  ``appearance_adaptive`` (default: the
+    run's ``template.appearance_adaptive``) widens that kernel where the fetuses are sparse
+    (:meth:`~infanite.inr.template.TemplateINR.appearance_width`; ``False``: ``--appearance-fixed``), also recorded
+    in the identity, and each GA's entry records the width used (``appearance_sigma_used_weeks``).
 
     ``jobs`` > 1 makes the GAs in that many processes (each loads the model once; on CUDA process *i* uses GPU
     *i* mod the GPUs there, on CPU the cores are shared out); this process writes the manifest as each GA is done,
@@ -179,6 +194,10 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
         appearance_sigma_weeks = run.config.template.appearance_kernel_weeks if appearance else None
     else:
         appearance_sigma_weeks = check_appearance_sigma(appearance_sigma_weeks, run.config, str(run.run_dir))
+    if appearance_adaptive is None:
+        appearance_adaptive = bool(run.config.template.appearance_adaptive) if appearance else None
+    else:
+        appearance_adaptive = check_appearance_adaptive(appearance_adaptive, run.config, str(run.run_dir))
     ceiling = read_intensity_ceiling(run.run_dir) if intensity_ceiling else None
     table = open_normative(normative)
     stacks = run.stacks
@@ -206,7 +225,7 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
                                           **({"position_sigma_weeks": position_sigma_weeks}
                                              if run.config.model == "template" else {}),
                                           **({"appearance_sigma_weeks": appearance_sigma_weeks,
-                                              "appearance_adaptive": bool(run.config.template.appearance_adaptive)}
+                                              "appearance_adaptive": appearance_adaptive}
                                              if appearance else {}),
                                           **({"intensity_ceiling": ceiling_identity(ceiling)}
                                              if ceiling is not None else {})}))
@@ -225,7 +244,8 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
                     f"{str(old.get('checkpoint_sha256'))[:12]}, spacing {old.get('spacing_mm')} mm, sigma "
                     f"{old.get('sigma_weeks')} weeks, top_k {old.get('top_k')}, position sigma "
                     f"{old.get('position_sigma_weeks')} weeks, appearance sigma "
-                    f"{old.get('appearance_sigma_weeks')} weeks, intensity ceiling "
+                    f"{old.get('appearance_sigma_weeks')} weeks"
+                    f"{' (fixed)' if old.get('appearance_adaptive') is False else ''}, intensity ceiling "
                     f"{'on' if old.get('intensity_ceiling') else 'off'}); use another --out or --overwrite")
             remove_atlas(out_dir, previous)
             previous = None
@@ -259,7 +279,8 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
         if todo:
             parallel = jobs > 1 and len(todo) > 1
             maker = None if parallel else GAMaker(run, grid, dev, probabilities, library, label_method, out_dir,
-                                                  support, position_sigma_weeks, ceiling, appearance_sigma_weeks)
+                                                  support, position_sigma_weeks, ceiling, appearance_sigma_weeks,
+                                                  appearance_adaptive)
             n_chunks = 1 if parallel else maker.n_chunks         # in processes: progress per GA
             progress = progress or ProgressReporter(None)
             progress.start("atlas", len(todo) * n_chunks,
@@ -282,7 +303,7 @@ def generate(run_dir, ga_weeks, out_dir, *, spacing_mm=0.8, device="cpu", sigma_
                 for done, (key, entry) in enumerate(_make_in_processes(
                         run.run_dir, grid, dev, probabilities, templates, label_method, out_dir,
                         [(ga_text(g), kernels[ga_text(g)].weights) for g in todo], jobs, position_sigma_weeks,
-                        ceiling, appearance_sigma_weeks),
+                        ceiling, appearance_sigma_weeks, appearance_adaptive),
                         start=1):
                     record(key, entry)
                     progress.update(done * n_chunks, f"GA {key} written ({done}/{len(todo)})", ga_weeks=float(key))
@@ -323,17 +344,21 @@ class GAMaker:
     """What making one GA needs, loaded once per process: the model on its device, the atlas grid, its chunking,
     the GA-local support, (mask-only runs) the template labels, (template runs) the width of the GA kernel of
     the fetuses' positions (:func:`~infanite.atlas.predict.atlas_position`), the run's intensity ceiling
-    table (None: no cap) and (runs with appearance offsets) the width of their GA kernel (None: the run's)."""
+    table (None: no cap) and (runs with appearance offsets) the width of their GA kernel and whether it adapts
+    (None: the run's)."""
 
     def __init__(self, run, grid, device: str, probabilities: bool, library, label_method: str, out_dir: Path,
                  support: GASupport | None = None, position_sigma_weeks: float = POSITION_SIGMA_WEEKS,
-                 ceiling: dict | None = None, appearance_sigma_weeks: float | None = None):
+                 ceiling: dict | None = None, appearance_sigma_weeks: float | None = None,
+                 appearance_adaptive: bool | None = None):
         stacks = run.stacks
         self.grid, self.device, self.probabilities = grid, device, probabilities
         self.library, self.label_method, self.out_dir = library, label_method, Path(out_dir)
         self.model = run.model(device)
         if appearance_sigma_weeks is not None:
             self.model.appearance_kernel_weeks = float(appearance_sigma_weeks)
+        if appearance_adaptive is not None:
+            self.model.appearance_adaptive = bool(appearance_adaptive)
         self.chunk = chunk_size(device, model_width(self.model))
         self.n_chunks = max(1, math.ceil(int(np.prod(grid.shape)) / self.chunk))
         self.support = support or GASupport(run.run_dir, grid, stacks.get("stack_fetus"))
@@ -366,7 +391,7 @@ _WORKER: dict = {}
 
 
 def _init_worker(run_dir, grid_shape, grid_affine, devices, probabilities, templates, label_method, out_dir,
-                 threads, position_sigma_weeks, ceiling, appearance_sigma_weeks):
+                 threads, position_sigma_weeks, ceiling, appearance_sigma_weeks, appearance_adaptive=None):
     """A ``--jobs`` process: take a device from ``devices`` (a queue) and load the model there once."""
     import torch
 
@@ -379,7 +404,7 @@ def _init_worker(run_dir, grid_shape, grid_affine, devices, probabilities, templ
     grid = Grid(tuple(grid_shape), np.asarray(grid_affine))
     _WORKER["maker"] = GAMaker(run, grid, devices.get(), probabilities, library, label_method, Path(out_dir),
                                position_sigma_weeks=position_sigma_weeks, ceiling=ceiling,
-                               appearance_sigma_weeks=appearance_sigma_weeks)
+                               appearance_sigma_weeks=appearance_sigma_weeks, appearance_adaptive=appearance_adaptive)
 
 
 def _make_one(key: str, weights) -> tuple[str, dict]:
@@ -388,7 +413,7 @@ def _make_one(key: str, weights) -> tuple[str, dict]:
 
 def _make_in_processes(run_dir, grid, device: str, probabilities, templates, label_method, out_dir, tasks, jobs,
                        position_sigma_weeks: float = POSITION_SIGMA_WEEKS, ceiling: dict | None = None,
-                       appearance_sigma_weeks: float | None = None):
+                       appearance_sigma_weeks: float | None = None, appearance_adaptive: bool | None = None):
     """Yield ``(GA key, entry)`` as ``jobs`` processes finish the ``tasks`` ((key, weights) pairs)."""
     import multiprocessing
     import os
@@ -411,7 +436,8 @@ def _make_in_processes(run_dir, grid, device: str, probabilities, templates, lab
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
                              initargs=(str(run_dir), list(grid.shape), grid.voxel_to_ras.tolist(), devices,
                                        probabilities, templates, label_method, str(out_dir), threads,
-                                       position_sigma_weeks, ceiling, appearance_sigma_weeks)) as pool:
+                                       position_sigma_weeks, ceiling, appearance_sigma_weeks,
+                                       appearance_adaptive)) as pool:
         futures = [pool.submit(_make_one, key, np.asarray(weights)) for key, weights in tasks]
         for future in as_completed(futures):
             yield future.result()

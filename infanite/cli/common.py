@@ -33,13 +33,20 @@ def add_appearance_sigma(parser: argparse.ArgumentParser) -> None:
                         help="template runs with per-fetus appearance offsets (template.appearance, the CPU "
                              "default): add their mean over a Gaussian of this width in weeks around each GA "
                              "(default: the run's template.appearance_kernel_weeks, 0.5; 0: the template alone)")
+    parser.add_argument("--appearance-fixed", action="store_true",
+                        help="keep that kernel at its width at every GA (template.appearance_adaptive false); by "
+                             "default it widens where the fetuses are sparse (the cohort's ends and beyond) until "
+                             "it averages as many fetuses as at the median fetus's GA")
 
 
 def appearance_sigma(args) -> dict:
     """``{"appearance_sigma_weeks": …}`` for :func:`~infanite.atlas.generate.generate` when ``--appearance-sigma``
-    was given, else ``{}`` (the run's own width)."""
+    was given, and ``{"appearance_adaptive": False}`` with ``--appearance-fixed``; else ``{}`` (the run's own)."""
     value = getattr(args, "appearance_sigma", None)
-    return {} if value is None else {"appearance_sigma_weeks": value}
+    out = {} if value is None else {"appearance_sigma_weeks": value}
+    if getattr(args, "appearance_fixed", False):
+        out["appearance_adaptive"] = False
+    return out
 
 
 def error(command: str, exc: BaseException, prefix: str = "error") -> int:

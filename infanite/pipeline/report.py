@@ -151,8 +151,10 @@ def write_report(out: Path, failed: dict | None = None) -> Path:
         header.append(("Atlas spacing", f"{manifest['spacing_mm'][0]:g} mm, σ {manifest.get('sigma_weeks')} weeks"
                        + ("" if position is None else f"; fetuses' positions over σ {position:g} weeks")
                        + ("" if appearance is None else
-                          f"; fetuses' appearance offsets over σ {appearance:g} weeks" if appearance > 0 else
-                          "; the template alone (no appearance offsets)")))
+                          f"; fetuses' appearance offsets over σ {appearance:g} weeks"
+                          + (", widened where the fetuses are sparse"
+                             if (manifest.get("identity") or {}).get("appearance_adaptive") else "")
+                          if appearance > 0 else "; the template alone (no appearance offsets)")))
     if timings:
         total = sum(v["seconds"] for v in timings.values())
         header.append(("Run time", f"{total / 60:.1f} min (" + ", ".join(

@@ -109,9 +109,10 @@ def run_pipeline(manifest, templates, out, config_path=None, overrides=(), devic
     """Run every stage into ``out``; returns a summary with the report path.  Bad input raises ``ValueError``
     (from the stage that reads it) before that stage writes anything.  ``atlas_options``: keywords of
     :func:`~infanite.atlas.generate.generate` (``sigma_weeks``, ``probabilities``, ``label_method``,
-    ``accept_estimated_ga``, ``position_sigma_weeks``, ``appearance_sigma_weeks``), the GA kernels' widths checked
-    before any work."""
-    from infanite.atlas.generate import check_appearance_sigma, check_position_sigma, generate
+    ``accept_estimated_ga``, ``position_sigma_weeks``, ``appearance_sigma_weeks``, ``appearance_adaptive``), the GA
+    kernels' widths checked before any work."""
+    from infanite.atlas.generate import (check_appearance_adaptive, check_appearance_sigma, check_position_sigma,
+                                         generate)
     from infanite.atlas.kernel import check_sigma_top_k
     from infanite.registration.register import RegisterOptions, register_cohort
     from infanite.inr.train import train
@@ -132,6 +133,9 @@ def run_pipeline(manifest, templates, out, config_path=None, overrides=(), devic
     config = load_train_config(config_path, overrides + [f"device={device}"])   # validated before any work
     if atlas_options.get("appearance_sigma_weeks") is not None:
         atlas_options["appearance_sigma_weeks"] = check_appearance_sigma(atlas_options["appearance_sigma_weeks"],
+                                                                         config, "this run's training config")
+    if atlas_options.get("appearance_adaptive") is not None:
+        atlas_options["appearance_adaptive"] = check_appearance_adaptive(atlas_options["appearance_adaptive"],
                                                                          config, "this run's training config")
     with folder_lock(out, "run"):
         out.mkdir(parents=True, exist_ok=True)
