@@ -801,6 +801,10 @@ def test_the_appearance_kernel_widens_where_fetuses_are_sparse_to_average_as_man
         assert np.all(np.diff(weights) >= 0) and weights.sum() == pytest.approx(1.0)     # the oldest weigh most
         previous = width
     assert model.appearance_width(20.0) == pytest.approx(model.appearance_width(30.0), rel=1e-3)   # symmetric
+    oldest = model.appearance_width(30.0)
+    with torch.no_grad():
+        model.fetus_ga += 10.0                               # another cohort (a loaded state): nothing cached reused
+    assert model.appearance_width(35.0) == 0.5 and model.appearance_width(40.0) == pytest.approx(oldest, rel=1e-6)
     model.appearance_adaptive = False                        # a fixed kernel (template.appearance_adaptive=false)
     assert model.appearance_width(34.0) == 0.5
     model.appearance_adaptive, model.appearance_kernel_weeks = True, 0.0

@@ -395,6 +395,16 @@ class TemplateINR(nn.Module):
         width = float(self.appearance_kernel_weeks)
         if not self.appearance_adaptive or width <= 0 or self.fetus_ga.numel() < 2:
             return width
+        # cached per GA and width (the TV penalty asks at every step); a changed fetus_ga (a loaded state) is new
+        key = (float(ga_weeks), width, self.fetus_ga.data_ptr(), self.fetus_ga._version)
+        cache = self.__dict__.setdefault("_appearance_widths", {})
+        if key not in cache:
+            if len(cache) > 4096:
+                cache.clear()
+            cache[key] = self._adapted_width(float(ga_weeks), width)
+        return cache[key]
+
+    def _adapted_width(self, ga_weeks: float, width: float) -> float:
         target = float(np.median([effective_fetuses(self.fetus_weights(float(g), width)) for g in self.fetus_ga]))
         if effective_fetuses(self.fetus_weights(ga_weeks, width)) >= target:
             return width
