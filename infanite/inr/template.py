@@ -233,6 +233,7 @@ class TemplateINR(nn.Module):
         self.appearance_kernel_weeks = float(getattr(config, "appearance_kernel_weeks", APPEARANCE_KERNEL_WEEKS))
         self.appearance_centred = bool(getattr(config, "appearance_centred", True))
         self.appearance_adaptive = bool(getattr(config, "appearance_adaptive", True))
+        self._appearance_widths: dict = {}               # appearance_width's cache
         self.register_buffer("stack_fetus", torch.as_tensor(stack_fetus, dtype=torch.long))
         ga = np.array([np.nan if v is None else float(v) for v in stack_ga_weeks], dtype=np.float64)
         ga = np.where(np.isfinite(ga), ga, np.nanmean(ga) if np.isfinite(ga).any() else 0.0)
@@ -395,14 +396,13 @@ class TemplateINR(nn.Module):
         width = float(self.appearance_kernel_weeks)
         if not self.appearance_adaptive or width <= 0 or self.fetus_ga.numel() < 2:
             return width
-        # cached per GA and width (the TV penalty asks at every step); a changed fetus_ga (a loaded state) is new
-        key = (float(ga_weeks), width, self.fetus_ga.data_ptr(), self.fetus_ga._version)
-        cache = self.__dict__.setdefault("_appearance_widths", {})
-        if key not in cache:
-            if len(cache) > 4096:
-                cache.clear()
-            cache[key] = self._adapted_width(float(ga_weeks), width)
-        return cache[key]
+        # cached (the TV penalty asks at every step), keyed by the fetuses' GAs too: a loaded state changes them
+        key = (float(ga_weeks), width, tuple(self.fetus_ga.tolist()))
+        if key not in self._appearance_widths:
+            if len(self._appearance_widths) > 4096:
+                self._appearance_widths.clear()
+            self._appearance_widths[key] = self._adapted_width(float(ga_weeks), width)
+        return self._appearance_widths[key]
 
     def _adapted_width(self, ga_weeks: float, width: float) -> float:
         target = float(np.median([effective_fetuses(self.fetus_weights(float(g), width)) for g in self.fetus_ga]))
