@@ -110,6 +110,44 @@ def test_weighted_loss_matches_a_hand_computation():
     assert l_mse.item() == pytest.approx((1.6 * 0.01 + 0.8 * 0.04) / w.sum(), rel=1e-4)
 
 
+def test_cpu_matmul_modes_and_the_precision_restored_after():
+    from infanite.devices import cpu_matmul_in_bf16, cpu_multiplies_bf16, float32_matmul_precision
+
+    assert cpu_matmul_in_bf16("fp32") is False and cpu_matmul_in_bf16("bf16") is True
+    assert cpu_matmul_in_bf16("auto") is cpu_multiplies_bf16()
+    with pytest.raises(ValueError, match="cpu_matmul"):
+        cpu_matmul_in_bf16("fast")
+    before = torch.get_float32_matmul_precision()
+    with pytest.raises(RuntimeError, match="inside"):
+        with float32_matmul_precision("medium"):
+            assert torch.get_float32_matmul_precision() == "medium"
+            raise RuntimeError("inside")
+    assert torch.get_float32_matmul_precision() == before
+
+
+@pytest.mark.parametrize("mode", ["fp32", "bf16"])
+def test_a_cpu_run_says_how_it_multiplied_and_leaves_the_process_precision_alone(registered, tmp_path, mode):
+    before = torch.get_float32_matmul_precision()
+    seen = []
+    from infanite.inr import train as train_module
+
+    step_loss = train_module._step_loss
+
+    def spy(*args, **kwargs):                    # the precision the steps run under
+        seen.append(torch.get_float32_matmul_precision())
+        return step_loss(*args, **kwargs)
+
+    train_module._step_loss = spy
+    try:
+        summary = train(registered, load_train_config(None, TINY + ["max_steps=3", f"cpu_matmul={mode}"]),
+                        tmp_path / "run")
+    finally:
+        train_module._step_loss = step_loss
+    assert summary["cpu_matmul"] == mode
+    assert seen == ["medium" if mode == "bf16" else before] * 3
+    assert torch.get_float32_matmul_precision() == before
+
+
 @pytest.fixture(scope="module")
 def registered(phantom_registered):
     return phantom_registered["registered"]

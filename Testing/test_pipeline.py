@@ -50,6 +50,10 @@ def test_default_atlas_weeks_and_device_sizing():
     # the (centred) per-fetus appearance: on in the defaults, off under another model or encoding unless asked for
     assert load_train_config(None, defaults_then(template, [])).template.appearance is True
     assert paper.template.appearance is False
+    # the template model's step budget (its steps are cheaper), the paper's model keeps its own unless asked for
+    assert load_train_config(None, defaults_then(template, [])).max_steps == 6000
+    assert paper.max_steps == 4000 == load_train_config(None, default_overrides("cpu")).max_steps
+    assert load_train_config(None, defaults_then(template, ["model=infanite", "max_steps=5000"])).max_steps == 5000
     grid = load_train_config(None, defaults_then(template, ["template.encoding=grid"]))
     assert grid.template.encoding == "grid" and grid.template.appearance is False and grid.data.stack_motion is True
     with pytest.raises(ValueError, match="template.appearance"):

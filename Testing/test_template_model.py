@@ -913,3 +913,45 @@ def test_bad_appearance_keys_are_refused_with_the_key_named():
         assert key in str(info.value), key
     with pytest.raises(TrainConfigError, match="template.appearance"):
         load_train_config(None, SMALL + ["template.appearance=true"])                   # model: infanite
+
+
+def test_a_stack_decodes_its_ga_nodes_blended_plus_its_offset_as_the_per_sample_formula_says():
+    """Several GA nodes: a stack's samples decode, at their displaced positions, the latent interpolated at the two
+    GA nodes around the stack's GA, blended linearly in GA, plus its fetus's offset interpolated.  The model
+    blends and adds on the grids and interpolates once (one grid per stack); outputs and gradients equal the
+    per-sample formula's.  The atlas likewise, with the offsets' kernel mean."""
+    from infanite.inr.model import interpolate_latents
+
+    ga = [22.0, 24.3, 27.9, 31.0]
+    model = _appearance_model(ga, ga_latents=4)
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        model.template.decoder.latents.copy_(torch.randn(model.template.decoder.latents.shape, generator=generator))
+        model.appearance.copy_(0.3 * torch.randn(model.appearance.shape, generator=generator))
+        model.deformation.copy_(2.0 * torch.randn(model.deformation.shape, generator=generator))
+    x = torch.rand(200, 3, generator=generator) * 60 - 30
+    stack = torch.arange(200) % 4
+    latents, offsets = model.template.decoder.latents, model.appearance
+
+    def per_sample(points, ga_weeks, offset):
+        xn = model.template_coordinates(points, ga_weeks)
+        pos = model.normalised_ga(ga_weeks) * 3
+        i0 = pos.floor().clamp(max=2).long()
+        w = (pos - i0)[:, None]
+        z = interpolate_latents(latents, i0, xn) * (1 - w) + interpolate_latents(latents, i0 + 1, xn) * w + offset(xn)
+        return model.template.decoder.decode(xn, z)
+
+    got = model(x, stack)
+    expected = per_sample(x + model.displacement(x, model.stack_fetus[stack]), model.stack_ga[stack],
+                          lambda xn: interpolate_latents(offsets, model.stack_fetus[stack], xn))
+    np.testing.assert_allclose(got.detach().numpy(), expected.detach().numpy(), rtol=1e-5, atol=1e-5)
+    g = torch.randn(got.shape, generator=generator)
+    wanted = [latents, offsets, model.deformation]
+    for a, b in zip(torch.autograd.grad(got, wanted, g), torch.autograd.grad(expected, wanted, g)):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        mean = torch.einsum("f,f...->...", model.appearance_weights(25.0).to(offsets), offsets)[None]
+        np.testing.assert_allclose(
+            model.atlas(x, 25.0).numpy(),
+            per_sample(x, torch.full((200,), 25.0), lambda xn: interpolate_latents(
+                mean, torch.zeros(200, dtype=torch.long), xn)).numpy(), rtol=1e-5, atol=1e-5)

@@ -201,6 +201,7 @@ def test_wrong_type(tmp_path):
     ("data.fetus_balance=1.5", "data.fetus_balance", "in [0, 1]"),
     ("data.halo_intensity=blurred", "data.halo_intensity", "zero"),
     ("data.fetus_balance=-0.1", "data.fetus_balance", "in [0, 1]"),
+    ("cpu_matmul=fast", "cpu_matmul", "auto, fp32, bf16"),
 ])
 def test_out_of_range(override, key, fragment):
     with pytest.raises(TrainConfigError) as ei:

@@ -110,7 +110,7 @@ sys.path.insert(0, str(REPO))
 
 DEFAULT_ATLAS = REPO.parent / "shared" / "data" / "crl2017-fetal-atlas"
 
-from infanite.inr.config import CPU_DEFAULTS, CPU_TEMPLATE  # noqa: E402  (after the path set-up above)
+from infanite.inr.config import CPU_DEFAULTS, CPU_TEMPLATE, CPU_TEMPLATE_STEPS  # noqa: E402  (after the path set-up)
 
 #: Model size and optimisation of every INR row in the quick mode (and of atlas_budget.py): the CPU model of the
 #: first measurements, hidden 128 (the paper's size needs a GPU).
@@ -158,8 +158,11 @@ ROWS = {
     "gT": ("g with the simulator's displacements, fixed (oracle)", "inr",
            TEMPLATE + ["template.lr_deformation=0", "template.deformation_init={oracle_deformations}"]),
     "gM": ("g as infanite run trains it on a CPU: per-slice and per-stack motion, halo targets measured", "inr",
-           TEMPLATE + [o for o in CPU_TEMPLATE if o != "model=template"]),
+           TEMPLATE + [o for o in CPU_TEMPLATE if o != "model=template" and not o.startswith("max_steps=")]),
 }
+#: rows trained as ``infanite run`` trains on a CPU: in the full mode (without --steps) they take its step budget
+#: (the template model's, ``CPU_TEMPLATE_STEPS``) instead of the mode's
+RUN_BUDGET_ROWS = ("gM",)
 ABLATIONS = ("g0", "gP", "gT")
 #: rows run only when named with --rows
 ON_REQUEST = ("gM",)
@@ -231,7 +234,8 @@ def _mean(values) -> float:
 
 
 def train_variant(manifest: Path, overrides: list[str], run_dir: Path) -> dict:
-    """Train (or reuse/resume) one INFANiTE run; returns ``{"steps", "total_steps", "reused", "seconds"}``."""
+    """Train (or reuse/resume) one INFANiTE run; returns ``{"steps", "total_steps", "reused"}``, and for a run
+    trained here its last loss and ``cpu_matmul`` (``bf16`` or ``fp32``: how a CPU run multiplied)."""
     import torch
 
     from infanite.inr.ceiling import write_run_intensity_ceiling
@@ -252,7 +256,7 @@ def train_variant(manifest: Path, overrides: list[str], run_dir: Path) -> dict:
             return {"steps": int(state["global_step"]), "total_steps": int(state["total_steps"]), "reused": True}
     summary = train(manifest, config, run_dir, resume=checkpoint.exists())
     return {"steps": summary["steps"], "total_steps": summary["total_steps"], "reused": False,
-            "last_loss": summary["last"].get("loss")}
+            "last_loss": summary["last"].get("loss"), "cpu_matmul": summary.get("cpu_matmul")}
 
 
 def generate_variant(run_dir: Path, gas: list[float], out: Path, spacing: float, device: str,
@@ -1243,8 +1247,12 @@ def main(argv=None) -> int:
                 timer.run(f"{name} {label}: the simulator's displacements", lambda: oracle_deformations(
                     work / "sim" / "truth.json", fields), reused_if=lambda r: not r["written"])
                 options = [o.replace("{oracle_deformations}", str(fields)) for o in options]
+            steps = []
+            if mode_name == "full" and args.steps is None and name in RUN_BUDGET_ROWS:
+                steps = [f"max_steps={CPU_TEMPLATE_STEPS}"]
             results["train"][name] = timer.run(f"{name} {label}: train", lambda: train_variant(
-                registered, training + options + sized + args.extra, run_dir), reused_if=lambda r: r["reused"])
+                registered, training + options + sized + steps + args.extra, run_dir),
+                reused_if=lambda r: r["reused"])
             results["atlas"][name] = timer.run(f"{name} {label}: atlas", lambda: generate_variant(
                 run_dir, gas, out, ATLAS_SPACING_MM, args.device, args.position_sigma),
                 reused_if=lambda r: not r["generated"])

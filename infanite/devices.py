@@ -46,6 +46,52 @@ def devices_record() -> dict:
     return {"stage": "devices", "step": 1, "total": 1, "devices": detect_devices(), "message": describe_devices()}
 
 
+def cpu_multiplies_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (Intel AMX tiles or AVX-512 BF16), as PyTorch reports
+    it; False where PyTorch cannot tell (or has no such check)."""
+    import torch
+
+    for check in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        probe = getattr(getattr(torch, "cpu", None), check, None)
+        try:
+            if probe is not None and bool(probe()):
+                return True
+        except Exception:                                # an unknown platform: no native bf16
+            continue
+    return False
+
+
+def cpu_matmul_in_bf16(mode: str) -> bool:
+    """Whether a CPU run's float32 matrix products are computed in bf16 (training key ``cpu_matmul``): ``fp32``
+    never, ``bf16`` always, ``auto`` where the CPU multiplies bf16 natively (:func:`cpu_multiplies_bf16`: there
+    oneDNN's bf16 products of a 16,000 × 256 by 256 × 256 float32 matrix take a fifth of the time; elsewhere they
+    would be emulated, slower than float32)."""
+    if mode not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"cpu_matmul must be auto, fp32 or bf16, got {mode!r}")
+    return mode == "bf16" or (mode == "auto" and cpu_multiplies_bf16())
+
+
+class float32_matmul_precision:
+    """Context manager: ``torch.set_float32_matmul_precision(precision)`` inside, the previous one restored after
+    (it is process-wide).  ``medium`` lets float32 matrix products run in bf16 (inputs rounded to bf16, products
+    accumulated in float32, float32 out); every other operation stays float32."""
+
+    def __init__(self, precision: str):
+        self.precision = precision
+
+    def __enter__(self):
+        import torch
+
+        self.previous = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision(self.precision)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import torch
+
+        torch.set_float32_matmul_precision(self.previous)
+
+
 def peak_resident_mb() -> float | None:
     """This process's peak resident memory (MiB), on Linux, macOS and Windows; None where it cannot be read.
 

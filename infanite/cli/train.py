@@ -68,7 +68,7 @@ def run(args) -> int:
     if not quiet:
         print(f"train: model {config.model} (hidden {config.inr_decoder.hidden_size} × "
               f"{config.inr_decoder.num_hidden_layers} layers, data term {config.data.term}) on {config.device}"
-              f"{' (no --config: sized for the device)' if sized else ''}", file=sys.stderr)
+              f"{' (no --config: sized for the device)' if sized else ''}{_cpu_matmul_note(config)}", file=sys.stderr)
     if config.device == "cpu" and config.inr_decoder.hidden_size >= 512 and config.model == "infanite" and not quiet:
         print(f"train: warning: a {config.inr_decoder.hidden_size}-wide model on a CPU takes minutes per step; the "
               f"CPU defaults ('infanite run', no --config) train in about an hour", file=sys.stderr)
@@ -84,6 +84,18 @@ def run(args) -> int:
         return 0
     print(f"trained {summary['steps']}/{summary['total_steps']} steps in {summary['seconds']} s: {args.out}")
     return 0
+
+
+def _cpu_matmul_note(config) -> str:
+    """What ``cpu_matmul`` does on this machine, for the first line a CPU run prints."""
+    if config.device != "cpu":
+        return ""
+    from infanite.devices import cpu_matmul_in_bf16
+
+    if cpu_matmul_in_bf16(config.cpu_matmul):
+        why = "native on this CPU" if config.cpu_matmul == "auto" else "cpu_matmul: bf16"
+        return f"; float32 matrix products computed in bf16 ({why}; cpu_matmul=fp32 to keep float32)"
+    return "; float32 matrix products" + (" (no native bf16 on this CPU)" if config.cpu_matmul == "auto" else "")
 
 
 def launch(args, config) -> int:

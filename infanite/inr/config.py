@@ -24,8 +24,9 @@ import yaml
 __all__ = [
     "TrainConfigError", "EpochsConfig", "InrDecoderConfig", "SchedulerConfig", "OptimizerConfig",
     "SpatialWeightingConfig", "PsfConfig", "HaloConfig", "DataConfig", "TemplateConfig", "TrainConfig",
-    "IGNORED_REFERENCE_KEYS", "RESOLVED_HEADER", "CPU_DEFAULTS", "DEMO_TRAINING", "default_overrides",
-    "template_ga_nodes", "defaults_then",
+    "IGNORED_REFERENCE_KEYS", "CPU_MATMUL_MODES", "RESOLVED_HEADER", "CPU_DEFAULTS", "CPU_TEMPLATE_STEPS",
+    "DEMO_TRAINING",
+    "default_overrides", "template_ga_nodes", "defaults_then",
 ]
 
 #: The first line of a resolved configuration file (:meth:`TrainConfig.save_yaml`, a run's ``config.yaml``).
@@ -38,6 +39,9 @@ TEMPLATE_ENCODINGS = ("grid", "siren", "modulated")  # feature grids + MLP; a 4-
 LOSS_METRICS = ("l1", "mse")
 PSF_MODES = ("slice", "isotropic", "none")       # none: PSF-free training (P = 1, no jitter; ablation)
 SCHEDULER_TYPES = ("cosine", "none")
+#: how a CPU run multiplies float32 matrices: bf16 inside where the CPU multiplies bf16 natively (auto), always
+#: float32, or always bf16 inside (inputs, outputs and everything else stay float32; see infanite.devices)
+CPU_MATMUL_MODES = ("auto", "fp32", "bf16")
 TF_DIMS = (0, 6)                                # 0 off, 6 rigid (rotation vector + mm)
 DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
 
@@ -262,7 +266,8 @@ class TrainConfig:
     n_samples: int = _f(18000, "int")
     epochs: EpochsConfig = _section(EpochsConfig)
     seed: int = _f(42, "int")
-    amp: bool = _f(True, "bool")
+    amp: bool = _f(True, "bool")             # bf16 autocast on CUDA
+    cpu_matmul: str = _f("auto", "str")      # CPU_MATMUL_MODES: float32 matmuls computed in bf16 where native
     inr_decoder: InrDecoderConfig = _section(InrDecoderConfig)
     optimizer: OptimizerConfig = _section(OptimizerConfig)
     spatial_weighting: SpatialWeightingConfig = _section(SpatialWeightingConfig)
@@ -339,8 +344,13 @@ DEMO_TRAINING = ["inr_decoder.hidden_size=64", "inr_decoder.num_hidden_layers=3"
 #: better on two seeds (mean PSNR +0.07 / +0.01 dB), for about the same time per step (−0.7 % samples/s).
 #: Each fetus's own centred offset of the latent grid (``template.appearance``): mean PSNR +0.16 / +0.24 dB on two
 #: seeds (22 weeks +0.26 / +0.46, 26 weeks +0.49 / +0.63, 38 weeks −0.05 / −0.14), the same Dice, +3–5 % per step.
+#: The template model's step budget on a CPU: 6,000 steps.  Its steps got 1.3x cheaper (one latent interpolation
+#: per step instead of three) and, on a CPU that multiplies bf16 natively (``cpu_matmul: auto``), 1.6x in all, so
+#: 6,000 steps take about the time 4,000 did (the 40-fetus benchmark: 4,000 steps 1,000-1,080 s before, 6,000 now
+#: ~1,050 s; 22 weeks +0.46 / +0.42 dB and the mean +0.31 / +0.18 dB over 4,000 on two seeds; benchmarks/README.md).
+CPU_TEMPLATE_STEPS = 6000
 CPU_TEMPLATE = ["model=template", "data.slice_motion=true", "data.halo_intensity=measured", "data.stack_motion=true",
-                "template.appearance=true"]
+                "template.appearance=true", f"max_steps={CPU_TEMPLATE_STEPS}"]
 
 #: Defaults that only the exact data term supports, and what each becomes when the user picks another
 #: ``data.term`` without setting it (:func:`defaults_then`).
@@ -350,7 +360,9 @@ EXACT_ONLY_DEFAULTS = {"data.slice_motion=true": "data.slice_motion=false",
 #: Defaults that only the template model supports, and what each becomes when the user picks another ``model``
 #: without setting it (:func:`defaults_then`).
 TEMPLATE_ONLY_DEFAULTS = {"data.stack_motion=true": "data.stack_motion=false",
-                          "template.appearance=true": "template.appearance=false"}
+                          "template.appearance=true": "template.appearance=false",
+                          f"max_steps={CPU_TEMPLATE_STEPS}": next(o for o in CPU_DEFAULTS
+                                                                  if o.startswith("max_steps="))}
 #: Defaults that only the template's ``modulated`` encoding supports, and what each becomes when the user picks
 #: another ``template.encoding`` without setting it (:func:`defaults_then`).
 MODULATED_ONLY_DEFAULTS = {"template.appearance=true": "template.appearance=false"}

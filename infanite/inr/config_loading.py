@@ -17,9 +17,10 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from infanite.inr.config import (DATA_TERMS, DEVICE_PATTERN, HALO_INTENSITIES, IGNORED_REFERENCE_KEYS, LOSS_METRICS,
-                                 MODEL_TYPES, PSF_ESTIMATORS, PSF_MODES, RESOLVED_HEADER, SCHEDULER_TYPES,
-                                 TEMPLATE_ENCODINGS, TF_DIMS, TrainConfig, TrainConfigError)
+from infanite.inr.config import (CPU_MATMUL_MODES, DATA_TERMS, DEVICE_PATTERN, HALO_INTENSITIES,
+                                 IGNORED_REFERENCE_KEYS, LOSS_METRICS, MODEL_TYPES, PSF_ESTIMATORS, PSF_MODES,
+                                 RESOLVED_HEADER, SCHEDULER_TYPES, TEMPLATE_ENCODINGS, TF_DIMS, TrainConfig,
+                                 TrainConfigError)
 
 
 def _all_keys(cls, prefix: str = "") -> list[str]:
@@ -239,6 +240,7 @@ class _Loader:
                 bad("class_weights", f"must be null or a non-empty list of numbers >= 0, got {c.class_weights}")
 
         choice("model", c.model, MODEL_TYPES)
+        choice("cpu_matmul", c.cpu_matmul, CPU_MATMUL_MODES)
         dt = c.data
         choice("data.term", dt.term, DATA_TERMS)
         choice("data.psf_estimator", dt.psf_estimator, PSF_ESTIMATORS)

@@ -24,6 +24,7 @@ the file is removed and :func:`train` returns normally (``"stopped": True``); ``
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -36,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from infanite.devices import cpu_matmul_in_bf16, float32_matmul_precision
 from infanite.geometry import mask_points_mm
 from infanite.io.atomic import atomic_output, atomic_write_text
 from infanite.io.images import Volume, save_nifti, save_nifti_array
@@ -126,8 +128,6 @@ def train(manifest, config: TrainConfig, out, resume: bool = False, progress: Pr
     tests of exact resume.  A graceful stop (``STOP_FILE`` in ``out`` or SIGTERM, see :class:`StopRequest`) ends
     it at the next step boundary with the checkpoint saved and ``"stopped": True`` in the summary.
     """
-    import contextlib
-
     from infanite.io.lock import folder_lock
     from infanite.inr.distributed import setup
     from infanite.inr.run_folder import check_device
@@ -247,7 +247,11 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
     perm_epoch, perm = None, None
     saved_step, stopped = None, False
     parameters = [p for m in (model, intensity, motion) if m is not None for p in m.parameters()]
-    with (log_path.open("a") if ranks.main else open(os.devnull, "w")) as log:
+    # cpu_matmul: on a CPU that multiplies bf16 natively, the float32 matrix products of the steps run in bf16
+    # (float32 in and out; the diagnostics after training stay float32)
+    bf16_matmul = device.type == "cpu" and cpu_matmul_in_bf16(config.cpu_matmul)
+    precision = float32_matmul_precision("medium") if bf16_matmul else contextlib.nullcontext()
+    with (log_path.open("a") if ranks.main else open(os.devnull, "w")) as log, precision:
         while global_step < total_steps:
             if ranks.any(stop.requested(), device):      # a step boundary: save, report, return normally
                 if session_steps > 0 and saved_step != global_step and ranks.main:
@@ -324,6 +328,8 @@ def _train(manifest, config: TrainConfig, out: Path, resume: bool, progress: Pro
     summary = {"steps": global_step, "total_steps": total_steps, "last": last,
                "seconds": round(time.perf_counter() - t_start, 2), "stopped": stopped,
                "world_size": ranks.world_size}
+    if device.type == "cpu":
+        summary["cpu_matmul"] = "bf16" if bf16_matmul else "fp32"
     if motion is not None:
         summary["slice_motion"] = motion.summary()
     if ranks.distributed:        # the last collective: every rank leaves the group together, then rank 0 goes on
