@@ -202,6 +202,7 @@ def test_wrong_type(tmp_path):
     ("data.halo_intensity=blurred", "data.halo_intensity", "zero"),
     ("data.fetus_balance=-0.1", "data.fetus_balance", "in [0, 1]"),
     ("cpu_matmul=fast", "cpu_matmul", "auto, fp32, bf16"),
+    ("data.ga_balance=2", "data.ga_balance", "in [0, 1]"),
 ])
 def test_out_of_range(override, key, fragment):
     with pytest.raises(TrainConfigError) as ei:
@@ -325,8 +326,9 @@ def test_a_run_config_written_before_label_weight_existed_reads_as_it_was_traine
     assert load_train_config(resolved.save_yaml(tmp_path / "new.yaml")) == resolved
 
 
-def _weights_cohort(weights, stack, stack_fetus):
-    """A PackedCohort carrying only what :func:`balance_fetuses` reads (weights, stacks, fetuses)."""
+def _weights_cohort(weights, stack, stack_fetus, ga_weeks=(22.0, 22.0, 38.0)):
+    """A PackedCohort carrying only what :func:`balance_fetuses` and :func:`balance_gas` read (weights, stacks,
+    fetuses, the stacks' GAs)."""
     import numpy as np
     import torch
 
@@ -335,7 +337,8 @@ def _weights_cohort(weights, stack, stack_fetus):
     n = len(weights)
     return PackedCohort(torch.zeros(n, 3), torch.zeros(n), torch.zeros(n, dtype=torch.int64),
                         torch.tensor(weights, dtype=torch.float32), torch.tensor(stack), torch.zeros(3, 3, 3),
-                        ["s0", "s1", "s2"], [22.0, 22.0, 38.0], 9, np.zeros((1, 1, 1), bool), np.zeros(3),
+                        [f"s{k}" for k in range(len(ga_weeks))], list(ga_weeks), 9, np.zeros((1, 1, 1), bool),
+                        np.zeros(3),
                         np.ones(3), np.eye(4), (1, 1, 1), stack_fetus=stack_fetus)
 
 
@@ -360,6 +363,33 @@ def test_fetus_balance_gives_every_fetus_the_same_share_at_1_and_leaves_weights_
     balance_fetuses(by_stack, 1.0)
     np.testing.assert_allclose([by_stack.weight[[i for i, s in enumerate(stack) if s == k]].sum().item()
                                 for k in range(3)], [10 / 3] * 3, rtol=1e-6)
+
+
+def test_ga_balance_gives_every_ga_the_same_data_around_it():
+    """Fetuses A and B at 22 weeks, C at 40 (far beyond the 1-week kernel), D without a GA, every total 1: the data
+    around A and B is 2, around C 1 (mean 5/3), so at exponent 1 A and B are weighed 5/6 and C 5/3 (D untouched);
+    at 0.5 their square roots; fetuses 1 week apart see each other with weight exp(−1/2)."""
+    import math
+
+    import numpy as np
+
+    from infanite.inr.build import balance_gas
+
+    weights, stack = [1.0, 1.0, 0.5, 0.5, 1.0], [0, 1, 2, 2, 3]
+    ga = (22.0, 22.0, 40.0, None)
+    data = _weights_cohort(weights, stack, [0, 1, 2, 3], ga)
+    balance_gas(data, 0.0)
+    np.testing.assert_array_equal(data.weight.numpy(), weights)
+    balance_gas(data, 1.0)
+    np.testing.assert_allclose(data.weight.numpy(), [5 / 6, 5 / 6, 5 / 6, 5 / 6, 1.0], rtol=1e-6)
+    half = _weights_cohort(weights, stack, [0, 1, 2, 3], ga)
+    balance_gas(half, 0.5)
+    np.testing.assert_allclose(half.weight.numpy(), [(5 / 6) ** 0.5, (5 / 6) ** 0.5, 0.5 * (5 / 3) ** 0.5,
+                                                     0.5 * (5 / 3) ** 0.5, 1.0], rtol=1e-6)
+    near = _weights_cohort([1.0, 1.0, 2.0], [0, 1, 2], [0, 1, 2], (22.0, 23.0, 60.0))
+    balance_gas(near, 1.0)
+    around = np.array([1 + math.exp(-0.5), 1 + math.exp(-0.5), 2.0])
+    np.testing.assert_allclose(near.weight.numpy(), np.array([1, 1, 2]) * around.mean() / around, rtol=1e-6)
 
 
 def test_psf_factors_stay_on_the_data_device():

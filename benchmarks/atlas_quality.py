@@ -1203,6 +1203,10 @@ def main(argv=None) -> int:
           f"CRL grid)")
     print(f"- INR training (every INR row): {' '.join(training)}; template rows also {template_nodes[0]} "
           f"(sized to the cohort as `infanite run` does){'; then ' + ' '.join(args.extra) if args.extra else ''}")
+    budget_rows = [n for n in names if n in RUN_BUDGET_ROWS] if mode_name == "full" and args.steps is None else []
+    if budget_rows:
+        print(f"- {', '.join(budget_rows)}: max_steps={CPU_TEMPLATE_STEPS} instead (the template model's budget in "
+              f"`infanite run`'s CPU defaults)")
     print("- rows: " + "; ".join(_describe(n) for n in names))
     print(f"- machine: {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}, device {args.device}")
     print(f"- work folder: {work}\n")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from infanite.inr.config import TrainConfig, TrainConfigError
+from infanite.inr.config import GA_BALANCE_WEEKS, TrainConfig, TrainConfigError
 from infanite.inr.data import PackedCohort, pack_cohort
 from infanite.inr.intensity import StackIntensity
 from infanite.inr.model import ModulatedSiren
@@ -16,7 +16,8 @@ from infanite.inr.template import TemplateINR
 
 def pack_training_data(config: TrainConfig, manifest, label_values) -> PackedCohort:
     """The samples of ``data.term``: the acquired stack voxels (``exact``) or the resampled stacks
-    (``reference``), their weights balanced across fetuses by ``data.fetus_balance``."""
+    (``reference``), their weights balanced across fetuses by ``data.fetus_balance`` and across GAs by
+    ``data.ga_balance``."""
     if config.data.term == "exact":
         from infanite.inr.samples import pack_acquired
 
@@ -26,6 +27,7 @@ def pack_training_data(config: TrainConfig, manifest, label_values) -> PackedCoh
         data = pack_cohort(manifest, label_values, config.spatial_weighting.w_int, config.halo.sigma_voxels,
                            config.halo.threshold, uniform_weights=config.spatial_weighting.uniform)
     balance_fetuses(data, config.data.fetus_balance)
+    balance_gas(data, config.data.ga_balance)
     return data
 
 
@@ -42,6 +44,31 @@ def balance_fetuses(data: PackedCohort, exponent: float) -> None:
     factor = torch.ones_like(totals)
     factor[present] = (totals[present].mean() / totals[present]) ** float(exponent)
     data.weight = data.weight * factor[sample_group].to(data.weight)
+
+
+def balance_gas(data: PackedCohort, exponent: float, width_weeks: float = GA_BALANCE_WEEKS) -> None:
+    """Multiply (in place) the weights of each fetus's samples by ``(mean over fetuses of D / D(its GA)) **
+    exponent``, ``D(g) = Σ_j exp(−(g − g_j)² / 2σ²) · W_j`` the data around GA ``g`` (``W_j`` fetus ``j``'s total
+    weight, ``σ = width_weeks``): 0 leaves them, 1 gives every fetus's GA the same data around it.  Fetuses are
+    ``data.stack_fetus`` groups (the stacks themselves when the cohort has none), a fetus's GA the mean of its
+    stacks'; a fetus without a known GA keeps its weights and adds nothing to D."""
+    if exponent <= 0:
+        return
+    group = np.arange(len(data.stack_ids)) if data.stack_fetus is None else np.asarray(data.stack_fetus)
+    n = int(group.max()) + 1
+    stack_ga = np.array([np.nan if g is None else float(g) for g in data.ga_weeks], dtype=np.float64)
+    ga = np.array([np.nanmean(stack_ga[group == f]) if np.isfinite(stack_ga[group == f]).any() else np.nan
+                   for f in range(n)])
+    sample_group = torch.from_numpy(group.astype(np.int64))[data.stack.cpu()]
+    totals = torch.bincount(sample_group, weights=data.weight.double().cpu(), minlength=n).numpy()
+    known = np.isfinite(ga) & (totals > 0)
+    if known.sum() < 2:
+        return
+    kernel = np.exp(-0.5 * ((ga[known, None] - ga[None, known]) / float(width_weeks)) ** 2)
+    around = kernel @ totals[known]                      # D at each known fetus's GA
+    factor = np.ones(n)
+    factor[known] = (around.mean() / around) ** float(exponent)
+    data.weight = data.weight * torch.from_numpy(factor)[sample_group].to(data.weight)
 
 
 def ga_span(ga_weeks) -> tuple[float, float]:

@@ -25,7 +25,7 @@ __all__ = [
     "TrainConfigError", "EpochsConfig", "InrDecoderConfig", "SchedulerConfig", "OptimizerConfig",
     "SpatialWeightingConfig", "PsfConfig", "HaloConfig", "DataConfig", "TemplateConfig", "TrainConfig",
     "IGNORED_REFERENCE_KEYS", "CPU_MATMUL_MODES", "RESOLVED_HEADER", "CPU_DEFAULTS", "CPU_TEMPLATE_STEPS",
-    "DEMO_TRAINING",
+    "DEMO_TRAINING", "GA_BALANCE_WEEKS",
     "default_overrides", "template_ga_nodes", "defaults_then",
 ]
 
@@ -39,6 +39,8 @@ TEMPLATE_ENCODINGS = ("grid", "siren", "modulated")  # feature grids + MLP; a 4-
 LOSS_METRICS = ("l1", "mse")
 PSF_MODES = ("slice", "isotropic", "none")       # none: PSF-free training (P = 1, no jitter; ablation)
 SCHEDULER_TYPES = ("cosine", "none")
+#: the Gaussian's sigma (weeks) over the fetuses' GAs of the data around a GA (``data.ga_balance``)
+GA_BALANCE_WEEKS = 1.0
 #: how a CPU run multiplies float32 matrices: bf16 inside where the CPU multiplies bf16 natively (auto), always
 #: float32, or always bf16 inside (inputs, outputs and everything else stay float32; see infanite.devices)
 CPU_MATMUL_MODES = ("auto", "fp32", "bf16")
@@ -178,6 +180,11 @@ class DataConfig:
     # 0 (default) weighs every sample alike, so a 38-week brain (~4x the volume of a 22-week one) carries ~4x the
     # loss; 1 gives every fetus the same share (stacks stand for fetuses when the cohort has no 'subject').
     fetus_balance: float = _f(0.0, "float")
+    # Each fetus's samples weighed by (mean over fetuses of D / D(its GA)) ** ga_balance, D(g) the data around GA g:
+    # the fetuses' total weights summed with Gaussian weights of sigma GA_BALANCE_WEEKS over their GAs.  0 (default)
+    # leaves the weights; 1 gives every GA the same data, so the ends of the cohort's range and its small young
+    # brains count as much as its crowded middle.  Applied after fetus_balance; a fetus without a GA keeps its own.
+    ga_balance: float = _f(0.0, "float")
     # The intensity a sample sees is the network's intensity times its brain probability (1 − background − halo):
     # the brain's edge comes from the labels' logits, so the intensity need not fall to 0 across it.
     gate_intensity: bool = _f(False, "bool")

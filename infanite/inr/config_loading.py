@@ -253,6 +253,9 @@ class _Loader:
         if not 0.0 <= dt.fetus_balance <= 1.0:
             bad("data.fetus_balance", f"must be a number in [0, 1] (0: every sample alike, 1: every fetus the same "
                                       f"share), got {dt.fetus_balance!r}")
+        if not 0.0 <= dt.ga_balance <= 1.0:
+            bad("data.ga_balance", f"must be a number in [0, 1] (0: weights as they are, 1: every GA the same data), "
+                                   f"got {dt.ga_balance!r}")
         if dt.halo_intensity != "zero" and dt.term != "exact":
             bad("data.halo_intensity", f"sets the target of the acquired halo samples: it needs data.term exact (the "
                                        f"reference term's halo is the resampled stacks' background at 0), got "
