@@ -351,10 +351,11 @@ DEMO_TRAINING = ["inr_decoder.hidden_size=64", "inr_decoder.num_hidden_layers=3"
 #: better on two seeds (mean PSNR +0.07 / +0.01 dB), for about the same time per step (−0.7 % samples/s).
 #: Each fetus's own centred offset of the latent grid (``template.appearance``): mean PSNR +0.16 / +0.24 dB on two
 #: seeds (22 weeks +0.26 / +0.46, 26 weeks +0.49 / +0.63, 38 weeks −0.05 / −0.14), the same Dice, +3–5 % per step.
-#: The template model's step budget on a CPU: 6,000 steps.  Its steps got 1.3x cheaper (one latent interpolation
-#: per step instead of three) and, on a CPU that multiplies bf16 natively (``cpu_matmul: auto``), 1.6x in all, so
-#: 6,000 steps take about the time 4,000 did (the 40-fetus benchmark: 4,000 steps 1,000-1,080 s before, 6,000 now
-#: ~1,050 s; 22 weeks +0.46 / +0.42 dB and the mean +0.31 / +0.18 dB over 4,000 on two seeds; benchmarks/README.md).
+#: The template model's step budget on a CPU: 6,000 steps.  Its steps got 1.28x cheaper (one latent interpolation
+#: per step instead of three) and, on a CPU that multiplies bf16 natively (``cpu_matmul: auto``), 1.58x in all, so
+#: 6,000 steps take about the time 4,000 took (the 40-fetus benchmark, seed 42: 20.9 min with loading and
+#: diagnostics; mean PSNR 21.44 against 21.26 dB, every GA higher; benchmarks/README.md, Cheaper CPU
+#: steps).
 CPU_TEMPLATE_STEPS = 6000
 CPU_TEMPLATE = ["model=template", "data.slice_motion=true", "data.halo_intensity=measured", "data.stack_motion=true",
                 "template.appearance=true", f"max_steps={CPU_TEMPLATE_STEPS}"]
