@@ -1251,9 +1251,7 @@ def main(argv=None) -> int:
                 timer.run(f"{name} {label}: the simulator's displacements", lambda: oracle_deformations(
                     work / "sim" / "truth.json", fields), reused_if=lambda r: not r["written"])
                 options = [o.replace("{oracle_deformations}", str(fields)) for o in options]
-            steps = []
-            if mode_name == "full" and args.steps is None and name in RUN_BUDGET_ROWS:
-                steps = [f"max_steps={CPU_TEMPLATE_STEPS}"]
+            steps = [f"max_steps={CPU_TEMPLATE_STEPS}"] if name in budget_rows else []
             results["train"][name] = timer.run(f"{name} {label}: train", lambda: train_variant(
                 registered, training + options + sized + steps + args.extra, run_dir),
                 reused_if=lambda r: r["reused"])

@@ -29,10 +29,10 @@ def seconds_per_step(manifest: Path, config: Path | None, mode: str, steps: int,
     """One case in a fresh process; returns its median seconds per step and what ``cpu_matmul`` did."""
     out = work / mode
     command = [sys.executable, "-m", "infanite", "train", "--manifest", str(manifest), "--out", str(out),
-               "--device", "cpu", "--set", f"max_steps={steps}", "--set", "template.deformation_warmup=0",
-               "--set", "data.slice_motion_warmup=0", "--set", f"cpu_matmul={mode}", "--set", "checkpoint_every=100000"]
-    if config is not None:
-        command[4:4] = ["--config", str(config)]
+               *(["--config", str(config)] if config is not None else []), "--device", "cpu"]
+    for setting in (f"max_steps={steps}", "template.deformation_warmup=0", "data.slice_motion_warmup=0",
+                    f"cpu_matmul={mode}", "checkpoint_every=100000"):
+        command += ["--set", setting]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"template_step: infanite train failed for cpu_matmul={mode}:\n{done.stderr[-2000:]}")

@@ -46,6 +46,11 @@ def devices_record() -> dict:
     return {"stage": "devices", "step": 1, "total": 1, "devices": detect_devices(), "message": describe_devices()}
 
 
+#: training key ``cpu_matmul``: float32 matrix products of a CPU run computed in bf16 where the CPU multiplies bf16
+#: natively (auto), never (fp32) or always (bf16)
+CPU_MATMUL_MODES = ("auto", "fp32", "bf16")
+
+
 def cpu_multiplies_bf16() -> bool:
     """Whether this CPU multiplies bf16 matrices natively (Intel AMX tiles or AVX-512 BF16), as PyTorch reports
     it; False where PyTorch cannot tell (or has no such check)."""
@@ -66,7 +71,7 @@ def cpu_matmul_in_bf16(mode: str) -> bool:
     never, ``bf16`` always, ``auto`` where the CPU multiplies bf16 natively (:func:`cpu_multiplies_bf16`: there
     oneDNN's bf16 products of a 16,000 × 256 by 256 × 256 float32 matrix take a fifth of the time; elsewhere they
     would be emulated, slower than float32)."""
-    if mode not in ("auto", "fp32", "bf16"):
+    if mode not in CPU_MATMUL_MODES:
         raise ValueError(f"cpu_matmul must be auto, fp32 or bf16, got {mode!r}")
     return mode == "bf16" or (mode == "auto" and cpu_multiplies_bf16())
 

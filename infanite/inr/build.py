@@ -31,44 +31,52 @@ def pack_training_data(config: TrainConfig, manifest, label_values) -> PackedCoh
     return data
 
 
+def _fetus_totals(data: PackedCohort) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
+    """Each stack's fetus (the ``data.stack_fetus`` groups, or the stacks themselves when the cohort has none),
+    each sample's fetus (CPU tensor) and each fetus's total sample weight (float64)."""
+    group = np.arange(len(data.stack_ids)) if data.stack_fetus is None else np.asarray(data.stack_fetus)
+    sample_group = torch.from_numpy(group.astype(np.int64))[data.stack.cpu()]
+    totals = torch.bincount(sample_group, weights=data.weight.double().cpu(), minlength=int(group.max()) + 1)
+    return group, sample_group, totals.numpy()
+
+
+def _scale_fetuses(data: PackedCohort, sample_group: torch.Tensor, factor: np.ndarray) -> None:
+    data.weight = data.weight * torch.from_numpy(factor)[sample_group].to(data.weight)
+
+
 def balance_fetuses(data: PackedCohort, exponent: float) -> None:
     """Multiply (in place) the weights of each fetus's samples by ``(mean over fetuses of Σw / its Σw) **
     exponent``: 0 leaves them, 1 gives every fetus the same total weight (a small brain as much say as a large
     one).  Fetuses are ``data.stack_fetus`` groups, or the stacks themselves when the cohort has none."""
     if exponent <= 0:
         return
-    group = np.arange(len(data.stack_ids)) if data.stack_fetus is None else np.asarray(data.stack_fetus)
-    sample_group = torch.from_numpy(group.astype(np.int64))[data.stack.cpu()]
-    totals = torch.bincount(sample_group, weights=data.weight.double().cpu(), minlength=int(group.max()) + 1)
+    _, sample_group, totals = _fetus_totals(data)
     present = totals > 0
-    factor = torch.ones_like(totals)
+    factor = np.ones_like(totals)
     factor[present] = (totals[present].mean() / totals[present]) ** float(exponent)
-    data.weight = data.weight * factor[sample_group].to(data.weight)
+    _scale_fetuses(data, sample_group, factor)
 
 
 def balance_gas(data: PackedCohort, exponent: float, width_weeks: float = GA_BALANCE_WEEKS) -> None:
     """Multiply (in place) the weights of each fetus's samples by ``(mean over fetuses of D / D(its GA)) **
     exponent``, ``D(g) = Σ_j exp(−(g − g_j)² / 2σ²) · W_j`` the data around GA ``g`` (``W_j`` fetus ``j``'s total
-    weight, ``σ = width_weeks``): 0 leaves them, 1 gives every fetus's GA the same data around it.  Fetuses are
-    ``data.stack_fetus`` groups (the stacks themselves when the cohort has none), a fetus's GA the mean of its
-    stacks'; a fetus without a known GA keeps its weights and adds nothing to D."""
+    weight, ``σ = width_weeks``): 0 leaves them, 1 gives every fetus's GA the same data around it.  Fetuses as in
+    :func:`balance_fetuses`, a fetus's GA the mean of its stacks'; a fetus without a known GA keeps its weights
+    and adds nothing to D."""
     if exponent <= 0:
         return
-    group = np.arange(len(data.stack_ids)) if data.stack_fetus is None else np.asarray(data.stack_fetus)
-    n = int(group.max()) + 1
+    group, sample_group, totals = _fetus_totals(data)
     stack_ga = np.array([np.nan if g is None else float(g) for g in data.ga_weeks], dtype=np.float64)
     ga = np.array([np.nanmean(stack_ga[group == f]) if np.isfinite(stack_ga[group == f]).any() else np.nan
-                   for f in range(n)])
-    sample_group = torch.from_numpy(group.astype(np.int64))[data.stack.cpu()]
-    totals = torch.bincount(sample_group, weights=data.weight.double().cpu(), minlength=n).numpy()
+                   for f in range(len(totals))])
     known = np.isfinite(ga) & (totals > 0)
     if known.sum() < 2:
         return
     kernel = np.exp(-0.5 * ((ga[known, None] - ga[None, known]) / float(width_weeks)) ** 2)
     around = kernel @ totals[known]                      # D at each known fetus's GA
-    factor = np.ones(n)
+    factor = np.ones(len(totals))
     factor[known] = (around.mean() / around) ** float(exponent)
-    data.weight = data.weight * torch.from_numpy(factor)[sample_group].to(data.weight)
+    _scale_fetuses(data, sample_group, factor)
 
 
 def ga_span(ga_weeks) -> tuple[float, float]:

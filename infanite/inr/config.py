@@ -21,6 +21,8 @@ from pathlib import Path
 
 import yaml
 
+from infanite.devices import CPU_MATMUL_MODES  # noqa: F401  (re-exported: the choices of cpu_matmul)
+
 __all__ = [
     "TrainConfigError", "EpochsConfig", "InrDecoderConfig", "SchedulerConfig", "OptimizerConfig",
     "SpatialWeightingConfig", "PsfConfig", "HaloConfig", "DataConfig", "TemplateConfig", "TrainConfig",
@@ -41,9 +43,6 @@ PSF_MODES = ("slice", "isotropic", "none")       # none: PSF-free training (P = 
 SCHEDULER_TYPES = ("cosine", "none")
 #: the Gaussian's sigma (weeks) over the fetuses' GAs of the data around a GA (``data.ga_balance``)
 GA_BALANCE_WEEKS = 1.0
-#: how a CPU run multiplies float32 matrices: bf16 inside where the CPU multiplies bf16 natively (auto), always
-#: float32, or always bf16 inside (inputs, outputs and everything else stay float32; see infanite.devices)
-CPU_MATMUL_MODES = ("auto", "fp32", "bf16")
 TF_DIMS = (0, 6)                                # 0 off, 6 rigid (rotation vector + mm)
 DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
 

@@ -197,14 +197,11 @@ class ModulatedTemplate(nn.Module):
         interpolating each and blending after, at a third of the cost."""
         return self.decoder.decode(xn, interpolate_latents(grids, index, xn))
 
-    def forward(self, xn: torch.Tensor, t: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
-        """Outputs (N, n_out) at ``xn`` (N, 3) and normalised GA ``t`` (N,); ``offset`` (N, C), when given, is added
-        to the GA-interpolated latent before decoding (a fetus's appearance, see :class:`TemplateINR`)."""
+    def forward(self, xn: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Outputs (N, n_out) at ``xn`` (N, 3) and normalised GA ``t`` (N,): the template alone (offsets added on
+        the grids go through :meth:`decode_grids`)."""
         values, which = torch.unique(t, return_inverse=True)
-        z = interpolate_latents(self.ga_grids(values), which, xn)
-        if offset is not None:
-            z = z + offset
-        return self.decoder.decode(xn, z)
+        return self.decode_grids(xn, self.ga_grids(values), which)
 
     def smoothness(self) -> torch.Tensor:
         latents = self.decoder.latents
